@@ -1,0 +1,305 @@
+//! `bundle.toml`: what a model bundle holds, with its checksums and the numbers the runtime needs.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+/// The manifest format this build reads and writes.
+pub const FORMAT: u32 = 1;
+
+/// The file name of a bundle's manifest.
+pub const MANIFEST_FILE: &str = "bundle.toml";
+
+/// A bundle manifest. Unknown keys are rejected so that a typo is an error, not a silent default.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Manifest format version (1).
+    pub format: u32,
+    /// A short name ("mobilesam", "sam-vit-b", ...).
+    pub name: String,
+    /// Where the weights came from; shown by `alignsam info`.
+    #[serde(default)]
+    pub description: String,
+    /// Encoder input geometry and pixel statistics.
+    pub image: ImageSection,
+    /// Shape of the image embedding the encoder produces and the decoder consumes.
+    pub embedding: EmbeddingSection,
+    /// The agent's action grid and step limit.
+    #[serde(default)]
+    pub agent: AgentSection,
+    /// The model files.
+    pub models: ModelsSection,
+}
+
+/// `[image]`: how images become encoder input.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageSection {
+    /// The longest side after resizing, and the side of the square (padded) encoder input.
+    pub size: usize,
+    /// Per-channel RGB mean on the 0-255 scale.
+    pub pixel_mean: [f32; 3],
+    /// Per-channel RGB standard deviation on the 0-255 scale.
+    pub pixel_std: [f32; 3],
+}
+
+/// `[embedding]`: the image embedding's shape, channels x height x width.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddingSection {
+    /// `[256, 64, 64]` for every SAM release and MobileSAM.
+    pub shape: [usize; 3],
+}
+
+impl EmbeddingSection {
+    /// Side of the decoder's low-resolution mask (and `mask_input`): 4x the embedding grid.
+    pub fn low_res_size(&self) -> usize {
+        self.shape[1] * 4
+    }
+}
+
+/// `[agent]`: the prompting loop's action space and bound.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSection {
+    /// The policy chooses among the centres of a `grid` x `grid` patch grid.
+    pub grid: usize,
+    /// At most this many steps after the two start points (the paper uses 15).
+    pub max_steps: usize,
+}
+
+impl Default for AgentSection {
+    fn default() -> Self {
+        AgentSection { grid: 10, max_steps: 15 }
+    }
+}
+
+/// `[models]`: every file of the bundle.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelsSection {
+    /// SAM image encoder: `image [1,3,S,S]` -> `image_embeddings [1,C,H,W]`.
+    pub encoder: ModelEntry,
+    /// SAM prompt encoder + mask decoder in the `SamOnnxModel` interface.
+    pub decoder: DecoderEntry,
+    /// The agent's policy (optional until an agent is attached).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PolicyEntry>,
+    /// The semantic recalibration module (optional until an agent is attached).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub srm: Option<SrmEntry>,
+}
+
+/// A model file and its checksum.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelEntry {
+    /// Path, relative to the manifest's directory (or absolute).
+    pub file: String,
+    /// Lower-case hex SHA-256 of the file.
+    pub sha256: String,
+}
+
+/// Which outputs a decoder export has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DecoderForm {
+    /// `masks` (full size, needs `orig_im_size`), `iou_predictions`, `low_res_masks`: the export of
+    /// `segment_anything/scripts/export_onnx_model.py`.
+    Standard,
+    /// `iou_predictions` and `low_res_masks` only: no full-size upscaling inside the graph.
+    LowRes,
+}
+
+/// The decoder file, and which of the two forms it is.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecoderEntry {
+    /// Path, relative to the manifest's directory (or absolute).
+    pub file: String,
+    /// Lower-case hex SHA-256 of the file.
+    pub sha256: String,
+    /// Its outputs: `standard` or `low-res`.
+    pub form: DecoderForm,
+}
+
+/// The policy file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyEntry {
+    /// Path, relative to the manifest's directory (or absolute).
+    pub file: String,
+    /// Lower-case hex SHA-256 of the file.
+    pub sha256: String,
+    /// Whether the file also outputs a state value (`value [1,1]`).
+    #[serde(default)]
+    pub value_head: bool,
+}
+
+/// The SRM file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SrmEntry {
+    /// Path, relative to the manifest's directory (or absolute).
+    pub file: String,
+    /// Lower-case hex SHA-256 of the file.
+    pub sha256: String,
+    /// Side of the foreground probability map it outputs: the grid size or the embedding size.
+    pub map_size: usize,
+    /// Explicit branch: whether it takes a `semantic [1,1,H,W]` text-image similarity map.
+    #[serde(default)]
+    pub semantic: bool,
+}
+
+impl Manifest {
+    /// Parses a manifest and checks its numbers; errors name the file.
+    pub fn parse(text: &str, path: &Path) -> Result<Self> {
+        let m: Manifest = toml::from_str(text)
+            .map_err(|e| anyhow::anyhow!("{}: malformed manifest: {}", path.display(), one_line(&e.to_string())))?;
+        m.validate().with_context(|| format!("{}", path.display()))?;
+        Ok(m)
+    }
+
+    /// Reads and parses a manifest file.
+    pub fn read(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => anyhow::anyhow!("{}: manifest not found", path.display()),
+            _ => anyhow::anyhow!("{}: cannot read manifest: {e}", path.display()),
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Serialises to TOML.
+    pub fn to_toml(&self) -> Result<String> {
+        Ok(toml::to_string_pretty(self)?)
+    }
+
+    /// Checks that the numbers make sense together.
+    pub fn validate(&self) -> Result<()> {
+        if self.format != FORMAT {
+            bail!("manifest format {} is not supported (this build reads format {FORMAT})", self.format);
+        }
+        if self.image.size == 0 {
+            bail!("[image] size must be positive");
+        }
+        if self.image.pixel_std.iter().any(|&s| s.is_nan() || s <= 0.0) {
+            bail!("[image] pixel_std must be positive, got {:?}", self.image.pixel_std);
+        }
+        if self.image.pixel_mean.iter().any(|m| !m.is_finite()) {
+            bail!("[image] pixel_mean must be finite, got {:?}", self.image.pixel_mean);
+        }
+        if self.embedding.shape.contains(&0) {
+            bail!("[embedding] shape must be positive, got {:?}", self.embedding.shape);
+        }
+        if self.agent.grid == 0 || self.agent.grid > self.embedding.shape[1] {
+            bail!(
+                "[agent] grid must be between 1 and the embedding side {}, got {}",
+                self.embedding.shape[1],
+                self.agent.grid
+            );
+        }
+        if let Some(srm) = &self.models.srm
+            && srm.map_size != self.agent.grid
+            && srm.map_size != self.embedding.shape[1]
+        {
+            bail!(
+                "[models.srm] map_size must be the grid ({}) or the embedding side ({}), got {}",
+                self.agent.grid,
+                self.embedding.shape[1],
+                srm.map_size
+            );
+        }
+        for (role, sha) in self.checksums() {
+            if sha.len() != 64 || !sha.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()) {
+                bail!("[models.{role}] sha256 must be 64 lower-case hex digits, got {sha:?}");
+            }
+        }
+        Ok(())
+    }
+
+    /// (role, file, sha256) for every model in the manifest.
+    pub fn files(&self) -> Vec<(&'static str, &str, &str)> {
+        let m = &self.models;
+        let mut v = vec![
+            ("encoder", m.encoder.file.as_str(), m.encoder.sha256.as_str()),
+            ("decoder", m.decoder.file.as_str(), m.decoder.sha256.as_str()),
+        ];
+        if let Some(p) = &m.policy {
+            v.push(("policy", p.file.as_str(), p.sha256.as_str()));
+        }
+        if let Some(s) = &m.srm {
+            v.push(("srm", s.file.as_str(), s.sha256.as_str()));
+        }
+        v
+    }
+
+    fn checksums(&self) -> Vec<(&'static str, &str)> {
+        self.files().into_iter().map(|(r, _, s)| (r, s)).collect()
+    }
+}
+
+/// TOML errors span several lines (a source excerpt); keep the message on one.
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) const SAMPLE: &str = r#"
+format = 1
+name = "test"
+
+[image]
+size = 1024
+pixel_mean = [123.675, 116.28, 103.53]
+pixel_std = [58.395, 57.12, 57.375]
+
+[embedding]
+shape = [256, 64, 64]
+
+[agent]
+grid = 10
+max_steps = 15
+
+[models.encoder]
+file = "encoder.onnx"
+sha256 = "fd949a194a191f7b7ff712791c178041b9e38472068f13687558c2b81d594e35"
+
+[models.decoder]
+file = "decoder.onnx"
+sha256 = "e5662634ac74355bc4f28c3d0db06d0a8db286c5c472ad40f199eaf9c14c6a65"
+form = "standard"
+"#;
+
+    #[test]
+    fn parses_and_round_trips() {
+        let m = Manifest::parse(SAMPLE, Path::new("b/bundle.toml")).unwrap();
+        assert_eq!(m.embedding.low_res_size(), 256);
+        assert_eq!(m.models.decoder.form, DecoderForm::Standard);
+        let again = Manifest::parse(&m.to_toml().unwrap(), Path::new("x")).unwrap();
+        assert_eq!(m, again);
+    }
+
+    #[test]
+    fn malformed_manifests_name_the_file_and_the_problem() {
+        let cases = [
+            (SAMPLE.replace("size = 1024", "size = \"big\""), "malformed manifest"),
+            (SAMPLE.replace("grid = 10", "grdi = 10"), "unknown field `grdi`"),
+            (SAMPLE.replace("pixel_std = [58.395", "pixel_std = [0.0"), "pixel_std must be positive"),
+            (SAMPLE.replace("format = 1", "format = 7"), "format 7 is not supported"),
+            (SAMPLE.replace("fd949a19", "FD949A19"), "64 lower-case hex"),
+            (SAMPLE.replace("form = \"standard\"", "form = \"tiny\""), "malformed manifest"),
+            (SAMPLE.replace("grid = 10", "grid = 0"), "grid must be between"),
+        ];
+        for (text, expected) in cases {
+            let err = format!("{:#}", Manifest::parse(&text, Path::new("b/bundle.toml")).unwrap_err());
+            assert!(err.contains("b/bundle.toml"), "{err}");
+            assert!(err.contains(expected), "{err} should mention {expected}");
+            assert!(!err.contains('\n'), "one line: {err}");
+        }
+    }
+}

@@ -1,0 +1,358 @@
+//! Model bundles: a directory with `bundle.toml` naming the encoder, decoder, policy and SRM
+//! files, their checksums, and the numbers the runtime needs.
+//!
+//! Opening a bundle verifies every checksum; loading its models (in [`crate::sam`] and
+//! [`crate::agent`]) checks every input and output against the manifest. A directory without a
+//! manifest but with `encoder.onnx` and `decoder.onnx` can be described by [`infer_manifest`],
+//! which `alignsam bundle` writes out and `alignsam info` uses on the fly.
+
+pub mod manifest;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use sha2::{Digest, Sha256};
+
+use crate::engine::{Dim, onnx_io};
+pub use manifest::{
+    AgentSection, DecoderEntry, DecoderForm, EmbeddingSection, ImageSection, MANIFEST_FILE, Manifest,
+    ModelEntry, ModelsSection, PolicyEntry, SrmEntry,
+};
+
+/// An opened bundle: its manifest and where its files are.
+#[derive(Clone, Debug)]
+pub struct Bundle {
+    /// The directory the manifest's relative paths start from.
+    pub dir: PathBuf,
+    /// The manifest.
+    pub manifest: Manifest,
+    /// Whether the manifest came from a file (false: inferred from the directory's models).
+    pub from_file: bool,
+}
+
+/// How to open a bundle.
+#[derive(Clone, Copy, Debug)]
+pub struct OpenOptions {
+    /// Verify every file's SHA-256 against the manifest (default). Hashing a 2.5 GB ViT-H encoder
+    /// takes seconds; `--no-verify` skips it for development loops.
+    pub verify_checksums: bool,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions { verify_checksums: true }
+    }
+}
+
+impl Bundle {
+    /// Opens `dir/bundle.toml`, or infers a manifest when the directory has none.
+    pub fn open(dir: &Path, options: OpenOptions) -> Result<Self> {
+        if !dir.is_dir() {
+            if dir.exists() {
+                bail!("{}: not a bundle directory", dir.display());
+            }
+            bail!("{}: bundle directory not found", dir.display());
+        }
+        let manifest_path = dir.join(MANIFEST_FILE);
+        let (manifest, from_file) = if manifest_path.exists() {
+            (Manifest::read(&manifest_path)?, true)
+        } else {
+            log::warn!(
+                "{}: no {MANIFEST_FILE}; describing the models found there (run `alignsam bundle` to write one)",
+                dir.display()
+            );
+            (infer_manifest(dir, &InferOptions::default())?, false)
+        };
+        let bundle = Bundle { dir: dir.to_path_buf(), manifest, from_file };
+        if options.verify_checksums && from_file {
+            bundle.verify_checksums()?;
+        }
+        Ok(bundle)
+    }
+
+    /// The full path of a file named in the manifest.
+    pub fn path(&self, file: &str) -> PathBuf {
+        self.dir.join(file)
+    }
+
+    /// Verifies every model file against its manifest checksum.
+    pub fn verify_checksums(&self) -> Result<()> {
+        for (role, file, expected) in self.manifest.files() {
+            let path = self.path(file);
+            let actual = sha256_file(&path).with_context(|| format!("the {role} named in the manifest"))?;
+            if actual != expected {
+                bail!(
+                    "{}: checksum mismatch for the {role}: the manifest says sha256 {expected}, the file has {actual}",
+                    path.display()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Path of the encoder file.
+    pub fn encoder_path(&self) -> PathBuf {
+        self.path(&self.manifest.models.encoder.file)
+    }
+
+    /// Path of the decoder file.
+    pub fn decoder_path(&self) -> PathBuf {
+        self.path(&self.manifest.models.decoder.file)
+    }
+}
+
+/// The SHA-256 of a file, as lower-case hex. Errors name the file.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let mut file = std::fs::File::open(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => anyhow::anyhow!("{}: file not found", path.display()),
+        _ => anyhow::anyhow!("{}: cannot open: {e}", path.display()),
+    })?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).with_context(|| format!("{}: read error", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Choices for [`infer_manifest`] that the files themselves cannot tell.
+#[derive(Clone, Debug)]
+pub struct InferOptions {
+    /// The bundle's name (default: the directory's name).
+    pub name: Option<String>,
+    /// Model files, relative to the directory; `None` means the conventional name if present.
+    pub encoder: Option<String>,
+    /// See `encoder`.
+    pub decoder: Option<String>,
+    /// See `encoder`.
+    pub policy: Option<String>,
+    /// See `encoder`.
+    pub srm: Option<String>,
+    /// Agent grid and step limit.
+    pub agent: AgentSection,
+    /// Pixel statistics (SAM's by default).
+    pub pixel_mean: [f32; 3],
+    /// See `pixel_mean`.
+    pub pixel_std: [f32; 3],
+}
+
+impl Default for InferOptions {
+    fn default() -> Self {
+        InferOptions {
+            name: None,
+            encoder: None,
+            decoder: None,
+            policy: None,
+            srm: None,
+            agent: AgentSection::default(),
+            pixel_mean: [123.675, 116.28, 103.53],
+            pixel_std: [58.395, 57.12, 57.375],
+        }
+    }
+}
+
+fn fixed_dims(d: &onnx_io::IoDecl) -> Option<Vec<usize>> {
+    d.shape.as_ref()?.iter().map(|d| if let Dim::Fixed(n) = d { Some(*n) } else { None }).collect()
+}
+
+fn pick(dir: &Path, given: &Option<String>, default: &str, required: bool) -> Result<Option<String>> {
+    match given {
+        Some(f) => {
+            if !dir.join(f).exists() {
+                bail!("{}: file not found", dir.join(f).display());
+            }
+            Ok(Some(f.clone()))
+        }
+        None if dir.join(default).exists() => Ok(Some(default.to_string())),
+        None if required => bail!("{}: no {default} in this directory", dir.display()),
+        None => Ok(None),
+    }
+}
+
+/// Describes the models in a directory: shapes and forms read from the files, checksums
+/// computed, and (when the directory has a `SHA256SUMS` file) checked against it.
+pub fn infer_manifest(dir: &Path, options: &InferOptions) -> Result<Manifest> {
+    let encoder_file = pick(dir, &options.encoder, "encoder.onnx", true)?.unwrap_or_default();
+    let decoder_file = pick(dir, &options.decoder, "decoder.onnx", true)?.unwrap_or_default();
+    let policy_file = pick(dir, &options.policy, "policy.onnx", false)?;
+    let srm_file = pick(dir, &options.srm, "srm.onnx", false)?;
+
+    let sums = read_sha256sums(dir)?;
+    let checksum = |file: &str| -> Result<String> {
+        let path = dir.join(file);
+        let actual = sha256_file(&path)?;
+        let listed = Path::new(file).file_name().and_then(|n| sums.iter().find(|(_, f)| f.as_str() == n));
+        if let Some((expected, _)) = listed
+            && *expected != actual
+        {
+            bail!("{}: checksum mismatch: SHA256SUMS says {expected}, the file has {actual}", path.display());
+        }
+        Ok(actual)
+    };
+
+    let (enc_proto, enc_bytes) = onnx_io::read_proto(&dir.join(&encoder_file))?;
+    let enc = onnx_io::declared_io(&enc_proto, enc_bytes);
+    drop(enc_proto);
+    let enc_in = enc.inputs.first().and_then(fixed_dims);
+    let size = match enc_in.as_deref() {
+        Some([1, 3, h, w]) if h == w => *h,
+        _ => bail!(
+            "{}: encoder input should be [1,3,S,S] with a fixed S, the file declares {}",
+            dir.join(&encoder_file).display(),
+            enc.inputs.first().map_or("nothing".into(), |d| d.shape_string())
+        ),
+    };
+    let emb = match enc.outputs.first().and_then(fixed_dims).as_deref() {
+        Some([1, c, h, w]) => [*c, *h, *w],
+        _ => bail!(
+            "{}: encoder output should be [1,C,H,W] with fixed sizes, the file declares {}",
+            dir.join(&encoder_file).display(),
+            enc.outputs.first().map_or("nothing".into(), |d| d.shape_string())
+        ),
+    };
+
+    let (dec_proto, dec_bytes) = onnx_io::read_proto(&dir.join(&decoder_file))?;
+    let dec = onnx_io::declared_io(&dec_proto, dec_bytes);
+    drop(dec_proto);
+    let form = if dec.outputs.iter().any(|o| o.name == "masks") {
+        DecoderForm::Standard
+    } else {
+        DecoderForm::LowRes
+    };
+
+    let policy = match policy_file {
+        Some(file) => {
+            let (p, b) = onnx_io::read_proto(&dir.join(&file))?;
+            let io = onnx_io::declared_io(&p, b);
+            let value_head = io.outputs.iter().any(|o| o.name == "value");
+            Some(PolicyEntry { sha256: checksum(&file)?, file, value_head })
+        }
+        None => None,
+    };
+    let srm = match srm_file {
+        Some(file) => {
+            let (p, b) = onnx_io::read_proto(&dir.join(&file))?;
+            let io = onnx_io::declared_io(&p, b);
+            let semantic = io.inputs.iter().any(|i| i.name == "semantic");
+            let map_size = io
+                .outputs
+                .first()
+                .and_then(fixed_dims)
+                .and_then(|s| s.last().copied())
+                .unwrap_or(options.agent.grid);
+            Some(SrmEntry { sha256: checksum(&file)?, file, map_size, semantic })
+        }
+        None => None,
+    };
+
+    let name = options.name.clone().unwrap_or_else(|| {
+        dir.canonicalize()
+            .ok()
+            .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| "bundle".into())
+    });
+    let manifest = Manifest {
+        format: manifest::FORMAT,
+        name,
+        description: String::new(),
+        image: ImageSection { size, pixel_mean: options.pixel_mean, pixel_std: options.pixel_std },
+        embedding: EmbeddingSection { shape: emb },
+        agent: options.agent.clone(),
+        models: ModelsSection {
+            encoder: ModelEntry { sha256: checksum(&encoder_file)?, file: encoder_file },
+            decoder: DecoderEntry { sha256: checksum(&decoder_file)?, file: decoder_file, form },
+            policy,
+            srm,
+        },
+    };
+    manifest.validate().with_context(|| format!("{}", dir.display()))?;
+    Ok(manifest)
+}
+
+/// Reads `SHA256SUMS` (the `sha256sum` format) if the directory has one.
+fn read_sha256sums(dir: &Path) -> Result<Vec<(String, String)>> {
+    let path = dir.join("SHA256SUMS");
+    if !path.exists() {
+        return Ok(vec![]);
+    }
+    let text = std::fs::read_to_string(&path).with_context(|| format!("{}: cannot read", path.display()))?;
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let mut parts = l.split_whitespace();
+            match (parts.next(), parts.next()) {
+                (Some(sum), Some(file)) => Ok((sum.to_lowercase(), file.trim_start_matches('*').to_string())),
+                _ => bail!("{}: malformed line {l:?}", path.display()),
+            }
+        })
+        .collect()
+}
+
+/// Writes a manifest for the models in `models_dir` into `out_dir/bundle.toml`, with file paths
+/// relative to `out_dir` so that the bundle can live apart from read-only model directories.
+pub fn write_bundle(models_dir: &Path, out_dir: &Path, options: &InferOptions) -> Result<PathBuf> {
+    let mut manifest = infer_manifest(models_dir, options)?;
+    std::fs::create_dir_all(out_dir).with_context(|| format!("{}: cannot create", out_dir.display()))?;
+    let rel = relative_path(models_dir, out_dir)?;
+    let rebase = |f: &mut String| *f = rel.join(&*f).to_string_lossy().into_owned();
+    rebase(&mut manifest.models.encoder.file);
+    rebase(&mut manifest.models.decoder.file);
+    if let Some(p) = &mut manifest.models.policy {
+        rebase(&mut p.file);
+    }
+    if let Some(s) = &mut manifest.models.srm {
+        rebase(&mut s.file);
+    }
+    let path = out_dir.join(MANIFEST_FILE);
+    std::fs::write(&path, manifest.to_toml()?).with_context(|| format!("{}: cannot write", path.display()))?;
+    Ok(path)
+}
+
+/// The path that leads from `from_dir` to `target_dir`, e.g. `../../shared/models/x`.
+fn relative_path(target_dir: &Path, from_dir: &Path) -> Result<PathBuf> {
+    let target = target_dir.canonicalize().with_context(|| format!("{}", target_dir.display()))?;
+    let from = from_dir.canonicalize().with_context(|| format!("{}", from_dir.display()))?;
+    let common = target.components().zip(from.components()).take_while(|(a, b)| a == b).count();
+    let mut rel = PathBuf::new();
+    for _ in from.components().skip(common) {
+        rel.push("..");
+    }
+    for c in target.components().skip(common) {
+        rel.push(c);
+    }
+    Ok(rel)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_paths_walk_up_and_down() {
+        let tmp = tempfile::tempdir().unwrap();
+        let a = tmp.path().join("shared/models/x");
+        let b = tmp.path().join("work/bundles/y");
+        std::fs::create_dir_all(&a).unwrap();
+        std::fs::create_dir_all(&b).unwrap();
+        assert_eq!(relative_path(&a, &b).unwrap(), PathBuf::from("../../../shared/models/x"));
+        assert_eq!(relative_path(&a, &a).unwrap(), PathBuf::from(""));
+    }
+
+    #[test]
+    fn sha256_of_known_content() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("f");
+        std::fs::write(&p, b"abc").unwrap();
+        assert_eq!(
+            sha256_file(&p).unwrap(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        let err = format!("{:#}", sha256_file(&tmp.path().join("missing")).unwrap_err());
+        assert!(err.contains("missing: file not found"), "{err}");
+    }
+}

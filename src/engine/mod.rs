@@ -1,0 +1,291 @@
+//! Inference engines: the only place that knows how an ONNX file becomes something we can run.
+//!
+//! The rest of the crate talks to models through [`Model`], a small object-safe interface:
+//! positional f32 inputs in, f32 outputs out, in the order a [`ModelSpec`] declares. A backend
+//! ([`tract`], and ONNX Runtime behind the `ort` feature) implements [`Backend`] and does its
+//! expensive work (parsing, typing, optimising) once, in [`Backend::load`].
+//!
+//! Every check that does not depend on the backend lives here and in [`onnx_io`]: the file
+//! exists and is ONNX, its declared inputs and outputs are the ones the spec asks for, and the
+//! tensors handed to `run` have the shapes the spec allows. Errors name the file and the problem.
+
+pub mod onnx_io;
+pub mod tensor;
+pub mod tract;
+
+#[cfg(feature = "ort")]
+pub mod ort;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+
+pub use onnx_io::{DeclaredIo, IoDecl};
+pub use tensor::{Tensor, TensorView};
+
+/// One dimension of a declared tensor shape: a fixed size, or a named symbol that may vary from
+/// one run to the next (the decoder's point count).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Dim {
+    /// A size known when the model is loaded.
+    Fixed(usize),
+    /// A size that each run chooses, e.g. `N` for the number of prompt points.
+    Symbol(String),
+}
+
+impl Dim {
+    /// Whether a concrete size `n` is allowed by this dimension.
+    pub fn admits(&self, n: usize) -> bool {
+        match self {
+            Dim::Fixed(f) => *f == n,
+            Dim::Symbol(_) => true,
+        }
+    }
+}
+
+impl fmt::Display for Dim {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Dim::Fixed(n) => write!(f, "{n}"),
+            Dim::Symbol(s) => write!(f, "{s}"),
+        }
+    }
+}
+
+/// Formats a shape as `[1,N,2]`.
+pub fn fmt_shape(shape: &[Dim]) -> String {
+    let dims: Vec<String> = shape.iter().map(Dim::to_string).collect();
+    format!("[{}]", dims.join(","))
+}
+
+/// Shorthand for a shape of fixed dimensions.
+pub fn fixed(dims: &[usize]) -> Vec<Dim> {
+    dims.iter().map(|&d| Dim::Fixed(d)).collect()
+}
+
+/// An input the caller will feed.
+#[derive(Clone, Debug)]
+pub struct InputSpec {
+    /// The graph input's name in the ONNX file.
+    pub name: String,
+    /// The shape the caller promises; fixed dimensions let the backend specialise the graph.
+    pub shape: Vec<Dim>,
+    /// An optional input may be absent from the file (e.g. `orig_im_size` in a low-res-only
+    /// decoder); the value passed for it is then dropped.
+    pub optional: bool,
+}
+
+/// An output the caller will read.
+#[derive(Clone, Debug)]
+pub struct OutputSpec {
+    /// The graph output's name in the ONNX file.
+    pub name: String,
+    /// The expected shape, checked at load time where the file declares it and after each run.
+    pub shape: Vec<Dim>,
+}
+
+/// What a caller needs from a model: the inputs it feeds and the outputs it reads, in order.
+///
+/// Outputs of the file that the spec does not list are pruned where the backend can do so (tract
+/// then never computes them): this is how a standard SAM decoder runs without its full-resolution
+/// upscaling inside the prompting loop.
+#[derive(Clone, Debug)]
+pub struct ModelSpec {
+    /// What the model is for ("encoder", "decoder", ...), used in messages.
+    pub role: String,
+    /// Inputs, in the order `run` takes them.
+    pub inputs: Vec<InputSpec>,
+    /// Outputs, in the order `run` returns them.
+    pub outputs: Vec<OutputSpec>,
+    /// Inputs whose value is the same for every run and can be folded into the graph at load
+    /// time. Needed by tract for the standard decoder's `orig_im_size`, which sets the size of a
+    /// Resize: one specialised model per image size.
+    pub constants: Vec<(String, Tensor)>,
+}
+
+impl ModelSpec {
+    /// A spec with the given role and no inputs or outputs yet.
+    pub fn new(role: impl Into<String>) -> Self {
+        ModelSpec { role: role.into(), inputs: vec![], outputs: vec![], constants: vec![] }
+    }
+
+    /// Adds a required input.
+    pub fn input(mut self, name: &str, shape: Vec<Dim>) -> Self {
+        self.inputs.push(InputSpec { name: name.into(), shape, optional: false });
+        self
+    }
+
+    /// Adds an input that the file may lack.
+    pub fn optional_input(mut self, name: &str, shape: Vec<Dim>) -> Self {
+        self.inputs.push(InputSpec { name: name.into(), shape, optional: true });
+        self
+    }
+
+    /// Adds an output.
+    pub fn output(mut self, name: &str, shape: Vec<Dim>) -> Self {
+        self.outputs.push(OutputSpec { name: name.into(), shape });
+        self
+    }
+
+    /// Fixes the value of an input for every run.
+    pub fn constant(mut self, name: &str, value: Tensor) -> Self {
+        self.constants.push((name.into(), value));
+        self
+    }
+}
+
+/// How a backend should load models.
+#[derive(Clone, Debug)]
+pub struct EngineOptions {
+    /// Threads for one model run (intra-op parallelism). 0 means all available cores.
+    pub threads: usize,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions { threads: 0 }
+    }
+}
+
+impl EngineOptions {
+    /// The thread count to use, resolving 0 to the number of available cores.
+    pub fn resolved_threads(&self) -> usize {
+        if self.threads > 0 {
+            self.threads
+        } else {
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        }
+    }
+}
+
+/// Where the time of a load went.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LoadTimings {
+    /// Reading and parsing the file.
+    pub parse: Duration,
+    /// Typing, decluttering and optimising the graph (or creating the session).
+    pub optimise: Duration,
+}
+
+impl LoadTimings {
+    /// Total load time.
+    pub fn total(&self) -> Duration {
+        self.parse + self.optimise
+    }
+}
+
+/// A loaded, optimised model, ready to run many times.
+pub trait Model: Send + Sync {
+    /// The file it came from.
+    fn path(&self) -> &Path;
+    /// The spec it was loaded for.
+    fn spec(&self) -> &ModelSpec;
+    /// The inputs and outputs the file declares.
+    fn declared(&self) -> &DeclaredIo;
+    /// How long loading took.
+    fn load_timings(&self) -> LoadTimings;
+    /// Runs the model on inputs in spec order (one per spec input, optional ones included),
+    /// returning the spec's outputs in order. Shapes are checked against the spec first.
+    fn run(&self, inputs: &[TensorView<'_>]) -> Result<Vec<Tensor>>;
+}
+
+/// A way of running ONNX models.
+pub trait Backend: Send + Sync {
+    /// Short name for logs and reports ("tract", "ort").
+    fn name(&self) -> &'static str;
+    /// Loads, checks and optimises a model once.
+    fn load(&self, path: &Path, spec: &ModelSpec) -> Result<Box<dyn Model>>;
+}
+
+/// Backends this build can use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendKind {
+    /// tract, pure Rust (default).
+    Tract,
+    /// ONNX Runtime through the `ort` crate (needs the `ort` feature and ORT_DYLIB_PATH).
+    Ort,
+}
+
+impl BackendKind {
+    /// Creates the backend with the given options.
+    pub fn create(self, options: &EngineOptions) -> Result<Box<dyn Backend>> {
+        match self {
+            BackendKind::Tract => Ok(Box::new(tract::TractBackend::new(options))),
+            #[cfg(feature = "ort")]
+            BackendKind::Ort => Ok(Box::new(ort::OrtBackend::new(options)?)),
+            #[cfg(not(feature = "ort"))]
+            BackendKind::Ort => {
+                bail!("this build has no ONNX Runtime backend: rebuild with `--features ort`")
+            }
+        }
+    }
+}
+
+/// Checks the tensors given to `run` against the spec: one per input, each of an admitted shape,
+/// with consistent values for symbols shared between inputs (e.g. `N` in coords and labels).
+pub fn check_run_inputs(path: &Path, spec: &ModelSpec, inputs: &[TensorView<'_>]) -> Result<()> {
+    if inputs.len() != spec.inputs.len() {
+        bail!(
+            "{}: {} expects {} inputs, got {}",
+            path.display(),
+            spec.role,
+            spec.inputs.len(),
+            inputs.len()
+        );
+    }
+    let mut symbols: Vec<(&str, usize)> = vec![];
+    for (input, view) in spec.inputs.iter().zip(inputs) {
+        let ok = input.shape.len() == view.shape.len()
+            && input.shape.iter().zip(view.shape).all(|(d, &n)| d.admits(n));
+        if !ok {
+            bail!(
+                "{}: input '{}' of the {} needs shape {}, got {:?}",
+                path.display(),
+                input.name,
+                spec.role,
+                fmt_shape(&input.shape),
+                view.shape
+            );
+        }
+        for (d, &n) in input.shape.iter().zip(view.shape) {
+            if let Dim::Symbol(s) = d {
+                match symbols.iter().find(|(name, _)| name == s) {
+                    Some(&(_, m)) if m != n => bail!(
+                        "{}: symbol {s} of the {} is {m} in one input and {n} in '{}'",
+                        path.display(),
+                        spec.role,
+                        input.name
+                    ),
+                    Some(_) => {}
+                    None => symbols.push((s.as_str(), n)),
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Checks one output tensor against its spec after a run, so that a model whose output shape
+/// depends on its inputs in an unexpected way fails loudly instead of feeding garbage onward.
+pub fn check_run_output(path: &Path, role: &str, spec: &OutputSpec, shape: &[usize]) -> Result<()> {
+    let ok = spec.shape.len() == shape.len()
+        && spec.shape.iter().zip(shape).all(|(d, &n)| d.admits(n));
+    if !ok {
+        bail!(
+            "{}: output '{}' of the {} should have shape {}, got {:?}",
+            path.display(),
+            spec.name,
+            role,
+            fmt_shape(&spec.shape),
+            shape
+        );
+    }
+    Ok(())
+}
+
+/// The path of a model relative to nothing: used where a model was built in memory.
+pub fn display_path(path: &Path) -> PathBuf {
+    path.to_path_buf()
+}

@@ -1,0 +1,204 @@
+//! The tract backend: load, declare input facts, optimise once, run many times.
+//!
+//! We use `tract-onnx` (with `tract-core` through it) rather than the `tract` facade crate,
+//! because the runtime needs four things the facade does not expose: choosing which outputs to
+//! keep (so the standard SAM decoder's full-size Resize is pruned from the graph), folding an
+//! input into a constant (the one case where that Resize must run), a per-model thread pool
+//! (`RunOptions::executor`), and the ONNX protobuf types to inspect files and write the trained
+//! policy and SRM. All tract calls stay in this file.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use anyhow::{Context, Result, anyhow};
+use tract_linalg::multithread::Executor;
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::runtime::RunOptions;
+
+use super::{
+    Backend, DeclaredIo, Dim, EngineOptions, LoadTimings, Model, ModelSpec, Tensor, TensorView,
+    check_run_inputs, check_run_output, onnx_io,
+};
+
+/// tract, pure Rust, one thread pool per loaded model.
+pub struct TractBackend {
+    threads: usize,
+}
+
+impl TractBackend {
+    /// A backend whose models each run on `options.threads` threads.
+    pub fn new(options: &EngineOptions) -> Self {
+        TractBackend { threads: options.resolved_threads() }
+    }
+}
+
+type Plan = Arc<TypedRunnableModel>;
+
+/// A model optimised by tract. Runs share one pre-allocated state (its scratch memory survives
+/// between runs); calls are serialised, which matches how a frame is processed.
+struct TractModel {
+    path: PathBuf,
+    spec: ModelSpec,
+    declared: DeclaredIo,
+    timings: LoadTimings,
+    /// For each spec input, its position among the optimised model's inputs (None: not an input
+    /// of this file, or folded into a constant).
+    input_slots: Vec<Option<usize>>,
+    model_inputs: usize,
+    state: Mutex<TypedSimpleState>,
+    _plan: Plan,
+}
+
+impl Backend for TractBackend {
+    fn name(&self) -> &'static str {
+        "tract"
+    }
+
+    fn load(&self, path: &Path, spec: &ModelSpec) -> Result<Box<dyn Model>> {
+        let start = Instant::now();
+        let (proto, declared) = onnx_io::inspect(path, spec)?;
+        let p = path.display();
+        let model_dir = path.parent().and_then(|d| d.to_str());
+        let mut model = tract_onnx::onnx()
+            .parse(&proto, model_dir)
+            .map_err(|e| anyhow!("{p}: tract cannot parse the {}: {e:#}", spec.role))?
+            .model;
+        drop(proto);
+        let parse = start.elapsed();
+
+        let start = Instant::now();
+        declare_facts(&mut model, spec).with_context(|| format!("{p}: declaring input facts"))?;
+        let output_names: Vec<&str> = spec.outputs.iter().map(|o| o.name.as_str()).collect();
+        model
+            .select_outputs_by_name(&output_names)
+            .with_context(|| format!("{p}: selecting outputs {output_names:?}"))?;
+        let typed = model
+            .into_typed()
+            .and_then(|m| m.into_decluttered())
+            .map_err(|e| anyhow!("{p}: tract cannot type the {}: {e:#}", spec.role))?;
+        check_typed_outputs(path, spec, &typed)?;
+        let optimised = typed
+            .into_optimized()
+            .map_err(|e| anyhow!("{p}: tract cannot optimise the {}: {e:#}", spec.role))?;
+
+        let input_slots = spec
+            .inputs
+            .iter()
+            .map(|i| {
+                optimised
+                    .inputs
+                    .iter()
+                    .position(|o| optimised.node(o.node).name == i.name)
+            })
+            .collect();
+        let model_inputs = optimised.inputs.len();
+        let executor = (self.threads > 1).then(|| Executor::multithread(self.threads));
+        let options = RunOptions { executor, ..Default::default() };
+        let plan = optimised
+            .into_runnable_with_options(&options)
+            .map_err(|e| anyhow!("{p}: tract cannot plan the {}: {e:#}", spec.role))?;
+        let state = plan.spawn().map_err(|e| anyhow!("{p}: {e:#}"))?;
+        let optimise = start.elapsed();
+
+        Ok(Box::new(TractModel {
+            path: path.to_path_buf(),
+            spec: spec.clone(),
+            declared,
+            timings: LoadTimings { parse, optimise },
+            input_slots,
+            model_inputs,
+            state: Mutex::new(state),
+            _plan: plan,
+        }))
+    }
+}
+
+/// Declares every input's shape (symbols for varying dimensions, so that one plan serves every
+/// point count) and folds constant inputs into the graph.
+fn declare_facts(model: &mut InferenceModel, spec: &ModelSpec) -> TractResult<()> {
+    for (ix, outlet) in model.inputs.clone().iter().enumerate() {
+        let name = model.node(outlet.node).name.clone();
+        if let Some((_, value)) = spec.constants.iter().find(|(n, _)| *n == name) {
+            let t = tract_onnx::prelude::Tensor::from_shape(value.shape(), value.data())?;
+            model.set_input_fact(ix, InferenceFact::from(t))?;
+        } else if let Some(input) = spec.inputs.iter().find(|i| i.name == name) {
+            let dims: TVec<TDim> = input
+                .shape
+                .iter()
+                .map(|d| match d {
+                    Dim::Fixed(n) => TDim::Val(*n as i64),
+                    Dim::Symbol(s) => model.symbols.sym(s).into(),
+                })
+                .collect();
+            model.set_input_fact(ix, f32::fact(dims).into())?;
+        }
+    }
+    Ok(())
+}
+
+/// Where tract can compute the output shapes from the declared inputs, compare them with the
+/// spec now rather than at the first run.
+fn check_typed_outputs(path: &Path, spec: &ModelSpec, typed: &TypedModel) -> Result<()> {
+    for (out, outlet) in spec.outputs.iter().zip(typed.outputs.iter()) {
+        let fact = typed.outlet_fact(*outlet)?;
+        let concrete: Option<Vec<usize>> = fact.shape.as_concrete().map(|s| s.to_vec());
+        let Some(shape) = concrete else { continue };
+        check_run_output(path, &spec.role, out, &shape)?;
+    }
+    Ok(())
+}
+
+impl Model for TractModel {
+    fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn spec(&self) -> &ModelSpec {
+        &self.spec
+    }
+
+    fn declared(&self) -> &DeclaredIo {
+        &self.declared
+    }
+
+    fn load_timings(&self) -> LoadTimings {
+        self.timings
+    }
+
+    fn run(&self, inputs: &[TensorView<'_>]) -> Result<Vec<Tensor>> {
+        check_run_inputs(&self.path, &self.spec, inputs)?;
+        let mut slots: Vec<Option<TValue>> = vec![None; self.model_inputs];
+        for (slot, view) in self.input_slots.iter().zip(inputs) {
+            if let Some(ix) = slot {
+                let t = tract_onnx::prelude::Tensor::from_shape(view.shape, view.data)?;
+                slots[*ix] = Some(t.into_tvalue());
+            }
+        }
+        let values: TVec<TValue> = slots
+            .into_iter()
+            .enumerate()
+            .map(|(ix, v)| {
+                v.ok_or_else(|| anyhow!("{}: model input #{ix} has no value", self.path.display()))
+            })
+            .collect::<Result<_>>()?;
+        let outputs = {
+            let mut state = self.state.lock().map_err(|_| anyhow!("model state poisoned"))?;
+            state
+                .run(values)
+                .map_err(|e| anyhow!("{}: running the {}: {e:#}", self.path.display(), self.spec.role))?
+        };
+        self.spec
+            .outputs
+            .iter()
+            .zip(outputs)
+            .map(|(spec, value)| {
+                let shape = value.shape().to_vec();
+                check_run_output(&self.path, &self.spec.role, spec, &shape)?;
+                let value = value.cast_to::<f32>()?;
+                let data = value.try_as_plain_ram()?.as_slice::<f32>()?.to_vec();
+                Tensor::new(shape, data)
+            })
+            .collect()
+    }
+}

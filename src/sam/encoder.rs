@@ -1,0 +1,52 @@
+//! The SAM image encoder: `image [1,3,S,S]` -> `image_embeddings [1,C,H,W]`, run once per image.
+
+use std::path::Path;
+
+use anyhow::Result;
+
+use crate::bundle::Manifest;
+use crate::engine::{Backend, Model, ModelSpec, Tensor, fixed};
+
+/// An image embedding `[1, C, H, W]` (`[1, 256, 64, 64]` for SAM).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Embedding(pub Tensor);
+
+impl Embedding {
+    /// Channels, height and width.
+    pub fn chw(&self) -> (usize, usize, usize) {
+        let s = self.0.shape();
+        (s[1], s[2], s[3])
+    }
+}
+
+/// The loaded encoder.
+pub struct Encoder {
+    model: Box<dyn Model>,
+}
+
+impl Encoder {
+    /// What the runtime needs from an encoder file, per the manifest.
+    pub fn spec(manifest: &Manifest) -> ModelSpec {
+        let s = manifest.image.size;
+        let [c, h, w] = manifest.embedding.shape;
+        ModelSpec::new("encoder")
+            .input("image", fixed(&[1, 3, s, s]))
+            .output("image_embeddings", fixed(&[1, c, h, w]))
+    }
+
+    /// Loads and optimises the encoder.
+    pub fn load(backend: &dyn Backend, path: &Path, manifest: &Manifest) -> Result<Self> {
+        Ok(Encoder { model: backend.load(path, &Self::spec(manifest))? })
+    }
+
+    /// Runs the encoder on a preprocessed image.
+    pub fn encode(&self, image: &Tensor) -> Result<Embedding> {
+        let mut out = self.model.run(&[image.view()])?;
+        Ok(Embedding(out.remove(0)))
+    }
+
+    /// The underlying model (for `info` and benchmarks).
+    pub fn model(&self) -> &dyn Model {
+        self.model.as_ref()
+    }
+}
