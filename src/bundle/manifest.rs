@@ -72,7 +72,10 @@ pub struct AgentSection {
 
 impl Default for AgentSection {
     fn default() -> Self {
-        AgentSection { grid: 10, max_steps: 15 }
+        AgentSection {
+            grid: 10,
+            max_steps: 15,
+        }
     }
 }
 
@@ -156,16 +159,24 @@ pub struct SrmEntry {
 impl Manifest {
     /// Parses a manifest and checks its numbers; errors name the file.
     pub fn parse(text: &str, path: &Path) -> Result<Self> {
-        let m: Manifest = toml::from_str(text)
-            .map_err(|e| anyhow::anyhow!("{}: malformed manifest: {}", path.display(), one_line(&e.to_string())))?;
-        m.validate().with_context(|| format!("{}", path.display()))?;
+        let m: Manifest = toml::from_str(text).map_err(|e| {
+            anyhow::anyhow!(
+                "{}: malformed manifest: {}",
+                path.display(),
+                one_line(&e.to_string())
+            )
+        })?;
+        m.validate()
+            .with_context(|| format!("{}", path.display()))?;
         Ok(m)
     }
 
     /// Reads and parses a manifest file.
     pub fn read(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => anyhow::anyhow!("{}: manifest not found", path.display()),
+            std::io::ErrorKind::NotFound => {
+                anyhow::anyhow!("{}: manifest not found", path.display())
+            }
             _ => anyhow::anyhow!("{}: cannot read manifest: {e}", path.display()),
         })?;
         Self::parse(&text, path)
@@ -173,25 +184,37 @@ impl Manifest {
 
     /// Serialises to TOML.
     pub fn to_toml(&self) -> Result<String> {
-        Ok(toml::to_string_pretty(self)?)
+        Ok(toml::to_string(self)?)
     }
 
     /// Checks that the numbers make sense together.
     pub fn validate(&self) -> Result<()> {
         if self.format != FORMAT {
-            bail!("manifest format {} is not supported (this build reads format {FORMAT})", self.format);
+            bail!(
+                "manifest format {} is not supported (this build reads format {FORMAT})",
+                self.format
+            );
         }
         if self.image.size == 0 {
             bail!("[image] size must be positive");
         }
         if self.image.pixel_std.iter().any(|&s| s.is_nan() || s <= 0.0) {
-            bail!("[image] pixel_std must be positive, got {:?}", self.image.pixel_std);
+            bail!(
+                "[image] pixel_std must be positive, got {:?}",
+                self.image.pixel_std
+            );
         }
         if self.image.pixel_mean.iter().any(|m| !m.is_finite()) {
-            bail!("[image] pixel_mean must be finite, got {:?}", self.image.pixel_mean);
+            bail!(
+                "[image] pixel_mean must be finite, got {:?}",
+                self.image.pixel_mean
+            );
         }
         if self.embedding.shape.contains(&0) {
-            bail!("[embedding] shape must be positive, got {:?}", self.embedding.shape);
+            bail!(
+                "[embedding] shape must be positive, got {:?}",
+                self.embedding.shape
+            );
         }
         if self.agent.grid == 0 || self.agent.grid > self.embedding.shape[1] {
             bail!(
@@ -212,7 +235,11 @@ impl Manifest {
             );
         }
         for (role, sha) in self.checksums() {
-            if sha.len() != 64 || !sha.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()) {
+            if sha.len() != 64
+                || !sha
+                    .chars()
+                    .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+            {
                 bail!("[models.{role}] sha256 must be 64 lower-case hex digits, got {sha:?}");
             }
         }
@@ -223,8 +250,16 @@ impl Manifest {
     pub fn files(&self) -> Vec<(&'static str, &str, &str)> {
         let m = &self.models;
         let mut v = vec![
-            ("encoder", m.encoder.file.as_str(), m.encoder.sha256.as_str()),
-            ("decoder", m.decoder.file.as_str(), m.decoder.sha256.as_str()),
+            (
+                "encoder",
+                m.encoder.file.as_str(),
+                m.encoder.sha256.as_str(),
+            ),
+            (
+                "decoder",
+                m.decoder.file.as_str(),
+                m.decoder.sha256.as_str(),
+            ),
         ];
         if let Some(p) = &m.policy {
             v.push(("policy", p.file.as_str(), p.sha256.as_str()));
@@ -287,16 +322,37 @@ form = "standard"
     #[test]
     fn malformed_manifests_name_the_file_and_the_problem() {
         let cases = [
-            (SAMPLE.replace("size = 1024", "size = \"big\""), "malformed manifest"),
-            (SAMPLE.replace("grid = 10", "grdi = 10"), "unknown field `grdi`"),
-            (SAMPLE.replace("pixel_std = [58.395", "pixel_std = [0.0"), "pixel_std must be positive"),
-            (SAMPLE.replace("format = 1", "format = 7"), "format 7 is not supported"),
+            (
+                SAMPLE.replace("size = 1024", "size = \"big\""),
+                "malformed manifest",
+            ),
+            (
+                SAMPLE.replace("grid = 10", "grdi = 10"),
+                "unknown field `grdi`",
+            ),
+            (
+                SAMPLE.replace("pixel_std = [58.395", "pixel_std = [0.0"),
+                "pixel_std must be positive",
+            ),
+            (
+                SAMPLE.replace("format = 1", "format = 7"),
+                "format 7 is not supported",
+            ),
             (SAMPLE.replace("fd949a19", "FD949A19"), "64 lower-case hex"),
-            (SAMPLE.replace("form = \"standard\"", "form = \"tiny\""), "malformed manifest"),
-            (SAMPLE.replace("grid = 10", "grid = 0"), "grid must be between"),
+            (
+                SAMPLE.replace("form = \"standard\"", "form = \"tiny\""),
+                "malformed manifest",
+            ),
+            (
+                SAMPLE.replace("grid = 10", "grid = 0"),
+                "grid must be between",
+            ),
         ];
         for (text, expected) in cases {
-            let err = format!("{:#}", Manifest::parse(&text, Path::new("b/bundle.toml")).unwrap_err());
+            let err = format!(
+                "{:#}",
+                Manifest::parse(&text, Path::new("b/bundle.toml")).unwrap_err()
+            );
             assert!(err.contains("b/bundle.toml"), "{err}");
             assert!(err.contains(expected), "{err} should mention {expected}");
             assert!(!err.contains('\n'), "one line: {err}");

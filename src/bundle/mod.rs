@@ -16,8 +16,8 @@ use sha2::{Digest, Sha256};
 
 use crate::engine::{Dim, onnx_io};
 pub use manifest::{
-    AgentSection, DecoderEntry, DecoderForm, EmbeddingSection, ImageSection, MANIFEST_FILE, Manifest,
-    ModelEntry, ModelsSection, PolicyEntry, SrmEntry,
+    AgentSection, DecoderEntry, DecoderForm, EmbeddingSection, ImageSection, MANIFEST_FILE,
+    Manifest, ModelEntry, ModelsSection, PolicyEntry, SrmEntry,
 };
 
 /// An opened bundle: its manifest and where its files are.
@@ -41,7 +41,9 @@ pub struct OpenOptions {
 
 impl Default for OpenOptions {
     fn default() -> Self {
-        OpenOptions { verify_checksums: true }
+        OpenOptions {
+            verify_checksums: true,
+        }
     }
 }
 
@@ -64,7 +66,11 @@ impl Bundle {
             );
             (infer_manifest(dir, &InferOptions::default())?, false)
         };
-        let bundle = Bundle { dir: dir.to_path_buf(), manifest, from_file };
+        let bundle = Bundle {
+            dir: dir.to_path_buf(),
+            manifest,
+            from_file,
+        };
         if options.verify_checksums && from_file {
             bundle.verify_checksums()?;
         }
@@ -80,7 +86,8 @@ impl Bundle {
     pub fn verify_checksums(&self) -> Result<()> {
         for (role, file, expected) in self.manifest.files() {
             let path = self.path(file);
-            let actual = sha256_file(&path).with_context(|| format!("the {role} named in the manifest"))?;
+            let actual =
+                sha256_file(&path).with_context(|| format!("the {role} named in the manifest"))?;
             if actual != expected {
                 bail!(
                     "{}: checksum mismatch for the {role}: the manifest says sha256 {expected}, the file has {actual}",
@@ -111,13 +118,19 @@ pub fn sha256_file(path: &Path) -> Result<String> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = file.read(&mut buf).with_context(|| format!("{}: read error", path.display()))?;
+        let n = file
+            .read(&mut buf)
+            .with_context(|| format!("{}: read error", path.display()))?;
         if n == 0 {
             break;
         }
         hasher.update(&buf[..n]);
     }
-    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
 }
 
 /// Choices for [`infer_manifest`] that the files themselves cannot tell.
@@ -157,10 +170,25 @@ impl Default for InferOptions {
 }
 
 fn fixed_dims(d: &onnx_io::IoDecl) -> Option<Vec<usize>> {
-    d.shape.as_ref()?.iter().map(|d| if let Dim::Fixed(n) = d { Some(*n) } else { None }).collect()
+    d.shape
+        .as_ref()?
+        .iter()
+        .map(|d| {
+            if let Dim::Fixed(n) = d {
+                Some(*n)
+            } else {
+                None
+            }
+        })
+        .collect()
 }
 
-fn pick(dir: &Path, given: &Option<String>, default: &str, required: bool) -> Result<Option<String>> {
+fn pick(
+    dir: &Path,
+    given: &Option<String>,
+    default: &str,
+    required: bool,
+) -> Result<Option<String>> {
     match given {
         Some(f) => {
             if !dir.join(f).exists() {
@@ -186,11 +214,16 @@ pub fn infer_manifest(dir: &Path, options: &InferOptions) -> Result<Manifest> {
     let checksum = |file: &str| -> Result<String> {
         let path = dir.join(file);
         let actual = sha256_file(&path)?;
-        let listed = Path::new(file).file_name().and_then(|n| sums.iter().find(|(_, f)| f.as_str() == n));
+        let listed = Path::new(file)
+            .file_name()
+            .and_then(|n| sums.iter().find(|(_, f)| f.as_str() == n));
         if let Some((expected, _)) = listed
             && *expected != actual
         {
-            bail!("{}: checksum mismatch: SHA256SUMS says {expected}, the file has {actual}", path.display());
+            bail!(
+                "{}: checksum mismatch: SHA256SUMS says {expected}, the file has {actual}",
+                path.display()
+            );
         }
         Ok(actual)
     };
@@ -204,7 +237,9 @@ pub fn infer_manifest(dir: &Path, options: &InferOptions) -> Result<Manifest> {
         _ => bail!(
             "{}: encoder input should be [1,3,S,S] with a fixed S, the file declares {}",
             dir.join(&encoder_file).display(),
-            enc.inputs.first().map_or("nothing".into(), |d| d.shape_string())
+            enc.inputs
+                .first()
+                .map_or("nothing".into(), |d| d.shape_string())
         ),
     };
     let emb = match enc.outputs.first().and_then(fixed_dims).as_deref() {
@@ -212,7 +247,9 @@ pub fn infer_manifest(dir: &Path, options: &InferOptions) -> Result<Manifest> {
         _ => bail!(
             "{}: encoder output should be [1,C,H,W] with fixed sizes, the file declares {}",
             dir.join(&encoder_file).display(),
-            enc.outputs.first().map_or("nothing".into(), |d| d.shape_string())
+            enc.outputs
+                .first()
+                .map_or("nothing".into(), |d| d.shape_string())
         ),
     };
 
@@ -230,7 +267,11 @@ pub fn infer_manifest(dir: &Path, options: &InferOptions) -> Result<Manifest> {
             let (p, b) = onnx_io::read_proto(&dir.join(&file))?;
             let io = onnx_io::declared_io(&p, b);
             let value_head = io.outputs.iter().any(|o| o.name == "value");
-            Some(PolicyEntry { sha256: checksum(&file)?, file, value_head })
+            Some(PolicyEntry {
+                sha256: checksum(&file)?,
+                file,
+                value_head,
+            })
         }
         None => None,
     };
@@ -245,7 +286,12 @@ pub fn infer_manifest(dir: &Path, options: &InferOptions) -> Result<Manifest> {
                 .and_then(fixed_dims)
                 .and_then(|s| s.last().copied())
                 .unwrap_or(options.agent.grid);
-            Some(SrmEntry { sha256: checksum(&file)?, file, map_size, semantic })
+            Some(SrmEntry {
+                sha256: checksum(&file)?,
+                file,
+                map_size,
+                semantic,
+            })
         }
         None => None,
     };
@@ -260,17 +306,30 @@ pub fn infer_manifest(dir: &Path, options: &InferOptions) -> Result<Manifest> {
         format: manifest::FORMAT,
         name,
         description: String::new(),
-        image: ImageSection { size, pixel_mean: options.pixel_mean, pixel_std: options.pixel_std },
+        image: ImageSection {
+            size,
+            pixel_mean: options.pixel_mean,
+            pixel_std: options.pixel_std,
+        },
         embedding: EmbeddingSection { shape: emb },
         agent: options.agent.clone(),
         models: ModelsSection {
-            encoder: ModelEntry { sha256: checksum(&encoder_file)?, file: encoder_file },
-            decoder: DecoderEntry { sha256: checksum(&decoder_file)?, file: decoder_file, form },
+            encoder: ModelEntry {
+                sha256: checksum(&encoder_file)?,
+                file: encoder_file,
+            },
+            decoder: DecoderEntry {
+                sha256: checksum(&decoder_file)?,
+                file: decoder_file,
+                form,
+            },
             policy,
             srm,
         },
     };
-    manifest.validate().with_context(|| format!("{}", dir.display()))?;
+    manifest
+        .validate()
+        .with_context(|| format!("{}", dir.display()))?;
     Ok(manifest)
 }
 
@@ -280,13 +339,16 @@ fn read_sha256sums(dir: &Path) -> Result<Vec<(String, String)>> {
     if !path.exists() {
         return Ok(vec![]);
     }
-    let text = std::fs::read_to_string(&path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
     text.lines()
         .filter(|l| !l.trim().is_empty())
         .map(|l| {
             let mut parts = l.split_whitespace();
             match (parts.next(), parts.next()) {
-                (Some(sum), Some(file)) => Ok((sum.to_lowercase(), file.trim_start_matches('*').to_string())),
+                (Some(sum), Some(file)) => {
+                    Ok((sum.to_lowercase(), file.trim_start_matches('*').to_string()))
+                }
                 _ => bail!("{}: malformed line {l:?}", path.display()),
             }
         })
@@ -297,7 +359,8 @@ fn read_sha256sums(dir: &Path) -> Result<Vec<(String, String)>> {
 /// relative to `out_dir` so that the bundle can live apart from read-only model directories.
 pub fn write_bundle(models_dir: &Path, out_dir: &Path, options: &InferOptions) -> Result<PathBuf> {
     let mut manifest = infer_manifest(models_dir, options)?;
-    std::fs::create_dir_all(out_dir).with_context(|| format!("{}: cannot create", out_dir.display()))?;
+    std::fs::create_dir_all(out_dir)
+        .with_context(|| format!("{}: cannot create", out_dir.display()))?;
     let rel = relative_path(models_dir, out_dir)?;
     let rebase = |f: &mut String| *f = rel.join(&*f).to_string_lossy().into_owned();
     rebase(&mut manifest.models.encoder.file);
@@ -309,15 +372,24 @@ pub fn write_bundle(models_dir: &Path, out_dir: &Path, options: &InferOptions) -
         rebase(&mut s.file);
     }
     let path = out_dir.join(MANIFEST_FILE);
-    std::fs::write(&path, manifest.to_toml()?).with_context(|| format!("{}: cannot write", path.display()))?;
+    std::fs::write(&path, manifest.to_toml()?)
+        .with_context(|| format!("{}: cannot write", path.display()))?;
     Ok(path)
 }
 
 /// The path that leads from `from_dir` to `target_dir`, e.g. `../../shared/models/x`.
 fn relative_path(target_dir: &Path, from_dir: &Path) -> Result<PathBuf> {
-    let target = target_dir.canonicalize().with_context(|| format!("{}", target_dir.display()))?;
-    let from = from_dir.canonicalize().with_context(|| format!("{}", from_dir.display()))?;
-    let common = target.components().zip(from.components()).take_while(|(a, b)| a == b).count();
+    let target = target_dir
+        .canonicalize()
+        .with_context(|| format!("{}", target_dir.display()))?;
+    let from = from_dir
+        .canonicalize()
+        .with_context(|| format!("{}", from_dir.display()))?;
+    let common = target
+        .components()
+        .zip(from.components())
+        .take_while(|(a, b)| a == b)
+        .count();
     let mut rel = PathBuf::new();
     for _ in from.components().skip(common) {
         rel.push("..");
@@ -339,7 +411,10 @@ mod tests {
         let b = tmp.path().join("work/bundles/y");
         std::fs::create_dir_all(&a).unwrap();
         std::fs::create_dir_all(&b).unwrap();
-        assert_eq!(relative_path(&a, &b).unwrap(), PathBuf::from("../../../shared/models/x"));
+        assert_eq!(
+            relative_path(&a, &b).unwrap(),
+            PathBuf::from("../../../shared/models/x")
+        );
         assert_eq!(relative_path(&a, &a).unwrap(), PathBuf::from(""));
     }
 
@@ -352,7 +427,10 @@ mod tests {
             sha256_file(&p).unwrap(),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
-        let err = format!("{:#}", sha256_file(&tmp.path().join("missing")).unwrap_err());
+        let err = format!(
+            "{:#}",
+            sha256_file(&tmp.path().join("missing")).unwrap_err()
+        );
         assert!(err.contains("missing: file not found"), "{err}");
     }
 }

@@ -108,24 +108,40 @@ pub struct ModelSpec {
 impl ModelSpec {
     /// A spec with the given role and no inputs or outputs yet.
     pub fn new(role: impl Into<String>) -> Self {
-        ModelSpec { role: role.into(), inputs: vec![], outputs: vec![], constants: vec![] }
+        ModelSpec {
+            role: role.into(),
+            inputs: vec![],
+            outputs: vec![],
+            constants: vec![],
+        }
     }
 
     /// Adds a required input.
     pub fn input(mut self, name: &str, shape: Vec<Dim>) -> Self {
-        self.inputs.push(InputSpec { name: name.into(), shape, optional: false });
+        self.inputs.push(InputSpec {
+            name: name.into(),
+            shape,
+            optional: false,
+        });
         self
     }
 
     /// Adds an input that the file may lack.
     pub fn optional_input(mut self, name: &str, shape: Vec<Dim>) -> Self {
-        self.inputs.push(InputSpec { name: name.into(), shape, optional: true });
+        self.inputs.push(InputSpec {
+            name: name.into(),
+            shape,
+            optional: true,
+        });
         self
     }
 
     /// Adds an output.
     pub fn output(mut self, name: &str, shape: Vec<Dim>) -> Self {
-        self.outputs.push(OutputSpec { name: name.into(), shape });
+        self.outputs.push(OutputSpec {
+            name: name.into(),
+            shape,
+        });
         self
     }
 
@@ -155,7 +171,9 @@ impl EngineOptions {
         if self.threads > 0 {
             self.threads
         } else {
-            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
         }
     }
 }
@@ -238,7 +256,11 @@ pub fn check_run_inputs(path: &Path, spec: &ModelSpec, inputs: &[TensorView<'_>]
     let mut symbols: Vec<(&str, usize)> = vec![];
     for (input, view) in spec.inputs.iter().zip(inputs) {
         let ok = input.shape.len() == view.shape.len()
-            && input.shape.iter().zip(view.shape).all(|(d, &n)| d.admits(n));
+            && input
+                .shape
+                .iter()
+                .zip(view.shape)
+                .all(|(d, &n)| d.admits(n));
         if !ok {
             bail!(
                 "{}: input '{}' of the {} needs shape {}, got {:?}",
@@ -270,8 +292,8 @@ pub fn check_run_inputs(path: &Path, spec: &ModelSpec, inputs: &[TensorView<'_>]
 /// Checks one output tensor against its spec after a run, so that a model whose output shape
 /// depends on its inputs in an unexpected way fails loudly instead of feeding garbage onward.
 pub fn check_run_output(path: &Path, role: &str, spec: &OutputSpec, shape: &[usize]) -> Result<()> {
-    let ok = spec.shape.len() == shape.len()
-        && spec.shape.iter().zip(shape).all(|(d, &n)| d.admits(n));
+    let ok =
+        spec.shape.len() == shape.len() && spec.shape.iter().zip(shape).all(|(d, &n)| d.admits(n));
     if !ok {
         bail!(
             "{}: output '{}' of the {} should have shape {}, got {:?}",

@@ -59,11 +59,17 @@ pub fn read_proto(path: &Path) -> Result<(pb::ModelProto, u64)> {
         _ => anyhow::anyhow!("{}: cannot read model file: {e}", path.display()),
     })?;
     let proto = pb::ModelProto::decode(bytes.as_slice()).map_err(|e| {
-        anyhow::anyhow!("{}: not an ONNX model (protobuf decoding failed: {e})", path.display())
+        anyhow::anyhow!(
+            "{}: not an ONNX model (protobuf decoding failed: {e})",
+            path.display()
+        )
     })?;
     let graph_ok = proto.graph.as_ref().is_some_and(|g| !g.node.is_empty());
     if !graph_ok {
-        bail!("{}: not an ONNX model (no graph in the file)", path.display());
+        bail!(
+            "{}: not an ONNX model (no graph in the file)",
+            path.display()
+        );
     }
     Ok((proto, bytes.len() as u64))
 }
@@ -79,7 +85,9 @@ fn decl(v: &pb::ValueInfoProto) -> IoDecl {
         Some(pb::type_proto::Value::TensorType(t)) => Some(t),
         _ => None,
     };
-    let elem_type = tensor.map(|t| elem_type_name(t.elem_type)).unwrap_or_else(|| "?".into());
+    let elem_type = tensor
+        .map(|t| elem_type_name(t.elem_type))
+        .unwrap_or_else(|| "?".into());
     let shape = tensor.and_then(|t| t.shape.as_ref()).map(|s| {
         s.dim
             .iter()
@@ -94,7 +102,11 @@ fn decl(v: &pb::ValueInfoProto) -> IoDecl {
             })
             .collect()
     });
-    IoDecl { name: v.name.clone(), elem_type, shape }
+    IoDecl {
+        name: v.name.clone(),
+        elem_type,
+        shape,
+    }
 }
 
 /// Describes the declared interface of a decoded model.
@@ -102,7 +114,11 @@ pub fn declared_io(proto: &pb::ModelProto, file_bytes: u64) -> DeclaredIo {
     let graph = proto.graph.as_ref().expect("read_proto checked the graph");
     let initialisers: std::collections::HashSet<&str> =
         graph.initializer.iter().map(|t| t.name.as_str()).collect();
-    let parameters = graph.initializer.iter().map(|t| t.dims.iter().product::<i64>().max(0) as u64).sum();
+    let parameters = graph
+        .initializer
+        .iter()
+        .map(|t| t.dims.iter().product::<i64>().max(0) as u64)
+        .sum();
     DeclaredIo {
         inputs: graph
             .input
@@ -120,7 +136,9 @@ pub fn declared_io(proto: &pb::ModelProto, file_bytes: u64) -> DeclaredIo {
         file_bytes,
         parameters,
         nodes: graph.node.len(),
-        producer: format!("{} {}", proto.producer_name, proto.producer_version).trim().to_string(),
+        producer: format!("{} {}", proto.producer_name, proto.producer_version)
+            .trim()
+            .to_string(),
     }
 }
 
@@ -138,12 +156,17 @@ fn dims_compatible(declared: &Dim, wanted: &Dim) -> bool {
 fn shapes_compatible(declared: &Option<Vec<Dim>>, wanted: &[Dim]) -> bool {
     match declared {
         None => true,
-        Some(d) => d.len() == wanted.len() && d.iter().zip(wanted).all(|(a, b)| dims_compatible(a, b)),
+        Some(d) => {
+            d.len() == wanted.len() && d.iter().zip(wanted).all(|(a, b)| dims_compatible(a, b))
+        }
     }
 }
 
 fn names(decls: &[IoDecl]) -> String {
-    let n: Vec<String> = decls.iter().map(|d| format!("{}{}", d.name, d.shape_string())).collect();
+    let n: Vec<String> = decls
+        .iter()
+        .map(|d| format!("{}{}", d.name, d.shape_string()))
+        .collect();
     n.join(", ")
 }
 
@@ -182,13 +205,21 @@ pub fn check_against_spec(path: &Path, io: &DeclaredIo, spec: &ModelSpec) -> Res
             }
         }
     }
-    for extra in io.inputs.iter().filter(|d| !spec.inputs.iter().any(|i| i.name == d.name)) {
+    for extra in io
+        .inputs
+        .iter()
+        .filter(|d| !spec.inputs.iter().any(|i| i.name == d.name))
+    {
         bail!(
             "{p}: the {} has an unexpected input '{}'{} (expected only: {})",
             spec.role,
             extra.name,
             extra.shape_string(),
-            spec.inputs.iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join(", ")
+            spec.inputs
+                .iter()
+                .map(|i| i.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         );
     }
     for output in &spec.outputs {
@@ -202,7 +233,11 @@ pub fn check_against_spec(path: &Path, io: &DeclaredIo, spec: &ModelSpec) -> Res
             ),
             Some(d) => {
                 if d.elem_type != "FLOAT" {
-                    bail!("{p}: output '{}' is {}, expected FLOAT (f32)", d.name, d.elem_type);
+                    bail!(
+                        "{p}: output '{}' is {}, expected FLOAT (f32)",
+                        d.name,
+                        d.elem_type
+                    );
                 }
                 if !shapes_compatible(&d.shape, &output.shape) {
                     bail!(

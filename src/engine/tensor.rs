@@ -17,7 +17,10 @@ impl Tensor {
     pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Result<Self> {
         let expected: usize = shape.iter().product();
         if expected != data.len() {
-            bail!("tensor of shape {shape:?} needs {expected} values, got {}", data.len());
+            bail!(
+                "tensor of shape {shape:?} needs {expected} values, got {}",
+                data.len()
+            );
         }
         Ok(Tensor { shape, data })
     }
@@ -25,12 +28,18 @@ impl Tensor {
     /// A tensor of zeros.
     pub fn zeros(shape: Vec<usize>) -> Self {
         let n = shape.iter().product();
-        Tensor { shape, data: vec![0.0; n] }
+        Tensor {
+            shape,
+            data: vec![0.0; n],
+        }
     }
 
     /// A tensor holding `values` with shape `[values.len()]`.
     pub fn from_slice(values: &[f32]) -> Self {
-        Tensor { shape: vec![values.len()], data: values.to_vec() }
+        Tensor {
+            shape: vec![values.len()],
+            data: values.to_vec(),
+        }
     }
 
     /// Its shape.
@@ -55,7 +64,10 @@ impl Tensor {
 
     /// A borrowed view.
     pub fn view(&self) -> TensorView<'_> {
-        TensorView { shape: &self.shape, data: &self.data }
+        TensorView {
+            shape: &self.shape,
+            data: &self.data,
+        }
     }
 
     /// The same values under another shape with as many elements.
@@ -79,14 +91,20 @@ impl<'a> TensorView<'a> {
     pub fn new(shape: &'a [usize], data: &'a [f32]) -> Result<Self> {
         let expected: usize = shape.iter().product();
         if expected != data.len() {
-            bail!("tensor view of shape {shape:?} needs {expected} values, got {}", data.len());
+            bail!(
+                "tensor view of shape {shape:?} needs {expected} values, got {}",
+                data.len()
+            );
         }
         Ok(TensorView { shape, data })
     }
 
     /// Copies into an owned tensor.
     pub fn to_tensor(&self) -> Tensor {
-        Tensor { shape: self.shape.to_vec(), data: self.data.to_vec() }
+        Tensor {
+            shape: self.shape.to_vec(),
+            data: self.data.to_vec(),
+        }
     }
 }
 

@@ -29,7 +29,9 @@ pub struct TractBackend {
 impl TractBackend {
     /// A backend whose models each run on `options.threads` threads.
     pub fn new(options: &EngineOptions) -> Self {
-        TractBackend { threads: options.resolved_threads() }
+        TractBackend {
+            threads: options.resolved_threads(),
+        }
     }
 }
 
@@ -94,7 +96,10 @@ impl Backend for TractBackend {
             .collect();
         let model_inputs = optimised.inputs.len();
         let executor = (self.threads > 1).then(|| Executor::multithread(self.threads));
-        let options = RunOptions { executor, ..Default::default() };
+        let options = RunOptions {
+            executor,
+            ..Default::default()
+        };
         let plan = optimised
             .into_runnable_with_options(&options)
             .map_err(|e| anyhow!("{p}: tract cannot plan the {}: {e:#}", spec.role))?;
@@ -183,10 +188,17 @@ impl Model for TractModel {
             })
             .collect::<Result<_>>()?;
         let outputs = {
-            let mut state = self.state.lock().map_err(|_| anyhow!("model state poisoned"))?;
-            state
-                .run(values)
-                .map_err(|e| anyhow!("{}: running the {}: {e:#}", self.path.display(), self.spec.role))?
+            let mut state = self
+                .state
+                .lock()
+                .map_err(|_| anyhow!("model state poisoned"))?;
+            state.run(values).map_err(|e| {
+                anyhow!(
+                    "{}: running the {}: {e:#}",
+                    self.path.display(),
+                    self.spec.role
+                )
+            })?
         };
         self.spec
             .outputs

@@ -124,10 +124,23 @@ impl Decoder {
             ),
             _ => {}
         }
-        if form == DecoderForm::Standard && !model.declared().inputs.iter().any(|i| i.name == "orig_im_size") {
-            bail!("{}: a standard decoder needs an 'orig_im_size' input", path.display());
+        if form == DecoderForm::Standard
+            && !model
+                .declared()
+                .inputs
+                .iter()
+                .any(|i| i.name == "orig_im_size")
+        {
+            bail!(
+                "{}: a standard decoder needs an 'orig_im_size' input",
+                path.display()
+            );
         }
-        Ok(Decoder { model, form, low_res: manifest.embedding.low_res_size() })
+        Ok(Decoder {
+            model,
+            form,
+            low_res: manifest.embedding.low_res_size(),
+        })
     }
 
     /// Decodes one prompt. `mask_input` is the previous step's low-resolution logits, fed back as
@@ -145,7 +158,11 @@ impl Decoder {
         let (mask, has_mask) = match mask_input {
             Some(map) => {
                 if (map.height, map.width) != (m, m) {
-                    bail!("mask_input must be {m}x{m}, got {}x{}", map.height, map.width);
+                    bail!(
+                        "mask_input must be {m}x{m}, got {}x{}",
+                        map.height,
+                        map.width
+                    );
                 }
                 (map.data.as_slice(), 1.0)
             }
@@ -161,12 +178,25 @@ impl Decoder {
             embedding.0.view(),
             coords.view(),
             labels.view(),
-            crate::engine::TensorView { shape: &mask_shape, data: mask },
-            crate::engine::TensorView { shape: &[1], data: &has_mask },
-            crate::engine::TensorView { shape: &[2], data: &orig },
+            crate::engine::TensorView {
+                shape: &mask_shape,
+                data: mask,
+            },
+            crate::engine::TensorView {
+                shape: &[1],
+                data: &has_mask,
+            },
+            crate::engine::TensorView {
+                shape: &[2],
+                data: &orig,
+            },
         ])?;
         let iou = out[0].data()[0];
-        let logits = Map { height: m, width: m, data: out[1].data().to_vec() };
+        let logits = Map {
+            height: m,
+            width: m,
+            data: out[1].data().to_vec(),
+        };
         Ok(LowResMask { logits, iou })
     }
 
@@ -247,8 +277,19 @@ impl<'a> FullResDecoder<'a> {
             has_mask.view(),
             orig.view(),
         ])?;
-        let low = LowResMask { iou: out[0].data()[0], logits: Map { height: m, width: m, data: out[1].data().to_vec() } };
-        let full = Map { height: h, width: w, data: out[2].data().to_vec() };
+        let low = LowResMask {
+            iou: out[0].data()[0],
+            logits: Map {
+                height: m,
+                width: m,
+                data: out[1].data().to_vec(),
+            },
+        };
+        let full = Map {
+            height: h,
+            width: w,
+            data: out[2].data().to_vec(),
+        };
         Ok((low, full))
     }
 }
@@ -261,14 +302,29 @@ mod tests {
     fn points_map_into_the_frame_and_get_a_padding_point() {
         let g = FrameGeometry::new(500, 1000, 1024); // resized 512 x 1024
         let pts = [
-            PromptPoint { x: 100.0, y: 50.0, label: PointLabel::Positive },
-            PromptPoint { x: 999.0, y: 499.0, label: PointLabel::Negative },
+            PromptPoint {
+                x: 100.0,
+                y: 50.0,
+                label: PointLabel::Positive,
+            },
+            PromptPoint {
+                x: 999.0,
+                y: 499.0,
+                label: PointLabel::Negative,
+            },
         ];
         let (c, l) = point_tensors(&pts, &g);
         assert_eq!(c.shape(), &[1, 3, 2]);
         assert_eq!(l.data(), &[1.0, 0.0, -1.0]);
         let s = 1024.0 / 1000.0;
-        let expected = [100.0 * s, 50.0 * (512.0 / 500.0), 999.0 * s, 499.0 * (512.0 / 500.0), 0.0, 0.0];
+        let expected = [
+            100.0 * s,
+            50.0 * (512.0 / 500.0),
+            999.0 * s,
+            499.0 * (512.0 / 500.0),
+            0.0,
+            0.0,
+        ];
         for (a, b) in c.data().iter().zip(expected) {
             assert!((*a as f64 - b).abs() < 1e-4, "{:?}", c.data());
         }

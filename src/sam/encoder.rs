@@ -36,7 +36,9 @@ impl Encoder {
 
     /// Loads and optimises the encoder.
     pub fn load(backend: &dyn Backend, path: &Path, manifest: &Manifest) -> Result<Self> {
-        Ok(Encoder { model: backend.load(path, &Self::spec(manifest))? })
+        Ok(Encoder {
+            model: backend.load(path, &Self::spec(manifest))?,
+        })
     }
 
     /// Runs the encoder on a preprocessed image.

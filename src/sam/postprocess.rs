@@ -18,7 +18,11 @@ pub struct Map {
 impl Map {
     /// A map of zeros.
     pub fn zeros(height: usize, width: usize) -> Self {
-        Map { height, width, data: vec![0.0; height * width] }
+        Map {
+            height,
+            width,
+            data: vec![0.0; height * width],
+        }
     }
 
     /// The value at row `y`, column `x`.
@@ -44,7 +48,12 @@ fn taps(in_size: usize, out_size: usize, scale: f32) -> Vec<Tap> {
             let i0 = (src.floor() as usize).min(in_size - 1);
             let lambda = (src - i0 as f32).clamp(0.0, 1.0);
             let i1 = if i0 < in_size - 1 { i0 + 1 } else { i0 };
-            Tap { i0, i1, w0: 1.0 - lambda, w1: lambda }
+            Tap {
+                i0,
+                i1,
+                w0: 1.0 - lambda,
+                w1: lambda,
+            }
         })
         .collect()
 }
@@ -58,8 +67,16 @@ fn resample(src: &Map, full: (usize, usize), crop: (usize, usize), out: (usize, 
     let (full_h, full_w) = full;
     let (crop_h, crop_w) = crop;
     let (out_h, out_w) = out;
-    let ys = taps(src.height, crop_h.min(full_h), src.height as f32 / full_h as f32);
-    let xs = taps(src.width, crop_w.min(full_w), src.width as f32 / full_w as f32);
+    let ys = taps(
+        src.height,
+        crop_h.min(full_h),
+        src.height as f32 / full_h as f32,
+    );
+    let xs = taps(
+        src.width,
+        crop_w.min(full_w),
+        src.width as f32 / full_w as f32,
+    );
     let cropped = |y: usize, x: usize| -> f32 {
         let (ty, tx) = (ys[y], xs[x]);
         let r0 = src.at(ty.i0, tx.i0) * tx.w0 + src.at(ty.i0, tx.i1) * tx.w1;
@@ -125,7 +142,11 @@ mod tests {
     fn upsampling_two_by_two_matches_torch() {
         // torch.nn.functional.interpolate(torch.tensor([[[[0., 1.], [2., 3.]]]]), size=(4, 4),
         // mode="bilinear", align_corners=False) gives these rows.
-        let src = Map { height: 2, width: 2, data: vec![0.0, 1.0, 2.0, 3.0] };
+        let src = Map {
+            height: 2,
+            width: 2,
+            data: vec![0.0, 1.0, 2.0, 3.0],
+        };
         let out = resize_bilinear(&src, 4, 4);
         let expected = [
             0.0, 0.25, 0.75, 1.0, 0.5, 0.75, 1.25, 1.5, 1.5, 1.75, 2.25, 2.5, 2.0, 2.25, 2.75, 3.0,
@@ -138,14 +159,22 @@ mod tests {
     #[test]
     fn downsampling_without_antialias_samples_neighbours() {
         // 4 -> 2: scale 2, sources at 0.5 and 2.5, so averages of pairs (no antialiasing).
-        let src = Map { height: 1, width: 4, data: vec![0.0, 2.0, 4.0, 8.0] };
+        let src = Map {
+            height: 1,
+            width: 4,
+            data: vec![0.0, 2.0, 4.0, 8.0],
+        };
         let out = resize_bilinear(&src, 1, 2);
         assert_eq!(out.data, vec![1.0, 6.0]);
     }
 
     #[test]
     fn crop_equals_full_resize_then_crop() {
-        let src = Map { height: 3, width: 3, data: (0..9).map(|v| (v * v) as f32).collect() };
+        let src = Map {
+            height: 3,
+            width: 3,
+            data: (0..9).map(|v| (v * v) as f32).collect(),
+        };
         let full = resize_bilinear(&src, 12, 12);
         let cropped = resample(&src, (12, 12), (7, 9), (7, 9));
         for y in 0..7 {
@@ -158,7 +187,11 @@ mod tests {
     #[test]
     fn upscale_to_original_size() {
         let g = FrameGeometry::new(30, 60, 16); // resized 8 x 16
-        let low = Map { height: 4, width: 4, data: vec![1.0; 16] };
+        let low = Map {
+            height: 4,
+            width: 4,
+            data: vec![1.0; 16],
+        };
         let up = upscale_logits(&low, &g);
         assert_eq!((up.height, up.width), (30, 60));
         assert!(up.data.iter().all(|&v| (v - 1.0).abs() < 1e-6));

@@ -32,7 +32,11 @@ impl Default for PreprocessConfig {
 /// Builds the encoder input `[1, 3, frame, frame]` and the geometry needed to map prompts and
 /// masks between the image and the frame.
 pub fn preprocess(image: &RgbImage, config: &PreprocessConfig) -> (Tensor, FrameGeometry) {
-    let geometry = FrameGeometry::new(image.height() as usize, image.width() as usize, config.frame);
+    let geometry = FrameGeometry::new(
+        image.height() as usize,
+        image.width() as usize,
+        config.frame,
+    );
     let (nh, nw) = geometry.resized;
     let resized = resize_bilinear_like_pil(image, nw as u32, nh as u32);
     let s = config.frame;
@@ -61,7 +65,10 @@ mod tests {
     #[test]
     fn normalises_and_pads_with_zeros() {
         let img = RgbImage::from_pixel(8, 4, image::Rgb([123, 116, 104]));
-        let cfg = PreprocessConfig { frame: 16, ..Default::default() };
+        let cfg = PreprocessConfig {
+            frame: 16,
+            ..Default::default()
+        };
         let (t, g) = preprocess(&img, &cfg);
         assert_eq!(t.shape(), &[1, 3, 16, 16]);
         assert_eq!(g.resized, (8, 16));

@@ -51,11 +51,19 @@ fn precompute(in_size: usize, out_size: usize) -> Coeffs {
         for x in 0..n {
             let w = if ww != 0.0 { k[x] / ww } else { k[x] };
             let fixed = w * (1u32 << PRECISION_BITS) as f64;
-            row[x] = if w < 0.0 { (fixed - 0.5) as i32 } else { (fixed + 0.5) as i32 };
+            row[x] = if w < 0.0 {
+                (fixed - 0.5) as i32
+            } else {
+                (fixed + 0.5) as i32
+            };
         }
         bounds.push((xmin, n));
     }
-    Coeffs { ksize, bounds, weights }
+    Coeffs {
+        ksize,
+        bounds,
+        weights,
+    }
 }
 
 #[inline]
@@ -64,7 +72,14 @@ fn clip8(v: i32) -> u8 {
 }
 
 /// Horizontal pass over rows `[row0, row0 + rows)` of `src` (`width` x 3 bytes per row).
-fn horizontal(src: &[u8], width: usize, row0: usize, rows: usize, c: &Coeffs, out_w: usize) -> Vec<u8> {
+fn horizontal(
+    src: &[u8],
+    width: usize,
+    row0: usize,
+    rows: usize,
+    c: &Coeffs,
+    out_w: usize,
+) -> Vec<u8> {
     let mut out = vec![0u8; rows * out_w * 3];
     for y in 0..rows {
         let line = &src[(row0 + y) * width * 3..(row0 + y + 1) * width * 3];
@@ -124,12 +139,20 @@ pub fn resize_bilinear_like_pil(img: &RgbImage, out_w: u32, out_h: u32) -> RgbIm
         (false, false) => return img.clone(),
         (true, _) => {
             let horiz = precompute(w, ow);
-            let (row0, rows) = if need_v { (first_row, last_row - first_row) } else { (0, h) };
+            let (row0, rows) = if need_v {
+                (first_row, last_row - first_row)
+            } else {
+                (0, h)
+            };
             (horizontal(src, w, row0, rows, &horiz, ow), ow, row0)
         }
         (false, true) => (src.to_vec(), w, 0),
     };
-    let out = if need_v { vertical(&data, width, &vert, row_offset) } else { data };
+    let out = if need_v {
+        vertical(&data, width, &vert, row_offset)
+    } else {
+        data
+    };
     RgbImage::from_raw(out_w, out_h, out).expect("resize produced a buffer of the right size")
 }
 
@@ -166,8 +189,15 @@ mod tests {
     fn downscale_averages_like_a_box_for_integer_factors() {
         // Halving: filterscale 2, support 2, so each output pixel reads three source pixels.
         // Values checked against PIL 13 (`Image.resize((2, 1), BILINEAR)` gives [71, 121]).
-        let img = RgbImage::from_raw(4, 1, [0u8, 100, 200, 50].iter().flat_map(|&v| [v, v, v]).collect())
-            .unwrap();
+        let img = RgbImage::from_raw(
+            4,
+            1,
+            [0u8, 100, 200, 50]
+                .iter()
+                .flat_map(|&v| [v, v, v])
+                .collect(),
+        )
+        .unwrap();
         let out = resize_bilinear_like_pil(&img, 2, 1);
         let reds: Vec<u8> = out.pixels().map(|p| p.0[0]).collect();
         // x0: taps 0..3 with w = 0.75, 0.75, 0.25 -> (0*.75 + 100*.75 + 200*.25)/1.75 = 71.4

@@ -17,7 +17,11 @@ pub struct FrameGeometry {
 impl FrameGeometry {
     /// The geometry for an image of `height` x `width` and an encoder frame of `frame` pixels.
     pub fn new(height: usize, width: usize, frame: usize) -> Self {
-        FrameGeometry { original: (height, width), resized: preprocess_shape(height, width, frame), frame }
+        FrameGeometry {
+            original: (height, width),
+            resized: preprocess_shape(height, width, frame),
+            frame,
+        }
     }
 
     /// Maps a point from original image coordinates (x, y) into the encoder frame, exactly as

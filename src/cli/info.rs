@@ -1,0 +1,114 @@
+//! `alignsam info BUNDLE`: what a bundle holds and how long each model takes to load.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::Args;
+
+use super::EngineArgs;
+use crate::bundle::Bundle;
+use crate::engine::{Backend, ModelSpec, onnx_io::IoDecl};
+use crate::sam::{Decoder, Encoder};
+
+/// Arguments of `alignsam info`.
+#[derive(Debug, Args)]
+pub struct InfoArgs {
+    /// Bundle directory (with bundle.toml, or with encoder.onnx and decoder.onnx).
+    pub bundle: PathBuf,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+fn print_io(kind: &str, decls: &[IoDecl]) {
+    for d in decls {
+        println!(
+            "    {kind:<6} {:<18} {:<6} {}",
+            d.name,
+            d.elem_type.to_lowercase(),
+            d.shape_string()
+        );
+    }
+}
+
+fn describe(
+    backend: &dyn Backend,
+    bundle: &Bundle,
+    role: &str,
+    file: &str,
+    spec: ModelSpec,
+) -> Result<()> {
+    let path = bundle.path(file);
+    let model = backend.load(&path, &spec)?;
+    let io = model.declared();
+    let t = model.load_timings();
+    println!(
+        "  {role}: {} ({:.1} MB, {:.2} M parameters, {} nodes, opset {}{})",
+        path.display(),
+        io.file_bytes as f64 / 1e6,
+        io.parameters as f64 / 1e6,
+        io.nodes,
+        io.opset,
+        if io.producer.is_empty() {
+            String::new()
+        } else {
+            format!(", {}", io.producer)
+        }
+    );
+    print_io("input", &io.inputs);
+    print_io("output", &io.outputs);
+    println!(
+        "    load   {:.0} ms ({} parse {:.0} ms + optimise {:.0} ms)",
+        t.total().as_secs_f64() * 1e3,
+        backend.name(),
+        t.parse.as_secs_f64() * 1e3,
+        t.optimise.as_secs_f64() * 1e3
+    );
+    Ok(())
+}
+
+/// Runs `alignsam info`.
+pub fn run(args: InfoArgs) -> Result<ExitCode> {
+    let bundle = args.engine.open_bundle(&args.bundle)?;
+    let backend = args.engine.backend()?;
+    let m = &bundle.manifest;
+    println!("bundle {} ({})", m.name, bundle.dir.display());
+    if !m.description.is_empty() {
+        println!("  {}", m.description);
+    }
+    if !bundle.from_file {
+        println!(
+            "  (no bundle.toml: manifest inferred from the files; `alignsam bundle` writes one)"
+        );
+    } else if args.engine.no_verify {
+        println!("  checksums not verified (--no-verify)");
+    } else {
+        println!("  checksums verified (sha256)");
+    }
+    println!(
+        "  image {}px longest side, mean {:?}, std {:?}; embedding {:?}; grid {}x{}, at most {} steps",
+        m.image.size,
+        m.image.pixel_mean,
+        m.image.pixel_std,
+        m.embedding.shape,
+        m.agent.grid,
+        m.agent.grid,
+        m.agent.max_steps
+    );
+    describe(
+        backend.as_ref(),
+        &bundle,
+        "encoder",
+        &m.models.encoder.file,
+        Encoder::spec(m),
+    )?;
+    describe(
+        backend.as_ref(),
+        &bundle,
+        "decoder",
+        &m.models.decoder.file,
+        Decoder::spec(m),
+    )?;
+    println!("    form   {:?}", m.models.decoder.form);
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,103 @@
+//! Command-line interface: argument definitions and one function per subcommand. Each
+//! subcommand module turns arguments into library calls and prints results; no model logic
+//! lives here.
+
+mod bundle_cmd;
+mod decode;
+mod info;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+
+use crate::bundle::{Bundle, OpenOptions};
+use crate::engine::{Backend, BackendKind, EngineOptions};
+
+/// Exit code for an error that stopped the command.
+pub const EXIT_ERROR: u8 = 1;
+/// Exit code when the command finished but some inputs failed (reported on stderr).
+pub const EXIT_PARTIAL: u8 = 2;
+
+/// AlignSAM on the edge: a learned prompting agent drives a frozen Segment Anything Model.
+#[derive(Debug, Parser)]
+#[command(name = "alignsam", version, about, long_about = None)]
+pub struct Cli {
+    /// Less output: no progress bars, warnings and errors only (RUST_LOG overrides).
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// More log output (-v info, -vv debug); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// The subcommand.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+impl Cli {
+    /// Sets up `env_logger`: RUST_LOG wins, else the level from -q/-v.
+    pub fn init_logging(&self) {
+        let level = match (self.quiet, self.verbose) {
+            (true, _) => "warn",
+            (false, 0) => "warn",
+            (false, 1) => "info",
+            (false, _) => "debug",
+        };
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
+            .format_timestamp_millis()
+            .init();
+    }
+}
+
+/// Options shared by every command that runs models.
+#[derive(Debug, Clone, Args)]
+pub struct EngineArgs {
+    /// Inference backend.
+    #[arg(long, value_enum, default_value = "tract", env = "ALIGNSAM_BACKEND")]
+    pub backend: BackendKind,
+    /// Threads per model run (0: all cores).
+    #[arg(long, default_value_t = 0, env = "ALIGNSAM_THREADS")]
+    pub threads: usize,
+    /// Skip verifying the bundle's sha256 checksums (saves seconds on big encoders).
+    #[arg(long)]
+    pub no_verify: bool,
+}
+
+impl EngineArgs {
+    /// Creates the backend these options ask for.
+    pub fn backend(&self) -> Result<Box<dyn Backend>> {
+        self.backend.create(&EngineOptions {
+            threads: self.threads,
+        })
+    }
+
+    /// Opens a bundle with these options.
+    pub fn open_bundle(&self, dir: &std::path::Path) -> Result<Bundle> {
+        Bundle::open(
+            dir,
+            OpenOptions {
+                verify_checksums: !self.no_verify,
+            },
+        )
+    }
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print a bundle's manifest and each model's inputs, outputs, size and load time.
+    Info(info::InfoArgs),
+    /// Write bundle.toml for a directory of ONNX models (checksums, shapes, decoder form).
+    Bundle(bundle_cmd::BundleArgs),
+    /// Segment one image from points you give (no agent): SAM as a library call.
+    Decode(decode::DecodeArgs),
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Info(args) => info::run(args),
+        Command::Bundle(args) => bundle_cmd::run(args),
+        Command::Decode(args) => decode::run(args),
+    }
+}

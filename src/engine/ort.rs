@@ -1,0 +1,1 @@
+//! ONNX Runtime backend (feature `ort`). Filled in by the ONNX Runtime work.

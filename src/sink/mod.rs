@@ -1,0 +1,5 @@
+//! Result sinks: masks, overlays and JSON records written to disk.
+
+pub mod mask_png;
+
+pub use mask_png::write_mask_png;

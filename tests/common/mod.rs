@@ -1,0 +1,123 @@
+//! Helpers shared by the integration tests: fixture paths, safetensors reading, comparisons.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use safetensors::{Dtype, SafeTensors};
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `../shared` beside the checkout, if present.
+pub fn shared() -> Option<PathBuf> {
+    let p = root().join("..").join("shared");
+    p.is_dir().then_some(p)
+}
+
+/// The committed tiny bundle.
+pub fn tiny_bundle() -> PathBuf {
+    root().join("models").join("tiny")
+}
+
+/// A fixture file's tensors, owned.
+pub struct Fixture {
+    bytes: Vec<u8>,
+    pub path: PathBuf,
+}
+
+impl Fixture {
+    pub fn open(path: &Path) -> Fixture {
+        let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        Fixture {
+            bytes,
+            path: path.to_path_buf(),
+        }
+    }
+
+    fn tensors(&self) -> SafeTensors<'_> {
+        SafeTensors::deserialize(&self.bytes).expect("valid safetensors")
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.tensors().names().contains(&name)
+    }
+
+    /// An f32 tensor: (shape, values).
+    pub fn f32(&self, name: &str) -> (Vec<usize>, Vec<f32>) {
+        let st = self.tensors();
+        let t = st
+            .tensor(name)
+            .unwrap_or_else(|e| panic!("{}: {name}: {e}", self.path.display()));
+        assert_eq!(t.dtype(), Dtype::F32, "{name}");
+        let v = t
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        (t.shape().to_vec(), v)
+    }
+
+    /// A u8 tensor: (shape, values).
+    pub fn u8(&self, name: &str) -> (Vec<usize>, Vec<u8>) {
+        let st = self.tensors();
+        let t = st
+            .tensor(name)
+            .unwrap_or_else(|e| panic!("{}: {name}: {e}", self.path.display()));
+        assert_eq!(t.dtype(), Dtype::U8, "{name}");
+        (t.shape().to_vec(), t.data().to_vec())
+    }
+}
+
+/// max |a - b| / max |b|: the error relative to the reference tensor's scale (element-wise
+/// relative error is meaningless for values near zero).
+pub fn rel_err(actual: &[f32], reference: &[f32]) -> f64 {
+    assert_eq!(actual.len(), reference.len());
+    let scale = reference.iter().fold(0f64, |m, &v| m.max(v.abs() as f64));
+    let diff = actual
+        .iter()
+        .zip(reference)
+        .fold(0f64, |m, (&a, &b)| m.max((a as f64 - b as f64).abs()));
+    if scale == 0.0 { diff } else { diff / scale }
+}
+
+/// Intersection over union of two masks (1.0 when both are empty).
+pub fn iou(a: &[bool], b: &[bool]) -> f64 {
+    let inter = a.iter().zip(b).filter(|(x, y)| **x && **y).count();
+    let union = a.iter().zip(b).filter(|(x, y)| **x || **y).count();
+    if union == 0 {
+        1.0
+    } else {
+        inter as f64 / union as f64
+    }
+}
+
+/// Pixels where the masks differ that are not on the reference mask's boundary (a pixel is on
+/// the boundary when one of its 8 neighbours has the other value).
+pub fn off_boundary_mismatches(
+    actual: &[bool],
+    reference: &[bool],
+    width: usize,
+    height: usize,
+) -> usize {
+    let at = |x: isize, y: isize| -> Option<bool> {
+        (x >= 0 && y >= 0 && (x as usize) < width && (y as usize) < height)
+            .then(|| reference[y as usize * width + x as usize])
+    };
+    let mut n = 0;
+    for y in 0..height as isize {
+        for x in 0..width as isize {
+            let i = y as usize * width + x as usize;
+            if actual[i] == reference[i] {
+                continue;
+            }
+            let on_boundary = (-1..=1)
+                .any(|dy| (-1..=1).any(|dx| at(x + dx, y + dy).is_some_and(|v| v != reference[i])));
+            if !on_boundary {
+                n += 1;
+            }
+        }
+    }
+    n
+}
