@@ -7,9 +7,10 @@ names. This script writes:
 * `encoder.onnx`: `sam.image_encoder`, input `image` f32 [1,3,1024,1024] (already resized to longest
   side 1024, normalised with the pixel mean/std and zero-padded bottom/right), output
   `image_embeddings` f32 [1,C,64,64].
-* `decoder.onnx`: the standard `SamOnnxModel(return_single_mask=True)` export, exactly as
+* `decoder.onnx`: the standard `SamOnnxModel(return_single_mask=True)` export, as
   segment-anything's `scripts/export_onnx_model.py` makes it (outputs `masks` at the original image
-  size, `iou_predictions`, `low_res_masks`; needs the runtime input `orig_im_size`).
+  size, `iou_predictions`, `low_res_masks`; needs the runtime input `orig_im_size`), with the
+  upstream fix of the padding crop (see `SamOnnxStandardModel`).
 * `decoder_lowres.onnx`: the same prompt encoder + mask decoder without the final upscaling (outputs
   `iou_predictions` [1,1] and `low_res_masks` [1,1,256,256]; no `orig_im_size`). The prompting loop
   runs the decoder at every step and only needs the 256x256 logits, so it should not pay for a
@@ -159,6 +160,7 @@ def save_onnx(model: onnx.ModelProto, path: Path) -> None:
         onnx.save_model(
             model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=data_name
         )
+        (path.parent / data_name).chmod(0o644)  # onnx creates it readable by the owner only
     else:
         onnx.save_model(model, str(path))
     onnx.checker.check_model(str(path))
@@ -596,6 +598,8 @@ class SrmNet(nn.Module):
 
 @dataclass
 class AgentFiles:
+    """What `export_agent_random` wrote: the policy's grid and the SRM's map size and branch."""
+
     grid: int
     map_size: int
     semantic: bool

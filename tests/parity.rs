@@ -62,11 +62,18 @@ fn map_of(fx: &Fixture, name: &str) -> Map {
     }
 }
 
+/// The reference mask, stored bit-packed (`np.packbits(mask, axis=1)`: one row of
+/// `ceil(w / 8)` bytes per image row, first pixel in the most significant bit).
+fn reference_mask(fx: &Fixture, k: usize, h: usize, w: usize) -> Vec<bool> {
+    let (shape, packed) = fx.u8(&format!("prompt{k}.mask_packed"));
+    let row = w.div_ceil(8);
+    assert_eq!(shape, vec![h, row], "packed mask shape");
+    (0..h * w).map(|i| (packed[(i / w) * row + (i % w) / 8] >> (7 - (i % w) % 8)) & 1 == 1).collect()
+}
+
 fn check_mask(what: &str, actual: &[bool], fx: &Fixture, k: usize, geometry: &FrameGeometry) {
-    let (shape, reference) = fx.u8(&format!("prompt{k}.mask"));
     let (h, w) = geometry.original;
-    assert_eq!(shape, vec![h, w], "{what}: mask shape");
-    let reference: Vec<bool> = reference.iter().map(|&v| v > 0).collect();
+    let reference = reference_mask(fx, k, h, w);
     let score = iou(actual, &reference);
     let off = off_boundary_mismatches(actual, &reference, w, h);
     assert!(score >= 0.999, "{what}: mask IoU {score} < 0.999");

@@ -369,9 +369,10 @@ def tiny_fixtures(sam: Sam, prompts: dict) -> None:
             print(f"  {stem} prompt{k}: standard decoder `masks` > 0 differs from the reference mask at {flips} px")
         describe(stem, tensors, extra)
         save(out_dir / f"{stem}.safetensors", tensors)
+    # {file name: sha256}, the same layout as mobilesam/models.json.
     write_json(out_dir / "models.json", {
-        "bundle": "models/tiny",
-        "files": {f.name: E.sha256_file(f) for f in sorted(TINY_DIR.glob("*.onnx"))},
+        "models_dir": "models/tiny",
+        **{f.name: E.sha256_file(f) for f in sorted(TINY_DIR.glob("*.onnx"))},
     })
 
 
@@ -405,10 +406,10 @@ def mobilesam_fixtures(sam: Sam, prompts: dict, models_dir: Path) -> None:
         describe(stem, tensors, extra)
         tensors["embedding_strided"] = tensors.pop("embedding").reshape(-1)[::MOBILESAM_EMBEDDING_STRIDE].copy()
         save(out_dir / f"{stem}.safetensors", tensors)
+    # tests/parity.rs reads the checksums as top-level "<file name>": "<sha256>" entries.
     write_json(out_dir / "models.json", {
         "models_dir": "../shared/models/mobilesam-random",
-        "encoder": {"file": "encoder.onnx", "sha256": shas["encoder.onnx"]},
-        "decoder": {"file": "decoder.onnx", "sha256": shas["decoder.onnx"], "form": "standard"},
+        **shas,
         "embedding_stride": MOBILESAM_EMBEDDING_STRIDE,
         "images": list(MOBILESAM_IMAGES),
     })
