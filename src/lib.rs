@@ -5,9 +5,14 @@
 //! postprocess) -> [`sink`] (masks on disk). [`engine`] runs the ONNX models and [`bundle`] says
 //! which ones, checked. [`cli`] is the command line over all of it.
 
+pub mod agent;
+pub mod bench;
 pub mod bundle;
 pub mod cli;
+pub mod dataset;
 pub mod engine;
+pub mod eval;
+pub mod pipeline;
 pub mod sam;
 pub mod sink;
 pub mod source;

@@ -138,14 +138,17 @@ pub fn sha256_file(path: &Path) -> Result<String> {
 pub struct InferOptions {
     /// The bundle's name (default: the directory's name).
     pub name: Option<String>,
-    /// Model files, relative to the directory; `None` means the conventional name if present.
-    pub encoder: Option<String>,
+    /// A line on where the weights came from.
+    pub description: String,
+    /// Model files as paths (absolute, or relative to the working directory); `None` means the
+    /// conventional name (`encoder.onnx`, ...) inside the models directory, if present.
+    pub encoder: Option<PathBuf>,
     /// See `encoder`.
-    pub decoder: Option<String>,
+    pub decoder: Option<PathBuf>,
     /// See `encoder`.
-    pub policy: Option<String>,
+    pub policy: Option<PathBuf>,
     /// See `encoder`.
-    pub srm: Option<String>,
+    pub srm: Option<PathBuf>,
     /// Agent grid and step limit.
     pub agent: AgentSection,
     /// Pixel statistics (SAM's by default).
@@ -158,6 +161,7 @@ impl Default for InferOptions {
     fn default() -> Self {
         InferOptions {
             name: None,
+            description: String::new(),
             encoder: None,
             decoder: None,
             policy: None,
@@ -183,18 +187,22 @@ fn fixed_dims(d: &onnx_io::IoDecl) -> Option<Vec<usize>> {
         .collect()
 }
 
+/// The file to use for one role: the path given, or the conventional name in `dir`. Returned as a
+/// path relative to `dir`, as the manifest stores it.
 fn pick(
     dir: &Path,
-    given: &Option<String>,
+    given: &Option<PathBuf>,
     default: &str,
     required: bool,
 ) -> Result<Option<String>> {
     match given {
         Some(f) => {
-            if !dir.join(f).exists() {
-                bail!("{}: file not found", dir.join(f).display());
+            if !f.is_file() {
+                bail!("{}: file not found", f.display());
             }
-            Ok(Some(f.clone()))
+            let parent = f.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            let rel = relative_path(parent, dir)?.join(f.file_name().expect("a file has a name"));
+            Ok(Some(rel.to_string_lossy().into_owned()))
         }
         None if dir.join(default).exists() => Ok(Some(default.to_string())),
         None if required => bail!("{}: no {default} in this directory", dir.display()),
@@ -305,7 +313,7 @@ pub fn infer_manifest(dir: &Path, options: &InferOptions) -> Result<Manifest> {
     let manifest = Manifest {
         format: manifest::FORMAT,
         name,
-        description: String::new(),
+        description: options.description.clone(),
         image: ImageSection {
             size,
             pixel_mean: options.pixel_mean,
@@ -361,15 +369,21 @@ pub fn write_bundle(models_dir: &Path, out_dir: &Path, options: &InferOptions) -
     let mut manifest = infer_manifest(models_dir, options)?;
     std::fs::create_dir_all(out_dir)
         .with_context(|| format!("{}: cannot create", out_dir.display()))?;
-    let rel = relative_path(models_dir, out_dir)?;
-    let rebase = |f: &mut String| *f = rel.join(&*f).to_string_lossy().into_owned();
-    rebase(&mut manifest.models.encoder.file);
-    rebase(&mut manifest.models.decoder.file);
+    // Paths in the manifest are relative to its own directory.
+    let rebase = |f: &mut String| -> Result<()> {
+        let full = models_dir.join(&*f);
+        let parent = full.parent().unwrap_or(models_dir);
+        let name = full.file_name().expect("model paths name a file");
+        *f = relative_path(parent, out_dir)?.join(name).to_string_lossy().into_owned();
+        Ok(())
+    };
+    rebase(&mut manifest.models.encoder.file)?;
+    rebase(&mut manifest.models.decoder.file)?;
     if let Some(p) = &mut manifest.models.policy {
-        rebase(&mut p.file);
+        rebase(&mut p.file)?;
     }
     if let Some(s) = &mut manifest.models.srm {
-        rebase(&mut s.file);
+        rebase(&mut s.file)?;
     }
     let path = out_dir.join(MANIFEST_FILE);
     std::fs::write(&path, manifest.to_toml()?)

@@ -20,18 +20,21 @@ pub struct BundleArgs {
     /// Bundle name (default: the models directory's name).
     #[arg(long)]
     pub name: Option<String>,
-    /// Encoder file name inside the models directory.
+    /// A line on where the weights came from, shown by `alignsam info`.
+    #[arg(long, default_value = "")]
+    pub description: String,
+    /// Encoder file (default: MODELS/encoder.onnx).
     #[arg(long)]
-    pub encoder: Option<String>,
-    /// Decoder file name inside the models directory (standard or low-res form).
+    pub encoder: Option<PathBuf>,
+    /// Decoder file, standard or low-res form (default: MODELS/decoder.onnx).
     #[arg(long)]
-    pub decoder: Option<String>,
-    /// Policy file name inside the models directory.
+    pub decoder: Option<PathBuf>,
+    /// Policy file (default: MODELS/policy.onnx if present).
     #[arg(long)]
-    pub policy: Option<String>,
-    /// SRM file name inside the models directory.
+    pub policy: Option<PathBuf>,
+    /// SRM file (default: MODELS/srm.onnx if present).
     #[arg(long)]
-    pub srm: Option<String>,
+    pub srm: Option<PathBuf>,
     /// Side of the agent's patch grid.
     #[arg(long, default_value_t = 10)]
     pub grid: usize,
@@ -45,6 +48,7 @@ pub fn run(args: BundleArgs) -> Result<ExitCode> {
     let out = args.out.clone().unwrap_or_else(|| args.models.clone());
     let options = InferOptions {
         name: args.name,
+        description: args.description,
         encoder: args.encoder,
         decoder: args.decoder,
         policy: args.policy,

@@ -9,6 +9,7 @@ use clap::Args;
 use super::EngineArgs;
 use crate::bundle::Bundle;
 use crate::engine::{Backend, ModelSpec, onnx_io::IoDecl};
+use crate::agent::{Policy, Srm};
 use crate::sam::{Decoder, Encoder};
 
 /// Arguments of `alignsam info`.
@@ -110,5 +111,17 @@ pub fn run(args: InfoArgs) -> Result<ExitCode> {
         Decoder::spec(m),
     )?;
     println!("    form   {:?}", m.models.decoder.form);
+    if let Some(p) = &m.models.policy {
+        describe(backend.as_ref(), &bundle, "policy", &p.file, Policy::spec(m))?;
+    }
+    if let Some(s) = &m.models.srm {
+        describe(backend.as_ref(), &bundle, "srm", &s.file, Srm::spec(m)?)?;
+        println!(
+            "    map    {}x{} over the encoder frame{}",
+            s.map_size,
+            s.map_size,
+            if s.semantic { ", explicit branch (semantic map input)" } else { ", implicit branch" }
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }

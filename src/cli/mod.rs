@@ -2,9 +2,11 @@
 //! subcommand module turns arguments into library calls and prints results; no model logic
 //! lives here.
 
+pub mod bench;
 mod bundle_cmd;
 mod decode;
 mod info;
+pub mod segment;
 
 use std::process::ExitCode;
 
@@ -91,13 +93,20 @@ pub enum Command {
     Bundle(bundle_cmd::BundleArgs),
     /// Segment one image from points you give (no agent): SAM as a library call.
     Decode(decode::DecodeArgs),
+    /// Segment images with the prompting loop: masks, overlays and one JSON line per image.
+    Segment(segment::SegmentArgs),
+    /// Per-stage latency (p50/p90/p99), frames per second and peak memory of the prompting loop.
+    Bench(bench::BenchArgs),
 }
 
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<ExitCode> {
+    let quiet = cli.quiet;
     match cli.command {
         Command::Info(args) => info::run(args),
         Command::Bundle(args) => bundle_cmd::run(args),
         Command::Decode(args) => decode::run(args),
+        Command::Segment(args) => segment::run(args, quiet),
+        Command::Bench(args) => bench::run(args),
     }
 }

@@ -9,6 +9,7 @@
 //! exists and is ONNX, its declared inputs and outputs are the ones the spec asks for, and the
 //! tensors handed to `run` have the shapes the spec allows. Errors name the file and the problem.
 
+pub mod onnx_build;
 pub mod onnx_io;
 pub mod tensor;
 pub mod tract;

@@ -1,0 +1,162 @@
+//! Overlays for people: the mask tinted over the image, positive points green, negative red,
+//! each numbered by the step that added it ("s" for start points).
+
+use std::sync::OnceLock;
+
+use ab_glyph::{Font, FontRef, PxScale, ScaleFont};
+use image::{Rgb, RgbImage};
+
+use crate::agent::{PointOrigin, PointRecord};
+use crate::sam::PointLabel;
+
+/// DejaVu Sans Mono Bold, subset to printable ASCII (see assets/fonts/LICENSE-DejaVu.txt).
+const FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSansMono-Bold-subset.ttf");
+
+/// The bundled font, parsed once.
+pub fn font() -> &'static FontRef<'static> {
+    static F: OnceLock<FontRef<'static>> = OnceLock::new();
+    F.get_or_init(|| FontRef::try_from_slice(FONT).expect("the bundled font parses"))
+}
+
+const MASK_TINT: [u8; 3] = [30, 144, 255];
+const POSITIVE: [u8; 3] = [0, 200, 70];
+const NEGATIVE: [u8; 3] = [230, 30, 30];
+
+fn blend(p: &mut Rgb<u8>, c: [u8; 3], alpha: f32) {
+    for (v, &t) in p.0.iter_mut().zip(&c) {
+        *v = (*v as f32 * (1.0 - alpha) + t as f32 * alpha).round() as u8;
+    }
+}
+
+/// Draws a filled disc with a white rim.
+pub fn draw_disc(img: &mut RgbImage, cx: f64, cy: f64, radius: f64, colour: [u8; 3]) {
+    let (w, h) = (img.width() as i64, img.height() as i64);
+    let r = radius + 1.5;
+    for y in (cy - r).floor() as i64..=(cy + r).ceil() as i64 {
+        for x in (cx - r).floor() as i64..=(cx + r).ceil() as i64 {
+            if x < 0 || y < 0 || x >= w || y >= h {
+                continue;
+            }
+            let d = ((x as f64 + 0.5 - cx).powi(2) + (y as f64 + 0.5 - cy).powi(2)).sqrt();
+            let p = img.get_pixel_mut(x as u32, y as u32);
+            if d <= radius {
+                *p = Rgb(colour);
+            } else if d <= r {
+                *p = Rgb([255, 255, 255]);
+            }
+        }
+    }
+}
+
+/// Draws text with its top-left corner at (x, y), in `colour` with a dark outline for contrast.
+pub fn draw_text(img: &mut RgbImage, text: &str, x: f32, y: f32, size: f32, colour: [u8; 3]) {
+    let font = font();
+    let scaled = font.as_scaled(PxScale::from(size));
+    let (w, h) = (img.width() as i32, img.height() as i32);
+    for (offset, c) in [((1.0, 1.0), [0, 0, 0]), ((0.0, 0.0), colour)] {
+        let mut caret = x + offset.0;
+        for ch in text.chars() {
+            let glyph = scaled.scaled_glyph(ch);
+            let advance = scaled.h_advance(glyph.id);
+            let glyph = ab_glyph::Glyph { position: ab_glyph::point(caret, y + offset.1 + scaled.ascent()), ..glyph };
+            if let Some(outlined) = font.outline_glyph(glyph) {
+                let b = outlined.px_bounds();
+                outlined.draw(|gx, gy, cov| {
+                    let (px, py) = (b.min.x as i32 + gx as i32, b.min.y as i32 + gy as i32);
+                    if px >= 0 && py >= 0 && px < w && py < h {
+                        blend(img.get_pixel_mut(px as u32, py as u32), c, cov.min(1.0));
+                    }
+                });
+            }
+            caret += advance;
+        }
+    }
+}
+
+/// The image with the mask tinted in blue (object pixels at 45% opacity, the mask's outline
+/// solid) and the prompt points drawn and numbered.
+pub fn overlay(image: &RgbImage, mask: &[bool], points: &[PointRecord]) -> RgbImage {
+    let mut out = image.clone();
+    let (w, h) = (image.width() as usize, image.height() as usize);
+    assert_eq!(mask.len(), w * h, "mask size");
+    for y in 0..h {
+        for x in 0..w {
+            if !mask[y * w + x] {
+                continue;
+            }
+            let edge = [(0i64, -1i64), (0, 1), (-1, 0), (1, 0)].iter().any(|(dx, dy)| {
+                let (nx, ny) = (x as i64 + dx, y as i64 + dy);
+                nx < 0 || ny < 0 || nx >= w as i64 || ny >= h as i64 || !mask[ny as usize * w + nx as usize]
+            });
+            let p = out.get_pixel_mut(x as u32, y as u32);
+            if edge {
+                *p = Rgb(MASK_TINT);
+            } else {
+                blend(p, MASK_TINT, 0.45);
+            }
+        }
+    }
+    let radius = (w.min(h) as f64 / 90.0).max(3.0);
+    let text = (w.min(h) as f32 / 22.0).max(10.0);
+    // A patch chosen several times gets one disc (the latest label) and one tag ("3,5" or "2-9").
+    let mut placed: Vec<(f64, f64, PointLabel, Vec<String>)> = vec![];
+    for p in points {
+        let tag = if p.origin == PointOrigin::Step { p.step.to_string() } else { "s".into() };
+        match placed.iter_mut().find(|q| q.0 == p.x && q.1 == p.y) {
+            Some(q) => {
+                q.2 = p.label;
+                q.3.push(tag);
+            }
+            None => placed.push((p.x, p.y, p.label, vec![tag])),
+        }
+    }
+    for (x, y, label, tags) in placed {
+        let colour = if label == PointLabel::Positive { POSITIVE } else { NEGATIVE };
+        draw_disc(&mut out, x, y, radius, colour);
+        let tag = if tags.len() > 3 {
+            format!("{}-{}", tags[0], tags[tags.len() - 1])
+        } else {
+            tags.join(",")
+        };
+        draw_text(&mut out, &tag, (x + radius + 2.0) as f32, (y - text as f64 / 2.0) as f32, text, [255, 255, 255]);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tints_mask_and_draws_points() {
+        let img = RgbImage::from_pixel(40, 30, Rgb([100, 100, 100]));
+        let mut mask = vec![false; 40 * 30];
+        for y in 5..25 {
+            for x in 5..20 {
+                mask[y * 40 + x] = true;
+            }
+        }
+        let pts = [PointRecord {
+            step: 3,
+            x: 30.0,
+            y: 15.0,
+            label: PointLabel::Negative,
+            patch: 0,
+            origin: PointOrigin::Step,
+            srm_prob: 0.1,
+            iou_prediction: 0.5,
+        }];
+        let out = overlay(&img, &mask, &pts);
+        assert_eq!(out.get_pixel(0, 0).0, [100, 100, 100], "background untouched");
+        assert_ne!(out.get_pixel(10, 10).0, [100, 100, 100], "mask interior tinted");
+        assert_eq!(out.get_pixel(5, 10).0, MASK_TINT, "mask outline solid");
+        assert_eq!(out.get_pixel(30, 15).0, NEGATIVE, "negative point in red");
+    }
+
+    #[test]
+    fn text_changes_pixels() {
+        let mut img = RgbImage::new(30, 20);
+        draw_text(&mut img, "12", 2.0, 2.0, 14.0, [255, 255, 255]);
+        assert!(img.pixels().any(|p| p.0 == [255, 255, 255] || p.0[0] > 128));
+    }
+}
