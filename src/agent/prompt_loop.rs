@@ -337,10 +337,11 @@ impl Agent {
                 let t_srm = Instant::now();
                 let prob = self.srm.predict(&state(embedding, None), semantic)?;
                 times.start_srm_ms = ms(t_srm.elapsed());
-                let Some(((px, py, pp), (nx, ny, np))) = start_points(&prob, self.srm.frame_map(), geometry) else {
+                let Some((pos, neg)) = start_points(&prob, self.srm.frame_map(), geometry) else {
                     bail!("the SRM map has no cell inside the {w}x{h} image");
                 };
-                for (x, y, p, label) in [(px, py, pp, PointLabel::Positive), (nx, ny, np, PointLabel::Negative)] {
+                for (sp, label) in [(pos, PointLabel::Positive), (neg, PointLabel::Negative)] {
+                    let (x, y, p) = (sp.x, sp.y, sp.prob);
                     let patch = self.grid.patch_at(x, y, h, w);
                     points.push(PointRecord { step: 0, x, y, label, patch, origin: PointOrigin::SrmStart, srm_prob: p, iou_prediction: f32::NAN });
                 }
@@ -402,7 +403,13 @@ impl Agent {
             st.state_ms = ms(t.elapsed());
 
             let t = Instant::now();
-            let allowed = options.forbid_repeats.then_some(used.as_slice());
+            let free: Vec<bool>;
+            let allowed = if options.forbid_repeats {
+                free = used.iter().map(|u| !u).collect();
+                Some(free.as_slice())
+            } else {
+                None
+            };
             let Some(patch) = chooser.choose(&s, allowed)? else {
                 stop = StopReason::NoActionLeft;
                 break;

@@ -88,22 +88,34 @@ impl Srm {
     }
 }
 
+/// A start point: a cell centre in image coordinates and the SRM's probability there.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StartPoint {
+    /// Column in image pixels.
+    pub x: f64,
+    /// Row in image pixels.
+    pub y: f64,
+    /// The SRM's foreground probability in that cell.
+    pub prob: f32,
+}
+
 /// Start points from a probability map: the centre of the most probable cell inside the image
 /// (positive) and of the least probable one (negative). Ties go to the first cell in row-major
-/// order. Returns `((x, y, p), (x, y, p))` in image coordinates.
-pub fn start_points(prob: &Map, map: FrameMap, geometry: &FrameGeometry) -> Option<((f64, f64, f32), (f64, f64, f32))> {
-    let mut best: Option<(f64, f64, f32)> = None;
-    let mut worst: Option<(f64, f64, f32)> = None;
+/// order; cells whose centre lies in the frame's padding are skipped.
+pub fn start_points(prob: &Map, map: FrameMap, geometry: &FrameGeometry) -> Option<(StartPoint, StartPoint)> {
+    let mut best: Option<StartPoint> = None;
+    let mut worst: Option<StartPoint> = None;
     for (i, &p) in prob.data.iter().enumerate() {
         let Some((x, y)) = map.centre_in_image(i, geometry) else { continue };
         if p.is_nan() {
             continue;
         }
-        if best.is_none_or(|b| p > b.2) {
-            best = Some((x, y, p));
+        let here = StartPoint { x, y, prob: p };
+        if best.is_none_or(|b| p > b.prob) {
+            best = Some(here);
         }
-        if worst.is_none_or(|w| p < w.2) {
-            worst = Some((x, y, p));
+        if worst.is_none_or(|w| p < w.prob) {
+            worst = Some(here);
         }
     }
     Some((best?, worst?))
@@ -125,8 +137,8 @@ mod tests {
         let prob = Map { height: 4, width: 4, data };
         let (pos, neg) = start_points(&prob, FrameMap { size: 4 }, &geo).unwrap();
         // Cell (0,1) centre in the frame: (3, 1) -> image (37.5, 12.5).
-        assert_eq!((pos.0, pos.1, pos.2), (37.5, 12.5, 0.9));
+        assert_eq!(pos, StartPoint { x: 37.5, y: 12.5, prob: 0.9 });
         // Cell (1,2) centre: (5, 3) -> image (62.5, 37.5).
-        assert_eq!((neg.0, neg.1, neg.2), (62.5, 37.5, 0.1));
+        assert_eq!(neg, StartPoint { x: 62.5, y: 37.5, prob: 0.1 });
     }
 }

@@ -154,16 +154,10 @@ impl ModelSpec {
 }
 
 /// How a backend should load models.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct EngineOptions {
     /// Threads for one model run (intra-op parallelism). 0 means all available cores.
     pub threads: usize,
-}
-
-impl Default for EngineOptions {
-    fn default() -> Self {
-        EngineOptions { threads: 0 }
-    }
 }
 
 impl EngineOptions {

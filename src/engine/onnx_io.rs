@@ -205,10 +205,10 @@ pub fn check_against_spec(path: &Path, io: &DeclaredIo, spec: &ModelSpec) -> Res
             }
         }
     }
-    for extra in io
+    if let Some(extra) = io
         .inputs
         .iter()
-        .filter(|d| !spec.inputs.iter().any(|i| i.name == d.name))
+        .find(|d| !spec.inputs.iter().any(|i| i.name == d.name))
     {
         bail!(
             "{p}: the {} has an unexpected input '{}'{} (expected only: {})",

@@ -242,9 +242,8 @@ impl<'a> FullResDecoder<'a> {
     pub fn prepare(&self, geometry: &FrameGeometry) -> Result<()> {
         let key = geometry.original;
         let mut cache = self.by_size.lock().expect("decoder cache");
-        if !cache.contains_key(&key) {
-            let model = self.backend.load(&self.path, &self.spec(key.0, key.1))?;
-            cache.insert(key, model);
+        if let std::collections::hash_map::Entry::Vacant(slot) = cache.entry(key) {
+            slot.insert(self.backend.load(&self.path, &self.spec(key.0, key.1))?);
         }
         Ok(())
     }

@@ -1,0 +1,532 @@
+//! Still-image segmentation datasets on disk, for training and evaluation.
+//!
+//! The layout is the one of the shared data folder:
+//!
+//! ```text
+//! DATASET/images/<id>.jpg     (or .jpeg, .png, .bmp; tried in that order)
+//! DATASET/masks/<id>.png      (8-bit, 0 background / 255 object)
+//! DATASET/splits/<split>.txt  (one id per line, no extension)
+//! ```
+//!
+//! [`Dataset::open`] reads a split and resolves every id to its image and mask, so that a missing
+//! file is reported before anything runs; [`Dataset::validate`] also reads every header and checks
+//! the sizes (seconds for a thousand pairs, against minutes of training lost to a bad pair late in
+//! an epoch). [`Sample::load`] decodes one pair. Every error names the file and what is wrong.
+//!
+//! Video datasets (`images/<sequence>/<frame>.jpg`) are a different layout and are refused with an
+//! error that says so.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Result, anyhow, bail};
+use image::{ColorType, DynamicImage, ImageDecoder, RgbImage};
+
+/// Image extensions tried for each id, in this order (then the same in upper case).
+pub const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "bmp"];
+
+/// The mask extension.
+pub const MASK_EXTENSION: &str = "png";
+
+/// At most this many problems are spelt out in one error; the rest are counted.
+const PROBLEMS_SHOWN: usize = 3;
+
+/// A binary mask, row-major: `data[y * width + x]` is true on the object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mask {
+    /// Columns.
+    pub width: usize,
+    /// Rows.
+    pub height: usize,
+    /// `width * height` values, true for foreground.
+    pub data: Vec<bool>,
+}
+
+impl Mask {
+    /// The value at column `x`, row `y`; `None` outside the mask.
+    pub fn get(&self, x: usize, y: usize) -> Option<bool> {
+        (x < self.width && y < self.height).then(|| self.data[y * self.width + x])
+    }
+
+    /// The number of foreground pixels.
+    pub fn foreground(&self) -> usize {
+        self.data.iter().filter(|&&m| m).count()
+    }
+}
+
+/// One image/mask pair of a split.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sample {
+    /// The id as written in the split file (the file stem of both image and mask).
+    pub id: String,
+    /// The image file.
+    pub image_path: PathBuf,
+    /// The mask file.
+    pub mask_path: PathBuf,
+}
+
+impl Sample {
+    /// Decodes the image (as 8-bit RGB, through [`crate::source::load_rgb`]) and the mask (see
+    /// [`load_mask`]), and checks that they have the same size.
+    pub fn load(&self) -> Result<(RgbImage, Mask)> {
+        let image = crate::source::load_rgb(&self.image_path)?;
+        let mask = load_mask(&self.mask_path)?;
+        check_same_size(
+            &self.mask_path,
+            (mask.width as u32, mask.height as u32),
+            &self.image_path,
+            image.dimensions(),
+        )?;
+        Ok((image, mask))
+    }
+}
+
+/// A split of a dataset: its samples in the order of the split file.
+#[derive(Clone, Debug)]
+pub struct Dataset {
+    dir: PathBuf,
+    split: String,
+    items: Vec<Sample>,
+}
+
+impl Dataset {
+    /// Opens `dir` and reads `dir/splits/<split>.txt`, resolving every id to an image and a mask.
+    ///
+    /// Blank lines and surrounding white space are ignored. Errors (naming the file): `dir`
+    /// missing or without `images/` or `masks/`; a video layout; no such split (the message lists
+    /// those that exist); a split file with no ids, a duplicated id, or an id that is a path;
+    /// ids with no image or no mask (the first few are named, the others counted). Only file names
+    /// are checked here; [`Dataset::validate`] also reads the headers.
+    pub fn open(dir: &Path, split: &str) -> Result<Dataset> {
+        if !dir.is_dir() {
+            if dir.exists() {
+                bail!("{}: not a dataset directory", dir.display());
+            }
+            bail!("{}: dataset directory not found", dir.display());
+        }
+        let images_dir = dir.join("images");
+        let masks_dir = dir.join("masks");
+        let images = list_files(&images_dir)?;
+        if images.files.is_empty() && !images.dirs.is_empty() {
+            bail!(
+                "{}: a video dataset (images/<sequence>/<frame>.jpg, e.g. images/{}/); this loader reads still-image datasets (images/<id>.jpg, masks/<id>.png)",
+                dir.display(),
+                images.dirs[0]
+            );
+        }
+        let masks = list_files(&masks_dir)?;
+
+        let split_path = dir.join("splits").join(format!("{split}.txt"));
+        let ids = read_split(dir, split, &split_path)?;
+
+        let mut items = Vec::with_capacity(ids.len());
+        let mut problems = vec![];
+        for (line, id) in ids {
+            let image = IMAGE_EXTENSIONS
+                .iter()
+                .flat_map(|ext| [ext.to_string(), ext.to_uppercase()])
+                .map(|ext| format!("{id}.{ext}"))
+                .find(|name| images.files.contains(name));
+            let mask = [MASK_EXTENSION.to_string(), MASK_EXTENSION.to_uppercase()]
+                .into_iter()
+                .map(|ext| format!("{id}.{ext}"))
+                .find(|name| masks.files.contains(name));
+            let at = format!("{} line {line}", split_path.display());
+            match (image, mask) {
+                (Some(image), Some(mask)) => items.push(Sample {
+                    id,
+                    image_path: images_dir.join(image),
+                    mask_path: masks_dir.join(mask),
+                }),
+                (None, _) if images.dirs.contains(&id) => bail!(
+                    "{}: a directory, so {} is a video dataset (images/<sequence>/<frame>.jpg); this loader reads still-image datasets (images/<id>.jpg, masks/<id>.png)",
+                    images_dir.join(&id).display(),
+                    dir.display()
+                ),
+                (None, _) => problems.push(format!(
+                    "{}: no image for id '{id}' (tried .{}; listed at {at})",
+                    images_dir.join(&id).display(),
+                    IMAGE_EXTENSIONS.join(", .")
+                )),
+                (Some(_), None) => problems.push(format!(
+                    "{}: mask not found for id '{id}' (listed at {at})",
+                    masks_dir.join(format!("{id}.{MASK_EXTENSION}")).display()
+                )),
+            }
+        }
+        if !problems.is_empty() {
+            bail!("{}", summarise(&problems, "pairs"));
+        }
+        Ok(Dataset {
+            dir: dir.to_path_buf(),
+            split: split.to_string(),
+            items,
+        })
+    }
+
+    /// The dataset directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The split's name (`train`, `eval`, ...).
+    pub fn split(&self) -> &str {
+        &self.split
+    }
+
+    /// The number of samples.
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Whether there are no samples (only after [`Dataset::take`] with 0: an opened split has
+    /// at least one).
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// The samples, in split-file order.
+    pub fn items(&self) -> &[Sample] {
+        &self.items
+    }
+
+    /// The first `n` samples in split-file order (all of them if there are fewer): a
+    /// deterministic subset for quick runs.
+    pub fn take(&self, n: usize) -> Dataset {
+        Dataset {
+            dir: self.dir.clone(),
+            split: self.split.clone(),
+            items: self.items.iter().take(n).cloned().collect(),
+        }
+    }
+
+    /// Checks every pair from the file headers only, without decoding pixels: both files are
+    /// readable images, the mask has a colour type [`load_mask`] accepts, and mask and image have
+    /// the same size. All pairs are checked; the error names the first few bad files and counts
+    /// the rest. What headers cannot tell (a colour mask stored as RGB, a truncated file) is
+    /// still caught by [`Sample::load`].
+    pub fn validate(&self) -> Result<()> {
+        let mut problems = vec![];
+        for sample in &self.items {
+            if let Err(e) = validate_pair(sample) {
+                problems.push(format!("{e:#}"));
+            }
+        }
+        if !problems.is_empty() {
+            bail!("{}", summarise(&problems, "pairs"));
+        }
+        Ok(())
+    }
+}
+
+/// The splits a dataset has: the stems of `dir/splits/*.txt`, sorted. Empty if there is no
+/// `splits/` folder.
+pub fn available_splits(dir: &Path) -> Vec<String> {
+    let mut splits: Vec<String> = std::fs::read_dir(dir.join("splits"))
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| {
+            let path = entry.ok()?.path();
+            if !path.is_file() || path.extension()? != "txt" {
+                return None;
+            }
+            Some(path.file_stem()?.to_str()?.to_string())
+        })
+        .collect();
+    splits.sort();
+    splits
+}
+
+/// Decodes a mask file into a binary mask: foreground where the value is above half the range
+/// (> 127 for 8-bit, > 32767 for 16-bit).
+///
+/// Accepted: grey images (8 or 16 bit, with or without alpha), and RGB(A) images whose three
+/// colour channels are equal at every pixel (a grey mask saved as RGB, or a grey palette). Alpha
+/// is ignored: it is transparency, not a label. A pixel with unequal channels is an error rather
+/// than a guess, since colour masks are usually label maps (one colour per class) that a
+/// brightness threshold would silently get wrong. Float images are refused.
+pub fn load_mask(path: &Path) -> Result<Mask> {
+    let bytes = std::fs::read(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => anyhow!("{}: mask not found", path.display()),
+        std::io::ErrorKind::IsADirectory => {
+            anyhow!("{}: is a directory, not a mask", path.display())
+        }
+        _ => anyhow!("{}: cannot read mask: {e}", path.display()),
+    })?;
+    let img = image::ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| anyhow!("{}: cannot read mask: {e}", path.display()))?
+        .decode()
+        .map_err(|e| anyhow!("{}: corrupt or unsupported mask: {e}", path.display()))?;
+    let (width, height) = (img.width() as usize, img.height() as usize);
+    if width == 0 || height == 0 {
+        bail!("{}: mask has no pixels", path.display());
+    }
+    let data = match &img {
+        DynamicImage::ImageLuma8(m) => m.pixels().map(|p| p[0] > 127).collect(),
+        DynamicImage::ImageLumaA8(m) => m.pixels().map(|p| p[0] > 127).collect(),
+        DynamicImage::ImageLuma16(m) => m.pixels().map(|p| p[0] > 32767).collect(),
+        DynamicImage::ImageLumaA16(m) => m.pixels().map(|p| p[0] > 32767).collect(),
+        DynamicImage::ImageRgb8(m) => grey_from_rgb(path, width, m.pixels().map(|p| p.0), 127)?,
+        DynamicImage::ImageRgba8(m) => {
+            grey_from_rgb(path, width, m.pixels().map(|p| [p[0], p[1], p[2]]), 127)?
+        }
+        DynamicImage::ImageRgb16(m) => grey_from_rgb(path, width, m.pixels().map(|p| p.0), 32767)?,
+        DynamicImage::ImageRgba16(m) => {
+            grey_from_rgb(path, width, m.pixels().map(|p| [p[0], p[1], p[2]]), 32767)?
+        }
+        other => bail!(
+            "{}: a {:?} image; a mask must be 8- or 16-bit grey (0 background, 255 object)",
+            path.display(),
+            other.color()
+        ),
+    };
+    Ok(Mask {
+        width,
+        height,
+        data,
+    })
+}
+
+/// Thresholds RGB pixels whose channels are all equal; the first other pixel is an error.
+fn grey_from_rgb<T: Copy + PartialEq + PartialOrd + std::fmt::Debug>(
+    path: &Path,
+    width: usize,
+    pixels: impl Iterator<Item = [T; 3]>,
+    half: T,
+) -> Result<Vec<bool>> {
+    let mut out = vec![];
+    for (i, [r, g, b]) in pixels.enumerate() {
+        if r != g || g != b {
+            bail!(
+                "{}: a colour mask (pixel x={}, y={} is RGB {r:?},{g:?},{b:?}); a mask must be grey, 0 background and 255 object",
+                path.display(),
+                i % width,
+                i / width
+            );
+        }
+        out.push(r > half);
+    }
+    Ok(out)
+}
+
+/// The files (by name) and subdirectories of a dataset folder.
+struct Listing {
+    files: HashSet<String>,
+    dirs: Vec<String>,
+}
+
+/// Lists a folder once: resolving a thousand ids against a set is faster than a thousand
+/// `stat`s per extension, on network file systems above all.
+fn list_files(dir: &Path) -> Result<Listing> {
+    let entries = std::fs::read_dir(dir).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => anyhow!(
+            "{}: folder not found (a dataset has images/<id>.jpg, masks/<id>.png and splits/<split>.txt)",
+            dir.display()
+        ),
+        _ => anyhow!("{}: cannot read folder: {e}", dir.display()),
+    })?;
+    let mut listing = Listing {
+        files: HashSet::new(),
+        dirs: vec![],
+    };
+    for entry in entries {
+        let entry = entry.map_err(|e| anyhow!("{}: cannot read folder: {e}", dir.display()))?;
+        // Names that are not UTF-8 cannot match an id from a text file; skip them.
+        let Ok(name) = entry.file_name().into_string() else {
+            continue;
+        };
+        if entry.path().is_dir() {
+            listing.dirs.push(name);
+        } else {
+            listing.files.insert(name);
+        }
+    }
+    listing.dirs.sort();
+    Ok(listing)
+}
+
+/// Reads a split file into (line number, id) pairs.
+fn read_split(dir: &Path, split: &str, path: &Path) -> Result<Vec<(usize, String)>> {
+    if split.is_empty() || split.contains(['/', '\\']) {
+        bail!("'{split}': not a split name (use e.g. train or eval)");
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => {
+            let splits = available_splits(dir);
+            if splits.is_empty() {
+                anyhow!(
+                    "{}: split not found, and {} has no split files",
+                    path.display(),
+                    dir.join("splits").display()
+                )
+            } else {
+                anyhow!(
+                    "{}: split not found; this dataset has: {}",
+                    path.display(),
+                    splits.join(", ")
+                )
+            }
+        }
+        _ => anyhow!("{}: cannot read split file: {e}", path.display()),
+    })?;
+    let mut ids = vec![];
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for (i, line) in text.lines().enumerate() {
+        let (line_no, id) = (i + 1, line.trim());
+        if id.is_empty() {
+            continue;
+        }
+        if id.contains(['/', '\\']) || id == "." || id == ".." {
+            bail!(
+                "{}: line {line_no}: '{id}' is a path; ids are file names without extension",
+                path.display()
+            );
+        }
+        if let Some(first) = seen.insert(id.to_string(), line_no) {
+            bail!(
+                "{}: id '{id}' is listed twice (lines {first} and {line_no})",
+                path.display()
+            );
+        }
+        ids.push((line_no, id.to_string()));
+    }
+    if ids.is_empty() {
+        bail!("{}: split file lists no ids", path.display());
+    }
+    Ok(ids)
+}
+
+/// Header-only checks of one pair.
+fn validate_pair(sample: &Sample) -> Result<()> {
+    let image_size = image::ImageReader::open(&sample.image_path)
+        .and_then(|r| r.with_guessed_format())
+        .map_err(|e| anyhow!("{}: cannot read image: {e}", sample.image_path.display()))?
+        .into_dimensions()
+        .map_err(|e| {
+            anyhow!(
+                "{}: corrupt or unsupported image: {e}",
+                sample.image_path.display()
+            )
+        })?;
+    let decoder = image::ImageReader::open(&sample.mask_path)
+        .and_then(|r| r.with_guessed_format())
+        .map_err(|e| anyhow!("{}: cannot read mask: {e}", sample.mask_path.display()))?
+        .into_decoder()
+        .map_err(|e| {
+            anyhow!(
+                "{}: corrupt or unsupported mask: {e}",
+                sample.mask_path.display()
+            )
+        })?;
+    let color = decoder.color_type();
+    if !matches!(
+        color,
+        ColorType::L8
+            | ColorType::La8
+            | ColorType::L16
+            | ColorType::La16
+            | ColorType::Rgb8
+            | ColorType::Rgba8
+            | ColorType::Rgb16
+            | ColorType::Rgba16
+    ) {
+        bail!(
+            "{}: a {color:?} image; a mask must be 8- or 16-bit grey (0 background, 255 object)",
+            sample.mask_path.display()
+        );
+    }
+    check_same_size(
+        &sample.mask_path,
+        decoder.dimensions(),
+        &sample.image_path,
+        image_size,
+    )
+}
+
+fn check_same_size(
+    mask_path: &Path,
+    mask: (u32, u32),
+    image_path: &Path,
+    image: (u32, u32),
+) -> Result<()> {
+    if mask != image {
+        bail!(
+            "{} is {}x{} but {} is {}x{}",
+            mask_path.display(),
+            mask.0,
+            mask.1,
+            image_path.display(),
+            image.0,
+            image.1
+        );
+    }
+    Ok(())
+}
+
+/// One line for many problems: the first few in full, then a count.
+fn summarise(problems: &[String], what: &str) -> String {
+    let mut out = problems[..problems.len().min(PROBLEMS_SHOWN)].join("; ");
+    if problems.len() > PROBLEMS_SHOWN {
+        let _ = write!(
+            out,
+            "; and {} more {what} with problems",
+            problems.len() - PROBLEMS_SHOWN
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks_threshold_and_refuse_colour() {
+        let tmp = tempfile::tempdir().unwrap();
+        let grey = tmp.path().join("g.png");
+        image::GrayImage::from_raw(3, 1, vec![0, 127, 128])
+            .unwrap()
+            .save(&grey)
+            .unwrap();
+        let m = load_mask(&grey).unwrap();
+        assert_eq!((m.width, m.height), (3, 1));
+        assert_eq!(m.data, vec![false, false, true]);
+        assert_eq!(m.get(2, 0), Some(true));
+        assert_eq!(m.get(3, 0), None);
+        assert_eq!(m.foreground(), 1);
+
+        let wide = tmp.path().join("w.png");
+        image::ImageBuffer::<image::Luma<u16>, _>::from_raw(2, 1, vec![32767u16, 32768])
+            .unwrap()
+            .save(&wide)
+            .unwrap();
+        assert_eq!(load_mask(&wide).unwrap().data, vec![false, true]);
+
+        let rgb_grey = tmp.path().join("rg.png");
+        image::RgbImage::from_raw(2, 1, vec![0, 0, 0, 255, 255, 255])
+            .unwrap()
+            .save(&rgb_grey)
+            .unwrap();
+        assert_eq!(load_mask(&rgb_grey).unwrap().data, vec![false, true]);
+
+        let colour = tmp.path().join("c.png");
+        image::RgbImage::from_raw(2, 1, vec![0, 0, 0, 128, 0, 0])
+            .unwrap()
+            .save(&colour)
+            .unwrap();
+        let e = format!("{:#}", load_mask(&colour).unwrap_err());
+        assert!(e.contains("c.png: a colour mask (pixel x=1, y=0"), "{e}");
+    }
+
+    #[test]
+    fn summarise_counts_the_rest() {
+        let p: Vec<String> = (0..5).map(|i| format!("p{i}")).collect();
+        assert_eq!(
+            summarise(&p, "pairs"),
+            "p0; p1; p2; and 2 more pairs with problems"
+        );
+        assert_eq!(summarise(&p[..1], "pairs"), "p0");
+    }
+}

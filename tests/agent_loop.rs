@@ -1,0 +1,167 @@
+//! The prompting loop against hand-computed cases: a policy built to always prefer one patch and
+//! an SRM with a fixed map, over the tiny SAM bundle. Also the three ways the loop stops.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use alignsam::agent::{Agent, LoopOptions, PointOrigin, StopReason};
+use alignsam::bundle::{Bundle, InferOptions, OpenOptions, write_bundle};
+use alignsam::engine::onnx_build::constant_model;
+use alignsam::engine::{BackendKind, EngineOptions};
+use alignsam::sam::PointLabel;
+use image::RgbImage;
+
+const G: usize = 10;
+
+/// The SRM map used throughout: 0.5 everywhere, a clear maximum and minimum inside a 300x200
+/// image, and more extreme values in cells that lie in the frame's padding (rows 7-9 for that
+/// image), which the start points must ignore.
+fn srm_map() -> Vec<f32> {
+    let mut m = vec![0.5f32; G * G];
+    m[G + 1] = 0.95; // row 1, col 1: the positive start point
+    m[5 * G + 4] = 0.02; // row 5, col 4: the negative start point
+    m[2 * G + 7] = 0.8; // row 2, col 7: where patch 37's centre falls for a 300x200 image
+    m[8 * G] = 0.99; // padding
+    m[9 * G + 9] = 0.0; // padding
+    m
+}
+
+/// A copy of the tiny bundle whose policy always prefers `patch` (logit 5, others 0) and whose
+/// SRM outputs `srm_map()`.
+fn bundle_with(tmp: &Path, patch: usize) -> PathBuf {
+    let models = tmp.join("models");
+    std::fs::create_dir_all(&models).unwrap();
+    let tiny = common::tiny_bundle();
+    std::fs::copy(tiny.join("encoder.onnx"), models.join("encoder.onnx")).unwrap();
+    std::fs::copy(tiny.join("decoder_lowres.onnx"), models.join("decoder.onnx")).unwrap();
+    let state: &[usize] = &[1, 32, 64, 64];
+    let mut logits = vec![0f32; G * G];
+    logits[patch] = 5.0;
+    constant_model(&[("state", state)], ("logits", &[1, G * G]), &logits).save(&models.join("policy.onnx"), "test").unwrap();
+    constant_model(&[("state", state)], ("fg_prob", &[1, 1, G, G]), &srm_map()).save(&models.join("srm.onnx"), "test").unwrap();
+    let out = tmp.join("bundle");
+    write_bundle(&models, &out, &InferOptions::default()).unwrap();
+    out
+}
+
+fn agent(bundle: &Path) -> Agent {
+    let b = Bundle::open(bundle, OpenOptions::default()).unwrap();
+    let backend = BackendKind::Tract.create(&EngineOptions { threads: 2 }).unwrap();
+    Agent::load(&b, backend.as_ref()).unwrap()
+}
+
+fn image(w: u32, h: u32) -> RgbImage {
+    RgbImage::from_fn(w, h, |x, y| image::Rgb([(x % 251) as u8, (y % 241) as u8, ((x + y) % 239) as u8]))
+}
+
+fn fixed(steps: usize) -> LoopOptions {
+    LoopOptions { max_steps: steps, budget: None, stop_iou: None, feed_mask: true, forbid_repeats: false }
+}
+
+#[test]
+fn points_follow_the_policy_and_labels_follow_the_srm() {
+    let tmp = tempfile::tempdir().unwrap();
+    let agent = agent(&bundle_with(tmp.path(), 37));
+    let r = agent.segment(&image(300, 200), &fixed(3), None).unwrap();
+
+    // 300x200 (w x h) resizes to 1024x683 in the 1024 frame; SRM cells are 102.4 frame pixels.
+    // Positive start: cell (1,1), centre (153.6, 153.6) in the frame -> (153.6 * 300/1024,
+    // 153.6 * 200/683) in the image. Negative start: cell (5,4), centre (460.8, 563.2).
+    assert_eq!(r.points.len(), 2 + 3);
+    let (pos, neg) = (&r.points[0], &r.points[1]);
+    assert_eq!((pos.label, pos.origin, pos.step), (PointLabel::Positive, PointOrigin::SrmStart, 0));
+    assert!((pos.x - 45.0).abs() < 1e-9 && (pos.y - 153.6 * 200.0 / 683.0).abs() < 1e-9, "{pos:?}");
+    assert_eq!(pos.srm_prob, 0.95);
+    assert_eq!(neg.label, PointLabel::Negative);
+    assert!((neg.x - 135.0).abs() < 1e-9 && (neg.y - 563.2 * 200.0 / 683.0).abs() < 1e-9, "{neg:?}");
+    assert_eq!(neg.srm_prob, 0.02);
+
+    // Every step: patch 37 = row 3, col 7, centre (7.5 * 30, 3.5 * 20) = (225, 70) in the image,
+    // (768, 239.05) in the frame: SRM cell (2, 7), probability 0.8, so a positive label.
+    for (i, p) in r.points[2..].iter().enumerate() {
+        assert_eq!((p.step, p.patch, p.origin), (i + 1, 37, PointOrigin::Step));
+        assert_eq!((p.x, p.y), (225.0, 70.0));
+        assert_eq!((p.label, p.srm_prob), (PointLabel::Positive, 0.8));
+        assert!(p.iou_prediction.is_finite());
+    }
+    assert_eq!((r.steps, r.stop), (3, StopReason::StepLimit));
+    assert_eq!(r.mask.len(), 300 * 200);
+}
+
+#[test]
+fn forbidding_repeats_moves_to_the_next_best_patch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let agent = agent(&bundle_with(tmp.path(), 37));
+    let options = LoopOptions { forbid_repeats: true, ..fixed(3) };
+    let r = agent.segment(&image(300, 200), &options, None).unwrap();
+    // The start points sit in patches 21 (45, 45.0) and 84 (135, 164.9); then 37, and after it
+    // every logit is 0, so the lowest free indices: 0 and 1. Their centres (15, 10) and (45, 10)
+    // fall in SRM cells (0,0) and (0,1), probability 0.5: positive (>= 0.5).
+    let patches: Vec<usize> = r.points.iter().map(|p| p.patch).collect();
+    assert_eq!(patches, [21, 84, 37, 0, 1]);
+    assert_eq!((r.points[3].x, r.points[3].y), (15.0, 10.0));
+    assert_eq!(r.points[4].label, PointLabel::Positive);
+}
+
+#[test]
+fn square_image_patches_and_cells_coincide() {
+    let tmp = tempfile::tempdir().unwrap();
+    let agent = agent(&bundle_with(tmp.path(), 27));
+    let r = agent.segment(&image(200, 200), &fixed(1), None).unwrap();
+    // Square image: patch 27 (row 2, col 7) is SRM cell (2,7): 0.8, positive, at (150, 50).
+    let p = &r.points[2];
+    assert_eq!((p.x, p.y, p.label, p.srm_prob), (150.0, 50.0, PointLabel::Positive, 0.8));
+    // On a square image the padding cells are inside the image: cell (8,0) with 0.99 wins.
+    assert_eq!(r.points[0].srm_prob, 0.99);
+    assert_eq!(r.points[1].srm_prob, 0.0);
+}
+
+#[test]
+fn stops_at_the_step_limit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let agent = agent(&bundle_with(tmp.path(), 37));
+    for steps in [0, 1, 4] {
+        let r = agent.segment(&image(120, 90), &fixed(steps), None).unwrap();
+        assert_eq!((r.stop, r.steps, r.points.len()), (StopReason::StepLimit, steps, 2 + steps));
+        assert_eq!(r.times.steps.len(), steps);
+    }
+}
+
+#[test]
+fn stops_on_the_time_budget() {
+    let tmp = tempfile::tempdir().unwrap();
+    let agent = agent(&bundle_with(tmp.path(), 37));
+    let img = image(300, 200);
+    // A budget smaller than the encoder alone: no step can start.
+    let tight = LoopOptions { budget: Some(Duration::from_micros(100)), ..fixed(10) };
+    let r = agent.segment(&img, &tight, None).unwrap();
+    assert_eq!((r.stop, r.steps), (StopReason::TimeBudget, 0));
+
+    // A budget of about half an unbounded run: it stops part way, and not later than the
+    // budget plus one step.
+    agent.segment(&img, &fixed(8), None).unwrap(); // warm-up
+    let full = agent.segment(&img, &fixed(8), None).unwrap();
+    let budget_ms = full.times.total_ms * 0.5;
+    let half = LoopOptions { budget: Some(Duration::from_secs_f64(budget_ms / 1e3)), ..fixed(8) };
+    let r = agent.segment(&img, &half, None).unwrap();
+    assert_eq!(r.stop, StopReason::TimeBudget);
+    assert!(r.steps < 8, "{} steps", r.steps);
+    let longest_step = r.times.steps.iter().map(|s| s.total_ms).fold(0.0, f64::max);
+    let before_post = r.times.total_ms - r.times.postprocess_ms;
+    assert!(before_post <= budget_ms + longest_step.max(full.times.steps[0].total_ms) * 1.5, "{before_post} ms for a {budget_ms} ms budget");
+}
+
+#[test]
+fn stops_when_the_mask_stops_changing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let agent = agent(&bundle_with(tmp.path(), 37));
+    let img = image(300, 200);
+    // Any IoU is >= 0: converged after the first step.
+    let r = agent.segment(&img, &LoopOptions { stop_iou: Some(0.0), ..fixed(10) }, None).unwrap();
+    assert_eq!((r.stop, r.steps), (StopReason::Converged, 1));
+    // An unreachable tolerance never stops the loop early.
+    let r = agent.segment(&img, &LoopOptions { stop_iou: Some(1.01), ..fixed(4) }, None).unwrap();
+    assert_eq!((r.stop, r.steps), (StopReason::StepLimit, 4));
+}
