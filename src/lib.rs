@@ -8,6 +8,7 @@
 pub mod agent;
 pub mod bench;
 pub mod bundle;
+pub mod cache;
 pub mod cli;
 pub mod dataset;
 pub mod engine;

@@ -5,6 +5,7 @@
 //! two networks (ONNX, through the same engine as SAM), [`prompt_loop`] the loop itself.
 
 pub mod grid;
+pub mod ground_truth;
 pub mod policy;
 pub mod prompt_loop;
 pub mod srm;
