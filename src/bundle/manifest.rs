@@ -149,7 +149,8 @@ pub struct SrmEntry {
     pub file: String,
     /// Lower-case hex SHA-256 of the file.
     pub sha256: String,
-    /// Side of the foreground probability map it outputs: the grid size or the embedding size.
+    /// Side of the foreground probability map it outputs, over the encoder frame (the grid size,
+    /// the embedding size, or anything between 1 and the embedding size).
     pub map_size: usize,
     /// Explicit branch: whether it takes a `semantic [1,1,H,W]` text-image similarity map.
     #[serde(default)]
@@ -224,12 +225,10 @@ impl Manifest {
             );
         }
         if let Some(srm) = &self.models.srm
-            && srm.map_size != self.agent.grid
-            && srm.map_size != self.embedding.shape[1]
+            && (srm.map_size == 0 || srm.map_size > self.embedding.shape[1])
         {
             bail!(
-                "[models.srm] map_size must be the grid ({}) or the embedding side ({}), got {}",
-                self.agent.grid,
+                "[models.srm] map_size must be between 1 and the embedding side {}, got {}",
                 self.embedding.shape[1],
                 srm.map_size
             );

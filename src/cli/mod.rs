@@ -5,8 +5,11 @@
 pub mod bench;
 mod bundle_cmd;
 mod decode;
+pub mod eval;
 mod info;
 pub mod segment;
+#[cfg(feature = "train")]
+pub mod train;
 
 use std::process::ExitCode;
 
@@ -97,6 +100,11 @@ pub enum Command {
     Segment(segment::SegmentArgs),
     /// Per-stage latency (p50/p90/p99), frames per second and peak memory of the prompting loop.
     Bench(bench::BenchArgs),
+    /// Train a policy (PPO) and an SRM (Dice + BCE) on a dataset split, on cached embeddings.
+    #[cfg(feature = "train")]
+    Train(train::TrainArgs),
+    /// Evaluate the prompting loop on a dataset split beside baselines: metrics, CSV, montage.
+    Eval(eval::EvalArgs),
 }
 
 /// Runs a parsed command line.
@@ -108,5 +116,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Decode(args) => decode::run(args),
         Command::Segment(args) => segment::run(args, quiet),
         Command::Bench(args) => bench::run(args),
+        #[cfg(feature = "train")]
+        Command::Train(args) => train::run(args),
+        Command::Eval(args) => eval::run(args),
     }
 }
