@@ -3,10 +3,12 @@
 //! lives here.
 
 pub mod bench;
+mod bench_models;
 mod bundle_cmd;
 mod decode;
 pub mod eval;
 mod info;
+mod profile;
 pub mod segment;
 #[cfg(feature = "train")]
 pub mod train;
@@ -100,6 +102,10 @@ pub enum Command {
     Segment(segment::SegmentArgs),
     /// Per-stage latency (p50/p90/p99), frames per second and peak memory of the prompting loop.
     Bench(bench::BenchArgs),
+    /// Load and run times of the encoder and decoder on each backend, measured together.
+    BenchModels(bench_models::BenchModelsArgs),
+    /// Where a model's time goes in tract, node by node and by operator.
+    Profile(profile::ProfileArgs),
     /// Train a policy (PPO) and an SRM (Dice + BCE) on a dataset split, on cached embeddings.
     #[cfg(feature = "train")]
     Train(train::TrainArgs),
@@ -116,6 +122,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Decode(args) => decode::run(args),
         Command::Segment(args) => segment::run(args, quiet),
         Command::Bench(args) => bench::run(args),
+        Command::BenchModels(args) => bench_models::run(args),
+        Command::Profile(args) => profile::run(args),
         #[cfg(feature = "train")]
         Command::Train(args) => train::run(args),
         Command::Eval(args) => eval::run(args),

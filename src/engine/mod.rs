@@ -202,6 +202,23 @@ pub trait Model: Send + Sync {
     /// Runs the model on inputs in spec order (one per spec input, optional ones included),
     /// returning the spec's outputs in order. Shapes are checked against the spec first.
     fn run(&self, inputs: &[TensorView<'_>]) -> Result<Vec<Tensor>>;
+    /// Runs once and times every node of the optimised graph, where the backend can (tract);
+    /// `None` otherwise.
+    fn profile(&self, inputs: &[TensorView<'_>]) -> Result<Option<Vec<NodeTime>>> {
+        let _ = inputs;
+        Ok(None)
+    }
+}
+
+/// The time one node of an optimised graph took in a profiled run.
+#[derive(Clone, Debug)]
+pub struct NodeTime {
+    /// The node's name (from the ONNX file, or tract's name for nodes it made).
+    pub name: String,
+    /// The operator after optimisation (e.g. tract's `OptMatMul`, `Conv`, `Softmax`).
+    pub op: String,
+    /// Wall time of the node.
+    pub time: std::time::Duration,
 }
 
 /// A way of running ONNX models.

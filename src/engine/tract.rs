@@ -17,8 +17,8 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::runtime::RunOptions;
 
 use super::{
-    Backend, DeclaredIo, Dim, EngineOptions, LoadTimings, Model, ModelSpec, Tensor, TensorView,
-    check_run_inputs, check_run_output, onnx_io,
+    Backend, DeclaredIo, Dim, EngineOptions, LoadTimings, Model, ModelSpec, NodeTime, Tensor,
+    TensorView, check_run_inputs, check_run_output, onnx_io,
 };
 
 /// tract, pure Rust, one thread pool per loaded model.
@@ -154,6 +154,27 @@ fn check_typed_outputs(path: &Path, spec: &ModelSpec, typed: &TypedModel) -> Res
     Ok(())
 }
 
+impl TractModel {
+    /// Checks the inputs and orders them as the optimised model wants them.
+    fn values(&self, inputs: &[TensorView<'_>]) -> Result<TVec<TValue>> {
+        check_run_inputs(&self.path, &self.spec, inputs)?;
+        let mut slots: Vec<Option<TValue>> = vec![None; self.model_inputs];
+        for (slot, view) in self.input_slots.iter().zip(inputs) {
+            if let Some(ix) = slot {
+                let t = tract_onnx::prelude::Tensor::from_shape(view.shape, view.data)?;
+                slots[*ix] = Some(t.into_tvalue());
+            }
+        }
+        slots
+            .into_iter()
+            .enumerate()
+            .map(|(ix, v)| {
+                v.ok_or_else(|| anyhow!("{}: model input #{ix} has no value", self.path.display()))
+            })
+            .collect()
+    }
+}
+
 impl Model for TractModel {
     fn path(&self) -> &Path {
         &self.path
@@ -171,22 +192,24 @@ impl Model for TractModel {
         self.timings
     }
 
-    fn run(&self, inputs: &[TensorView<'_>]) -> Result<Vec<Tensor>> {
-        check_run_inputs(&self.path, &self.spec, inputs)?;
-        let mut slots: Vec<Option<TValue>> = vec![None; self.model_inputs];
-        for (slot, view) in self.input_slots.iter().zip(inputs) {
-            if let Some(ix) = slot {
-                let t = tract_onnx::prelude::Tensor::from_shape(view.shape, view.data)?;
-                slots[*ix] = Some(t.into_tvalue());
-            }
-        }
-        let values: TVec<TValue> = slots
-            .into_iter()
-            .enumerate()
-            .map(|(ix, v)| {
-                v.ok_or_else(|| anyhow!("{}: model input #{ix} has no value", self.path.display()))
+    fn profile(&self, inputs: &[TensorView<'_>]) -> Result<Option<Vec<NodeTime>>> {
+        let values = self.values(inputs)?;
+        let mut times = vec![];
+        let mut state = self.state.lock().map_err(|_| anyhow!("model state poisoned"))?;
+        // The same evaluation hook tract's own profiler uses: time each node as the plan runs it.
+        state
+            .run_plan_with_eval(values, |ctx, op_state, node, node_inputs| {
+                let t = Instant::now();
+                let out = tract_onnx::tract_core::plan::eval(ctx, op_state, node, node_inputs);
+                times.push(NodeTime { name: node.name.clone(), op: node.op.name().to_string(), time: t.elapsed() });
+                out
             })
-            .collect::<Result<_>>()?;
+            .map_err(|e| anyhow!("{}: profiling the {}: {e:#}", self.path.display(), self.spec.role))?;
+        Ok(Some(times))
+    }
+
+    fn run(&self, inputs: &[TensorView<'_>]) -> Result<Vec<Tensor>> {
+        let values = self.values(inputs)?;
         let outputs = {
             let mut state = self
                 .state

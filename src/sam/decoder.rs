@@ -232,8 +232,10 @@ impl<'a> FullResDecoder<'a> {
         }
     }
 
-    fn spec(&self, h: usize, w: usize) -> ModelSpec {
-        decoder_spec(&self.manifest, "standard decoder")
+    /// The standard decoder's spec for an image of `h` x `w`: every output, with `orig_im_size`
+    /// folded into the graph (tract needs the Resize's size to be a constant).
+    pub fn spec_for(manifest: &Manifest, h: usize, w: usize) -> ModelSpec {
+        decoder_spec(manifest, "standard decoder")
             .output("masks", fixed(&[1, 1, h, w]))
             .constant("orig_im_size", Tensor::from_slice(&[h as f32, w as f32]))
     }
@@ -243,7 +245,7 @@ impl<'a> FullResDecoder<'a> {
         let key = geometry.original;
         let mut cache = self.by_size.lock().expect("decoder cache");
         if let std::collections::hash_map::Entry::Vacant(slot) = cache.entry(key) {
-            slot.insert(self.backend.load(&self.path, &self.spec(key.0, key.1))?);
+            slot.insert(self.backend.load(&self.path, &Self::spec_for(&self.manifest, key.0, key.1))?);
         }
         Ok(())
     }
