@@ -148,9 +148,13 @@ pub struct WarmStart {
 }
 
 impl WarmStart {
-    /// The warm start that a finished frame hands to the next one.
-    pub fn from_result(result: &LoopResult) -> Self {
-        WarmStart { points: result.prompt(), low_res: result.low_res.clone() }
+    /// The warm start that a finished frame hands to the next one: its last `max_points` points
+    /// (the most recent are the most refined; without a cap, points would pile up frame after
+    /// frame) and its final low-resolution logits.
+    pub fn from_result(result: &LoopResult, max_points: usize) -> Self {
+        let prompt = result.prompt();
+        let keep = prompt.len().min(max_points.max(1));
+        WarmStart { points: prompt[prompt.len() - keep..].to_vec(), low_res: result.low_res.clone() }
     }
 }
 

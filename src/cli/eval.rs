@@ -1,16 +1,385 @@
-//! `alignsam eval`: the prompting loop on a dataset split, with metrics beside baselines.
-//! (Being written; see issue "Training and evaluation".)
+//! `alignsam eval`: the prompting loop on a dataset split, the bundle's policy beside the
+//! random-patch and centre baselines on the same cached embeddings. Writes a table (stdout and
+//! `report.md`), `per_image.csv` and `montage.png`.
+//!
+//! Two passes: first every embedding is made sure of in the cache (the encoder is the slow part,
+//! and a second run skips it), then every image runs the loop once per method.
 
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{Context, Result, bail};
 use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::segment::LoopArgs;
+use super::{EXIT_PARTIAL, EngineArgs};
+use crate::agent::{Agent, LoopOptions};
+use crate::cache::{EmbeddingCache, default_dir};
+use crate::dataset::{Dataset, Sample, load_mask};
+use crate::eval::report::{CSV_HEADER, RunInfo, csv_rows, markdown, text_table};
+use crate::eval::{Evaluation, montage, run_methods, srm_scores};
+use crate::source::load_rgb;
+
+/// `LoopArgs`'s default `--stop-iou`, to tell whether one was given (eval ignores it without
+/// `--early-stop`, and says so rather than dropping it silently). A test keeps the two equal.
+const LOOP_ARGS_DEFAULT_STOP_IOU: f32 = 0.99;
 
 /// Arguments of `alignsam eval`.
 #[derive(Debug, Args)]
-pub struct EvalArgs {}
+pub struct EvalArgs {
+    /// Bundle directory (SAM encoder and decoder, policy, SRM).
+    #[arg(long)]
+    pub bundle: PathBuf,
+    /// Dataset directory: images/<id>.jpg, masks/<id>.png, splits/<split>.txt.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// The split to evaluate.
+    #[arg(long, default_value = "eval")]
+    pub split: String,
+    /// Evaluate only the first N images of the split (split-file order).
+    #[arg(long)]
+    pub images: Option<usize>,
+    /// Output directory for report.md, per_image.csv and montage.png.
+    #[arg(long, short = 'o', default_value = "out/eval")]
+    pub out: PathBuf,
+    /// Embedding cache directory (default: $XDG_CACHE_HOME/alignsam/embeddings).
+    #[arg(long)]
+    pub cache: Option<PathBuf>,
+    /// Seed of the random-patch baseline (mixed with each image id, so runs repeat).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Images in the montage, one row each (0: no montage).
+    #[arg(long, default_value_t = 6)]
+    pub montage: usize,
+    /// Stop a loop when successive masks converge (at --stop-iou). Off by default in eval, so
+    /// that every method gets the same number of points and hit rates compare per point.
+    #[arg(long, conflicts_with = "no_early_stop")]
+    pub early_stop: bool,
+    #[command(flatten)]
+    pub loop_args: LoopArgs,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+    /// Hide the progress bars (also hidden when stderr is not a terminal).
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+impl EvalArgs {
+    /// The loop options of every method: the bundle's step limit unless `--steps`, and no early
+    /// stop unless `--early-stop`.
+    fn options(&self, bundle_max_steps: usize) -> Result<LoopOptions> {
+        if !self.early_stop && self.loop_args.stop_iou != LOOP_ARGS_DEFAULT_STOP_IOU {
+            bail!(
+                "--stop-iou needs --early-stop in eval (early stop is off by default, so that every method gets the same number of points)"
+            );
+        }
+        let mut options = self.loop_args.options(bundle_max_steps)?;
+        if !self.early_stop {
+            options.stop_iou = None;
+        }
+        Ok(options)
+    }
+}
+
+/// The command line, quoted for a POSIX shell, with the program called `alignsam`.
+fn command_line() -> String {
+    let quote = |a: String| {
+        let plain = !a.is_empty()
+            && a.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c));
+        if plain {
+            a
+        } else {
+            format!("'{}'", a.replace('\'', r"'\''"))
+        }
+    };
+    std::iter::once("alignsam".to_string())
+        .chain(std::env::args().skip(1).map(quote))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn progress(len: usize, hidden: bool, what: &str) -> ProgressBar {
+    if hidden || len < 2 {
+        return ProgressBar::hidden();
+    }
+    let template =
+        format!("{{bar:30}} {{pos}}/{{len}} {what}, {{elapsed}} elapsed, ~{{eta}} left  {{msg}}");
+    ProgressBar::new(len as u64)
+        .with_style(ProgressStyle::with_template(&template).expect("valid template"))
+}
+
+/// What the cache pass found.
+struct Filled {
+    hits: usize,
+    computed: usize,
+    seconds: f64,
+    /// Per sample, the error that rules it out (None: ready).
+    errors: Vec<Option<String>>,
+}
+
+/// The error's message, led by the file's name unless it already names it (file errors do).
+fn naming(path: &Path, e: anyhow::Error) -> String {
+    let (msg, name) = (format!("{e:#}"), path.display().to_string());
+    if msg.contains(&name) {
+        msg
+    } else {
+        format!("{name}: {msg}")
+    }
+}
+
+/// Makes sure every image has a cached embedding. A failing image is reported and skipped.
+fn fill_cache(
+    cache: &EmbeddingCache,
+    agent: &Agent,
+    samples: &[Sample],
+    bar: &ProgressBar,
+) -> Filled {
+    let start = Instant::now();
+    let mut f = Filled {
+        hits: 0,
+        computed: 0,
+        seconds: 0.0,
+        errors: vec![],
+    };
+    for s in samples {
+        bar.set_message(s.id.clone());
+        let error = match cache.get_or_compute(&agent.sam, &s.image_path) {
+            Ok((_, _, true)) => {
+                f.hits += 1;
+                None
+            }
+            Ok((_, _, false)) => {
+                f.computed += 1;
+                None
+            }
+            Err(e) => {
+                let msg = naming(&s.image_path, e);
+                bar.suspend(|| eprintln!("error: {msg}"));
+                Some(msg)
+            }
+        };
+        f.errors.push(error);
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    f.seconds = start.elapsed().as_secs_f64();
+    f
+}
+
+/// Runs every method on one image and adds it to the totals; returns its CSV lines and, when
+/// asked, its montage row.
+fn evaluate_one(
+    agent: &Agent,
+    cache: &EmbeddingCache,
+    evaluation: &mut Evaluation,
+    sample: &Sample,
+    options: &LoopOptions,
+    seed: u64,
+    with_montage: bool,
+) -> Result<(Vec<String>, Option<Vec<image::RgbImage>>)> {
+    let gt = load_mask(&sample.mask_path)?;
+    let (embedding, geometry, _) = cache.get_or_compute(&agent.sam, &sample.image_path)?;
+    let (h, w) = geometry.original;
+    if (gt.height, gt.width) != (h, w) {
+        bail!(
+            "{} is {}x{} but {} is {w}x{h}",
+            sample.mask_path.display(),
+            gt.width,
+            gt.height,
+            sample.image_path.display()
+        );
+    }
+    let srm = srm_scores(&agent.srm, &embedding, &geometry, &gt)?;
+    let results = run_methods(agent, &embedding, &geometry, options, seed, &sample.id)?;
+    let eval = evaluation.add(&sample.id, &gt, srm, results)?;
+    let row = if with_montage {
+        Some(montage::row(&load_rgb(&sample.image_path)?, &gt, &eval))
+    } else {
+        None
+    };
+    Ok((csv_rows(&eval), row))
+}
+
+fn create(path: &Path) -> Result<BufWriter<File>> {
+    Ok(BufWriter::new(File::create(path).with_context(|| {
+        format!("{}: cannot create", path.display())
+    })?))
+}
 
 /// Runs `alignsam eval`.
-pub fn run(_args: EvalArgs) -> Result<ExitCode> {
-    anyhow::bail!("not implemented yet")
+pub fn run(args: EvalArgs) -> Result<ExitCode> {
+    if args.images == Some(0) {
+        bail!("--images must be at least 1");
+    }
+    let bundle = args.engine.open_bundle(&args.bundle)?;
+    let options = args.options(bundle.manifest.agent.max_steps)?;
+    let full = Dataset::open(&args.data, &args.split)?;
+    let dataset = full.take(args.images.unwrap_or(full.len()));
+    dataset.validate()?;
+
+    let backend = args.engine.backend()?;
+    let agent = Agent::load(&bundle, backend.as_ref())?;
+    if agent.srm.needs_semantic() {
+        bail!(
+            "{}: the SRM is the explicit branch (needs a text-image similarity map per image); eval supports the implicit branch only",
+            bundle.dir.display()
+        );
+    }
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("{}: cannot create", args.out.display()))?;
+    let cache_root = args.cache.clone().unwrap_or_else(default_dir);
+    let cache = EmbeddingCache::new(&cache_root, &bundle.manifest)?;
+
+    let samples = dataset.items();
+    let bar = progress(samples.len(), args.no_progress, "embeddings");
+    let filled = fill_cache(&cache, &agent, samples, &bar);
+    eprintln!(
+        "embeddings: {} images, {} from the cache ({}), {} computed in {:.1} s",
+        samples.len(),
+        filled.hits,
+        cache.dir().display(),
+        filled.computed,
+        filled.seconds
+    );
+
+    let csv_path = args.out.join("per_image.csv");
+    let mut csv = create(&csv_path)?;
+    writeln!(csv, "{CSV_HEADER}")?;
+    let mut evaluation = Evaluation::new();
+    let mut failed: Vec<String> = filled.errors.iter().flatten().cloned().collect();
+    let mut rows = vec![];
+    let bar = progress(samples.len() - failed.len(), args.no_progress, "images");
+    for (sample, error) in samples.iter().zip(&filled.errors) {
+        if error.is_some() {
+            continue;
+        }
+        bar.set_message(sample.id.clone());
+        let with_montage = rows.len() < args.montage;
+        match evaluate_one(
+            &agent,
+            &cache,
+            &mut evaluation,
+            sample,
+            &options,
+            args.seed,
+            with_montage,
+        ) {
+            Ok((lines, row)) => {
+                for line in lines {
+                    writeln!(csv, "{line}")?;
+                }
+                rows.extend(row);
+            }
+            Err(e) => {
+                let msg = naming(&sample.image_path, e);
+                bar.suspend(|| eprintln!("error: {msg}"));
+                failed.push(msg);
+            }
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    csv.flush()
+        .with_context(|| format!("{}: cannot write", csv_path.display()))?;
+    if evaluation.images() == 0 {
+        bail!(
+            "none of the {} images could be evaluated (see the errors above)",
+            samples.len()
+        );
+    }
+
+    let summary = evaluation.summary()?;
+    print!("{}", text_table(&summary));
+    let info = RunInfo {
+        command: command_line(),
+        dataset: args.data.display().to_string(),
+        split: args.split.clone(),
+        split_images: full.len(),
+        requested: samples.len(),
+        failed: failed.clone(),
+        bundle: args.bundle.display().to_string(),
+        bundle_name: bundle.manifest.name.clone(),
+        bundle_description: bundle.manifest.description.clone(),
+        grid: agent.grid.size,
+        options,
+        seed: args.seed,
+        cache_hits: filled.hits,
+        cache_computed: filled.computed,
+        cache_seconds: filled.seconds,
+        engine: match args.engine.threads {
+            0 => format!(
+                "{:?}, all cores ({} available)",
+                args.engine.backend,
+                std::thread::available_parallelism().map_or(1, |n| n.get())
+            ),
+            n => format!("{:?}, {n} threads", args.engine.backend),
+        },
+    };
+    let report_path = args.out.join("report.md");
+    std::fs::write(&report_path, markdown(&info, &summary))
+        .with_context(|| format!("{}: cannot write", report_path.display()))?;
+    let mut written = vec![report_path, csv_path];
+    if let Some(image) = montage::montage(&rows) {
+        let path = args.out.join("montage.png");
+        image
+            .save(&path)
+            .with_context(|| format!("{}: cannot write", path.display()))?;
+        written.push(path);
+    }
+    eprintln!(
+        "wrote {}",
+        written
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    if !failed.is_empty() {
+        eprintln!(
+            "error: {} of {} images failed (see the errors above; they are left out of every figure)",
+            failed.len(),
+            samples.len()
+        );
+        return Ok(ExitCode::from(EXIT_PARTIAL));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        eval: EvalArgs,
+    }
+
+    fn parse(extra: &[&str]) -> Result<EvalArgs, clap::Error> {
+        let base = ["alignsam", "--bundle", "b", "--data", "d"];
+        Cli::try_parse_from(base.iter().chain(extra)).map(|c| c.eval)
+    }
+
+    #[test]
+    fn early_stop_is_off_unless_asked() {
+        let a = parse(&[]).unwrap();
+        assert_eq!(
+            a.loop_args.stop_iou, LOOP_ARGS_DEFAULT_STOP_IOU,
+            "LoopArgs's default --stop-iou changed"
+        );
+        assert_eq!(a.options(15).unwrap().stop_iou, None);
+        assert_eq!(a.options(15).unwrap().max_steps, 15);
+        let a = parse(&["--early-stop", "--stop-iou", "0.9", "--steps", "4"]).unwrap();
+        assert_eq!(a.options(15).unwrap().stop_iou, Some(0.9));
+        assert_eq!(a.options(15).unwrap().max_steps, 4);
+        assert!(parse(&["--stop-iou", "0.9"]).unwrap().options(15).is_err());
+        assert!(parse(&["--early-stop", "--no-early-stop"]).is_err());
+    }
 }

@@ -4,11 +4,14 @@
 
 pub mod bench;
 mod bench_models;
+mod bench_reuse;
 mod bundle_cmd;
 mod decode;
+mod devices;
 pub mod eval;
 mod info;
 mod profile;
+pub mod run;
 pub mod segment;
 #[cfg(feature = "train")]
 pub mod train;
@@ -102,6 +105,12 @@ pub enum Command {
     Segment(segment::SegmentArgs),
     /// Per-stage latency (p50/p90/p99), frames per second and peak memory of the prompting loop.
     Bench(bench::BenchArgs),
+    /// The prompting loop over a camera, a Y4M stream or an image sequence: a JSON line per frame.
+    Run(run::RunArgs),
+    /// V4L2 capture devices with their formats, sizes and frame rates.
+    Devices(devices::DevicesArgs),
+    /// Temporal reuse on video: steps and frame time cold and warm-started, in one run.
+    BenchReuse(bench_reuse::BenchReuseArgs),
     /// Load and run times of the encoder and decoder on each backend, measured together.
     BenchModels(bench_models::BenchModelsArgs),
     /// Where a model's time goes in tract, node by node and by operator.
@@ -122,7 +131,10 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Decode(args) => decode::run(args),
         Command::Segment(args) => segment::run(args, quiet),
         Command::Bench(args) => bench::run(args),
+        Command::Run(args) => run::run(args),
+        Command::Devices(args) => devices::run(args),
         Command::BenchModels(args) => bench_models::run(args),
+        Command::BenchReuse(args) => bench_reuse::run(args),
         Command::Profile(args) => profile::run(args),
         #[cfg(feature = "train")]
         Command::Train(args) => train::run(args),

@@ -1,16 +1,243 @@
-//! `alignsam train`: PPO for the policy and Dice + BCE for the SRM on cached embeddings.
-//! (Being written; see issue "Training and evaluation".)
+//! `alignsam train`: PPO for the policy and Dice + BCE for the SRM on cached embeddings, then an
+//! output bundle that `segment`, `bench` and `eval` load as is. See [`crate::train`].
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::EngineArgs;
+use crate::dataset::Dataset;
+use crate::train::{self, Progress, Stage, TrainConfig, TrainJob, log::tail_mean, ppo::PpoConfig};
 
 /// Arguments of `alignsam train`.
 #[derive(Debug, Args)]
-pub struct TrainArgs {}
+pub struct TrainArgs {
+    /// The SAM bundle to train with (its encoder and decoder; a policy or SRM in it is ignored).
+    #[arg(long)]
+    pub bundle: PathBuf,
+    /// Dataset directory (images/, masks/, splits/<split>.txt).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// The split to train on.
+    #[arg(long, default_value = "train")]
+    pub split: String,
+    /// Train on the first N images of the split (default: all of them).
+    #[arg(long)]
+    pub images: Option<usize>,
+    /// Output bundle directory: policy.onnx, srm.onnx, bundle.toml, train_log.csv, curves.png,
+    /// train_config.json (created if missing; those files are overwritten).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Seed of the weights, the image order, the start points and the sampled actions.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Episodes, one image each (default: 8 passes over the images).
+    #[arg(long)]
+    pub episodes: Option<usize>,
+    /// Steps per episode (default: the bundle's max_steps, the paper's 15).
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Label the chosen points with the ground truth instead of the SRM.
+    #[arg(long)]
+    pub teacher_labels: bool,
+    /// Embedding cache directory (default: $XDG_CACHE_HOME/alignsam/embeddings).
+    #[arg(long)]
+    pub cache: Option<PathBuf>,
+    /// The policy's Adam learning rate.
+    #[arg(long, default_value_t = 1e-4)]
+    pub lr: f64,
+    /// The SRM's Adam learning rate.
+    #[arg(long, default_value_t = 1e-3)]
+    pub srm_lr: f64,
+    /// PPO epochs K after each episode.
+    #[arg(long, default_value_t = 20)]
+    pub epochs: usize,
+    /// Discount.
+    #[arg(long, default_value_t = 0.99)]
+    pub gamma: f32,
+    /// PPO ratio clipping.
+    #[arg(long, default_value_t = 0.2)]
+    pub clip: f32,
+    /// Weight of the critic's squared error.
+    #[arg(long, default_value_t = 0.5)]
+    pub value_coef: f32,
+    /// Weight of the entropy bonus.
+    #[arg(long, default_value_t = 0.01)]
+    pub entropy_coef: f32,
+    /// SRM updates q per state.
+    #[arg(long, default_value_t = 1)]
+    pub srm_updates: usize,
+    /// Reward shaping: subtracted when a patch is chosen again in an episode (paper: 0).
+    #[arg(long, default_value_t = 0.0)]
+    pub repeat_penalty: f32,
+    /// Reward shaping: this times the step's gain in mask IoU is added (paper: 0).
+    #[arg(long, default_value_t = 0.0)]
+    pub iou_bonus: f32,
+    /// Average pooling of the state before the policy.
+    #[arg(long, default_value_t = 8)]
+    pub policy_pool: usize,
+    /// Average pooling of the state before the SRM (its map has 64 / this cells per side).
+    #[arg(long, default_value_t = 4)]
+    pub srm_pool: usize,
+    /// Channels of the networks' first layer.
+    #[arg(long, default_value_t = 32)]
+    pub width: usize,
+    /// Hidden units of the policy's and the critic's fully connected layer.
+    #[arg(long, default_value_t = 128)]
+    pub hidden: usize,
+    /// After training, measure hit rates and SRM IoU on this split through the exported bundle,
+    /// beside random-patch, centre-patch and constant-map baselines.
+    #[arg(long)]
+    pub eval_split: Option<String>,
+    /// Use the first N images of --eval-split (default: all).
+    #[arg(long)]
+    pub eval_images: Option<usize>,
+    /// Only fill the embedding cache (training images, and --eval-split's), then stop.
+    #[arg(long)]
+    pub fill_cache_only: bool,
+    /// No progress bars.
+    #[arg(long)]
+    pub no_progress: bool,
+    /// Backend and threads.
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+fn bar(len: usize, what: &str, hidden: bool) -> ProgressBar {
+    if hidden {
+        return ProgressBar::hidden();
+    }
+    ProgressBar::new(len as u64).with_style(
+        ProgressStyle::with_template(&format!("{{bar:30}} {{pos}}/{{len}} {what}, {{elapsed}} elapsed, ~{{eta}} left  {{msg}}"))
+            .expect("valid template"),
+    )
+}
 
 /// Runs `alignsam train`.
-pub fn run(_args: TrainArgs) -> Result<ExitCode> {
-    anyhow::bail!("not implemented yet")
+pub fn run(args: TrainArgs) -> Result<ExitCode> {
+    // candle runs single-threaded unless RAYON_NUM_THREADS says otherwise: its operations here
+    // are small (15 states of a few thousand values), and on 2 busy cores its spinning worker
+    // pool made PPO updates 2-3x slower than one thread. --threads is for the SAM decoder.
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        // SAFETY: no thread that reads the environment has started yet: this runs before any
+        // model is loaded and before any candle operation.
+        unsafe { std::env::set_var("RAYON_NUM_THREADS", "1") };
+    }
+    let bundle = args.engine.open_bundle(&args.bundle)?;
+    let dataset = Dataset::open(&args.data, &args.split)?;
+    let dataset = match args.images {
+        Some(0) => anyhow::bail!("--images must be at least 1"),
+        Some(n) => dataset.take(n),
+        None => dataset,
+    };
+    let holdout = match &args.eval_split {
+        Some(split) => {
+            let d = Dataset::open(&args.data, split)?;
+            Some(match args.eval_images {
+                Some(n) => d.take(n.max(1)),
+                None => d,
+            })
+        }
+        None => None,
+    };
+    let episodes = args.episodes.unwrap_or(train::DEFAULT_PASSES * dataset.len());
+    let mut config = TrainConfig::new(args.seed, episodes);
+    config.steps = args.steps.unwrap_or(bundle.manifest.agent.max_steps);
+    config.teacher_labels = args.teacher_labels;
+    config.lr = args.lr;
+    config.srm_lr = args.srm_lr;
+    config.srm_updates = args.srm_updates;
+    config.ppo = PpoConfig {
+        gamma: args.gamma,
+        clip: args.clip,
+        epochs: args.epochs,
+        value_coef: args.value_coef,
+        entropy_coef: args.entropy_coef,
+    };
+    config.repeat_penalty = args.repeat_penalty;
+    config.iou_bonus = args.iou_bonus;
+    config.policy_pool = args.policy_pool;
+    config.srm_pool = args.srm_pool;
+    config.width = args.width;
+    config.hidden = args.hidden;
+
+    let backend = args.engine.backend()?;
+    let job = TrainJob {
+        bundle: &bundle,
+        backend: backend.as_ref(),
+        dataset: &dataset,
+        cache_root: args.cache.clone().unwrap_or_else(crate::cache::default_dir),
+        out_dir: args.out.clone(),
+        config,
+        holdout: holdout.as_ref(),
+        threads: args.engine.threads,
+    };
+    let hidden = args.no_progress;
+    let mut current = ProgressBar::hidden();
+    let mut on_progress = |p: Progress| match p {
+        Progress::Start(stage, n) => {
+            let what = match stage {
+                Stage::Cache => "images encoded",
+                Stage::Train => "episodes",
+                Stage::HoldoutCache => "held-out images encoded",
+                Stage::Holdout => "held-out images",
+            };
+            current = bar(n, what, hidden);
+        }
+        Progress::Advance(_, i) => current.set_position(i as u64),
+        Progress::Episode(records) => {
+            let hit = tail_mean(records, 50, |r| r.hit_rate);
+            let srm = tail_mean(records, 50, |r| r.srm_iou);
+            let reward = tail_mean(records, 50, |r| r.reward);
+            current.set_message(format!("last 50: hit {hit:.3}, reward {reward:.2}, SRM IoU {srm:.3}"));
+        }
+        Progress::Done(_) => current.finish_and_clear(),
+        Progress::Note(line) => current.suspend(|| eprintln!("{line}")),
+    };
+    if args.fill_cache_only {
+        let (computed, seconds) = train::fill_only(&job, &mut on_progress)?;
+        println!("embedding cache filled: {computed} computed in {seconds:.1} s");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let report = train::run(&job, &mut on_progress)?;
+
+    let t = &report.timing;
+    let (first, last) = (&report.first_episodes, &report.last_episodes);
+    println!("trained {} into {}", report.source_name, args.out.display());
+    println!(
+        "time: cache fill {:.1} s ({} computed), training {:.1} s ({} episodes, {:.2} s each), preparation {:.1} s, export and checks {:.1} s",
+        t.cache_fill_s, t.cache_computed, t.training_s, report.config.episodes, t.episode_s, t.prepare_s, t.export_s
+    );
+    let ph = &t.phases;
+    println!(
+        "training time by part: decoder {:.1} s, PPO updates {:.1} s, SRM {:.1} s, policy rollouts {:.1} s, states {:.1} s, cache reads {:.1} s",
+        ph.decoder_s, ph.ppo_s, ph.srm_s, ph.policy_s, ph.state_s, ph.cache_s
+    );
+    println!(
+        "first {} episodes: hit rate {:.3}, reward {:.2}, SRM IoU {:.3}, label accuracy {:.3}",
+        first.episodes, first.hit_rate, first.reward, first.srm_iou, first.label_accuracy
+    );
+    println!(
+        "last {} episodes:  hit rate {:.3}, reward {:.2}, SRM IoU {:.3}, label accuracy {:.3}",
+        last.episodes, last.hit_rate, last.reward, last.srm_iou, last.label_accuracy
+    );
+    println!("export check (candle vs {}): max |difference| {:.2e}", backend.name(), report.export_check.max());
+    if let Some(h) = &report.holdout {
+        println!(
+            "held out ({} images, {} steps, {:.1} s): hit rate policy {:.3}, random {:.3}, centre {:.3}; SRM IoU {:.3}, constant map {:.3}{}",
+            h.images,
+            h.steps,
+            h.seconds,
+            h.policy.hit_rate,
+            h.random.hit_rate,
+            h.centre.hit_rate,
+            h.srm_iou,
+            h.constant_iou,
+            h.prior_iou.map(|p| format!(", training mean map {p:.3}")).unwrap_or_default()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
