@@ -15,7 +15,7 @@ use super::bench::synthetic_frame;
 use crate::bench::Stats;
 use crate::bundle::DecoderForm;
 use crate::engine::{BackendKind, EngineOptions, Model, Tensor};
-use crate::sam::{Decoder, Encoder, FullResDecoder, PointLabel, PromptPoint, decoder::point_tensors, preprocess};
+use crate::sam::{Decoder, Encoder, FullResDecoder, PointLabel, PromptPoint, decoder::PromptInputs, preprocess};
 use crate::source::load_rgb;
 
 /// Arguments of `alignsam bench-models`.
@@ -63,8 +63,8 @@ fn rel_diff(a: &[f32], reference: &[f32]) -> f64 {
     a.iter().zip(reference).fold(0f64, |m, (&x, &y)| m.max((x as f64 - y as f64).abs())) / scale
 }
 
-/// Deterministic prompt points spread over the image, alternating labels.
-fn points(n: usize, w: usize, h: usize) -> Vec<PromptPoint> {
+/// Deterministic prompt points spread over the image, alternating labels (benchmarks, profiles).
+pub fn spread_points(n: usize, w: usize, h: usize) -> Vec<PromptPoint> {
     (0..n)
         .map(|i| {
             let f = (i as f64 + 0.5) / n as f64;
@@ -118,16 +118,9 @@ pub fn run(args: BenchModelsArgs) -> Result<ExitCode> {
 
     let (h, w) = geometry.original;
     let low_res = m.embedding.low_res_size();
-    let decoder_inputs = |n: usize| -> Vec<Tensor> {
-        let (coords, labels) = point_tensors(&points(n, w, h), &geometry);
-        vec![
-            embedding.clone(),
-            coords,
-            labels,
-            Tensor::zeros(vec![1, 1, low_res, low_res]),
-            Tensor::from_slice(&[0.0]),
-            Tensor::from_slice(&[h as f32, w as f32]),
-        ]
+    let decoder_inputs = |n: usize| -> Result<Vec<Tensor>> {
+        let p = PromptInputs::new(&spread_points(n, w, h), None, &geometry, low_res)?;
+        Ok(vec![embedding.clone(), p.coords, p.labels, p.mask, p.has_mask, p.orig_size])
     };
     for &n in &args.points {
         let mut case = Case {
@@ -138,7 +131,7 @@ pub fn run(args: BenchModelsArgs) -> Result<ExitCode> {
             outputs: vec![],
         };
         for b in &backends {
-            case.models.push((b.load(&bundle.decoder_path(), &Decoder::spec(m))?, decoder_inputs(n)));
+            case.models.push((b.load(&bundle.decoder_path(), &Decoder::spec(m))?, decoder_inputs(n)?));
         }
         cases.push(case);
     }
@@ -154,7 +147,7 @@ pub fn run(args: BenchModelsArgs) -> Result<ExitCode> {
             for b in &backends {
                 // The standard decoder's own spec for this image size, as FullResDecoder uses it.
                 let spec = FullResDecoder::spec_for(m, h, w);
-                case.models.push((b.load(&bundle.decoder_path(), &spec)?, decoder_inputs(n)));
+                case.models.push((b.load(&bundle.decoder_path(), &spec)?, decoder_inputs(n)?));
             }
             cases.push(case);
         }

@@ -16,7 +16,8 @@ use super::bench::synthetic_frame;
 use crate::bench::percentile;
 use crate::bundle::DecoderForm;
 use crate::engine::{BackendKind, Model, Tensor};
-use crate::sam::{Decoder, Encoder, FullResDecoder, PointLabel, PromptPoint, decoder::point_tensors, preprocess};
+use super::bench_models::spread_points;
+use crate::sam::{Decoder, Encoder, FullResDecoder, decoder::PromptInputs, preprocess};
 use crate::source::load_rgb;
 
 /// Which model to profile.
@@ -94,15 +95,7 @@ pub fn run(args: ProfileArgs) -> Result<ExitCode> {
         Which::Decoder | Which::DecoderFull => {
             let embedding = encoder.run(&[input.view()])?.remove(0);
             let (h, w) = geometry.original;
-            let pts: Vec<PromptPoint> = (0..args.points)
-                .map(|i| PromptPoint {
-                    x: (i as f64 + 0.5) / args.points as f64 * w as f64,
-                    y: h as f64 / 2.0,
-                    label: if i % 2 == 0 { PointLabel::Positive } else { PointLabel::Negative },
-                })
-                .collect();
-            let (coords, labels) = point_tensors(&pts, &geometry);
-            let mr = m.embedding.low_res_size();
+            let prompt = PromptInputs::new(&spread_points(args.points, w, h), None, &geometry, m.embedding.low_res_size())?;
             let spec = if args.model == Which::Decoder {
                 Decoder::spec(m)
             } else {
@@ -112,14 +105,7 @@ pub fn run(args: ProfileArgs) -> Result<ExitCode> {
                 FullResDecoder::spec_for(m, h, w)
             };
             let model = backend.load(&bundle.decoder_path(), &spec)?;
-            let inputs = vec![
-                embedding,
-                coords,
-                labels,
-                Tensor::zeros(vec![1, 1, mr, mr]),
-                Tensor::from_slice(&[0.0]),
-                Tensor::from_slice(&[h as f32, w as f32]),
-            ];
+            let inputs = vec![embedding, prompt.coords, prompt.labels, prompt.mask, prompt.has_mask, prompt.orig_size];
             (model, inputs)
         }
     };

@@ -80,6 +80,62 @@ pub fn point_tensors(points: &[PromptPoint], geometry: &FrameGeometry) -> (Tenso
     )
 }
 
+/// The six decoder inputs after the embedding, in the `SamOnnxModel` order: points and labels
+/// (padding point added), `mask_input` (zeros when there is none), `has_mask_input`,
+/// `orig_im_size`. One place builds them for every decoder use.
+#[derive(Clone, Debug)]
+pub struct PromptInputs {
+    /// `point_coords [1,N,2]`, in the encoder frame.
+    pub coords: Tensor,
+    /// `point_labels [1,N]`.
+    pub labels: Tensor,
+    /// `mask_input [1,1,4H,4W]`.
+    pub mask: Tensor,
+    /// `has_mask_input [1]`.
+    pub has_mask: Tensor,
+    /// `orig_im_size [2]` (h, w).
+    pub orig_size: Tensor,
+}
+
+impl PromptInputs {
+    /// Builds the inputs for a prompt; `low_res` is the side of `mask_input` (256 for SAM).
+    pub fn new(points: &[PromptPoint], mask_input: Option<&Map>, geometry: &FrameGeometry, low_res: usize) -> Result<Self> {
+        let (coords, labels) = point_tensors(points, geometry);
+        let mask = match mask_input {
+            Some(map) if (map.height, map.width) != (low_res, low_res) => {
+                bail!("mask_input must be {low_res}x{low_res}, got {}x{}", map.height, map.width)
+            }
+            Some(map) => Tensor::new(vec![1, 1, low_res, low_res], map.data.clone())?,
+            None => Tensor::zeros(vec![1, 1, low_res, low_res]),
+        };
+        let (h, w) = geometry.original;
+        Ok(PromptInputs {
+            coords,
+            labels,
+            mask,
+            has_mask: Tensor::from_slice(&[if mask_input.is_some() { 1.0 } else { 0.0 }]),
+            orig_size: Tensor::from_slice(&[h as f32, w as f32]),
+        })
+    }
+
+    /// All decoder inputs, the embedding first, as views for [`crate::engine::Model::run`].
+    pub fn with<'a>(&'a self, embedding: &'a Tensor) -> [crate::engine::TensorView<'a>; 6] {
+        [
+            embedding.view(),
+            self.coords.view(),
+            self.labels.view(),
+            self.mask.view(),
+            self.has_mask.view(),
+            self.orig_size.view(),
+        ]
+    }
+}
+
+/// The decoder's two low-resolution outputs as a [`LowResMask`].
+fn low_res_output(out: &[Tensor], side: usize) -> LowResMask {
+    LowResMask { iou: out[0].data()[0], logits: Map { height: side, width: side, data: out[1].data().to_vec() } }
+}
+
 fn decoder_spec(manifest: &Manifest, role: &str) -> ModelSpec {
     let [c, h, w] = manifest.embedding.shape;
     let m = manifest.embedding.low_res_size();
@@ -152,52 +208,9 @@ impl Decoder {
         mask_input: Option<&Map>,
         geometry: &FrameGeometry,
     ) -> Result<LowResMask> {
-        let (coords, labels) = point_tensors(points, geometry);
-        let m = self.low_res;
-        let zeros;
-        let (mask, has_mask) = match mask_input {
-            Some(map) => {
-                if (map.height, map.width) != (m, m) {
-                    bail!(
-                        "mask_input must be {m}x{m}, got {}x{}",
-                        map.height,
-                        map.width
-                    );
-                }
-                (map.data.as_slice(), 1.0)
-            }
-            None => {
-                zeros = vec![0f32; m * m];
-                (zeros.as_slice(), 0.0)
-            }
-        };
-        let mask_shape = [1, 1, m, m];
-        let has_mask = [has_mask];
-        let orig = [geometry.original.0 as f32, geometry.original.1 as f32];
-        let out = self.model.run(&[
-            embedding.0.view(),
-            coords.view(),
-            labels.view(),
-            crate::engine::TensorView {
-                shape: &mask_shape,
-                data: mask,
-            },
-            crate::engine::TensorView {
-                shape: &[1],
-                data: &has_mask,
-            },
-            crate::engine::TensorView {
-                shape: &[2],
-                data: &orig,
-            },
-        ])?;
-        let iou = out[0].data()[0];
-        let logits = Map {
-            height: m,
-            width: m,
-            data: out[1].data().to_vec(),
-        };
-        Ok(LowResMask { logits, iou })
+        let inputs = PromptInputs::new(points, mask_input, geometry, self.low_res)?;
+        let out = self.model.run(&inputs.with(&embedding.0))?;
+        Ok(low_res_output(&out, self.low_res))
     }
 
     /// The decoder file's form.
@@ -261,36 +274,12 @@ impl<'a> FullResDecoder<'a> {
         self.prepare(geometry)?;
         let cache = self.by_size.lock().expect("decoder cache");
         let model = &cache[&geometry.original];
-        let (coords, labels) = point_tensors(points, geometry);
         let m = self.manifest.embedding.low_res_size();
-        let mask = match mask_input {
-            Some(map) => Tensor::new(vec![1, 1, m, m], map.data.clone())?,
-            None => Tensor::zeros(vec![1, 1, m, m]),
-        };
-        let has_mask = Tensor::from_slice(&[if mask_input.is_some() { 1.0 } else { 0.0 }]);
+        let inputs = PromptInputs::new(points, mask_input, geometry, m)?;
+        let out = model.run(&inputs.with(&embedding.0))?;
         let (h, w) = geometry.original;
-        let orig = Tensor::from_slice(&[h as f32, w as f32]);
-        let out = model.run(&[
-            embedding.0.view(),
-            coords.view(),
-            labels.view(),
-            mask.view(),
-            has_mask.view(),
-            orig.view(),
-        ])?;
-        let low = LowResMask {
-            iou: out[0].data()[0],
-            logits: Map {
-                height: m,
-                width: m,
-                data: out[1].data().to_vec(),
-            },
-        };
-        let full = Map {
-            height: h,
-            width: w,
-            data: out[2].data().to_vec(),
-        };
+        let full = Map { height: h, width: w, data: out[2].data().to_vec() };
+        let low = low_res_output(&out, m);
         Ok((low, full))
     }
 }

@@ -1,0 +1,193 @@
+#!/usr/bin/env python3
+"""Int8 quantisation of a bundle's encoder, calibrated on images preprocessed exactly as SAM does.
+
+Static (QDQ) quantisation needs calibration data: activation ranges measured on real inputs. This
+script feeds it images from a dataset folder (images/, splits/<split>.txt, as in ../shared/data),
+each resized, normalised and padded like `SamPredictor.set_image`, and writes:
+
+* `--out FILE`: a QDQ int8 encoder (`onnxruntime.quantization.quantize_static`), for ONNX Runtime
+  and tract. Softmax nodes are kept in float by default: tract 0.23 folds
+  DequantizeLinear -> Softmax -> QuantizeLinear into a lookup table as if Softmax were
+  element-wise, which makes its outputs wrong (../shared/notes/tract-and-onnx.md). `--quantize-softmax`
+  turns that guard off, for runtimes without the bug.
+* `--trt-table DIR`: a TensorRT INT8 calibration table for the same encoder (ONNX Runtime's
+  calibrator), for the `ort` backend with the TensorRT execution provider on a Jetson.
+
+It then runs the float and the int8 encoder with ONNX Runtime on held-out images and prints how far
+apart they are (relative error, cosine similarity, sign agreement), so that a broken quantisation
+is seen here rather than as bad masks later.
+
+    pip install -r models/requirements.txt
+    python calibration/quantize.py --bundle models/mobilesam-random \\
+        --data ../shared/data/saliency/SOD --split train --images 32 \\
+        --out out/encoder_int8.onnx
+
+Whether int8 is faster depends on the runtime and the CPU: on x86-64, tract's int8 kernels were
+slower than its fp32 ones on these models (see the notes); ARM is where they are meant to help.
+Measure on the board (`alignsam bench-models`) before switching a bundle to int8.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    CalibrationMethod,
+    QuantFormat,
+    QuantType,
+    create_calibrator,
+    quantize_static,
+    write_calibration_table,
+)
+from PIL import Image
+from segment_anything.utils.transforms import ResizeLongestSide
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+
+
+def read_bundle(bundle: Path) -> tuple[Path, int, np.ndarray, np.ndarray]:
+    """The encoder path, frame size and pixel statistics from `bundle.toml`."""
+    manifest = tomllib.loads((bundle / "bundle.toml").read_text())
+    image = manifest["image"]
+    encoder = bundle / manifest["models"]["encoder"]["file"]
+    mean = np.array(image["pixel_mean"], np.float32).reshape(3, 1, 1)
+    std = np.array(image["pixel_std"], np.float32).reshape(3, 1, 1)
+    return encoder, int(image["size"]), mean, std
+
+
+def dataset_images(data: Path, split: str) -> list[Path]:
+    """The split's images in split-file order (the order `alignsam` uses too)."""
+    split_file = data / "splits" / f"{split}.txt"
+    if not split_file.is_file():
+        sys.exit(f"{split_file}: no such split file")
+    paths = []
+    for line in split_file.read_text().split():
+        match = [data / "images" / f"{line}{ext}" for ext in IMAGE_EXTENSIONS]
+        found = next((p for p in match if p.is_file()), None)
+        if found is None:
+            sys.exit(f"{data / 'images' / line}.*: no image for id {line!r} in {split_file}")
+        paths.append(found)
+    if not paths:
+        sys.exit(f"{split_file}: empty split")
+    return paths
+
+
+def preprocess(path: Path, size: int, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """`SamPredictor.set_image`: PIL bilinear resize of the longest side, (x - mean) / std, zero
+    padding bottom/right. Returns [1, 3, size, size] float32."""
+    rgb = np.array(Image.open(path).convert("RGB"))
+    resized = ResizeLongestSide(size).apply_image(rgb)
+    x = (resized.transpose(2, 0, 1).astype(np.float32) - mean) / std
+    out = np.zeros((1, 3, size, size), np.float32)
+    out[0, :, : x.shape[1], : x.shape[2]] = x
+    return out
+
+
+class Images(CalibrationDataReader):
+    """Feeds preprocessed images to ONNX Runtime's calibrators, one at a time."""
+
+    def __init__(self, paths: list[Path], size: int, mean: np.ndarray, std: np.ndarray, input_name: str):
+        self.paths, self.size, self.mean, self.std, self.input_name = paths, size, mean, std, input_name
+        self.rewind()
+
+    def get_next(self):
+        path = next(self.iter, None)
+        if path is None:
+            return None
+        return {self.input_name: preprocess(path, self.size, self.mean, self.std)}
+
+    def rewind(self):
+        self.iter = iter(self.paths)
+
+
+def softmax_nodes(model_path: Path) -> list[str]:
+    model = onnx.load(str(model_path), load_external_data=False)
+    return [n.name for n in model.graph.node if n.op_type == "Softmax"]
+
+
+def compare(fp32: Path, int8: Path, paths: list[Path], size: int, mean, std, threads: int) -> None:
+    """Prints how closely the int8 encoder follows the float one on `paths`."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    a = ort.InferenceSession(str(fp32), options, providers=["CPUExecutionProvider"])
+    b = ort.InferenceSession(str(int8), options, providers=["CPUExecutionProvider"])
+    name = a.get_inputs()[0].name
+    for path in paths:
+        x = preprocess(path, size, mean, std)
+        ref = a.run(None, {name: x})[0].ravel()
+        got = b.run(None, {name: x})[0].ravel()
+        rel = np.abs(got - ref).max() / max(np.abs(ref).max(), 1e-12)
+        cos = float(ref @ got / (np.linalg.norm(ref) * np.linalg.norm(got) + 1e-12))
+        signs = float(np.mean(np.sign(ref) == np.sign(got)))
+        print(f"  {path.name}: max relative error {rel:.3e}, cosine {cos:.5f}, sign agreement {signs:.3f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--bundle", type=Path, required=True, help="bundle directory (its encoder is quantised)")
+    p.add_argument("--data", type=Path, required=True, help="dataset folder with images/ and splits/")
+    p.add_argument("--split", default="train")
+    p.add_argument("--images", type=int, default=32, help="calibration images (the split's first N)")
+    p.add_argument("--check", type=int, default=3, help="held-out images to compare float and int8 on")
+    p.add_argument("--out", type=Path, help="int8 QDQ encoder to write")
+    p.add_argument("--trt-table", type=Path, help="directory for a TensorRT INT8 calibration table")
+    p.add_argument("--quantize-softmax", action="store_true", help="also quantise Softmax (wrong in tract 0.23)")
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args(argv)
+    if args.out is None and args.trt_table is None:
+        p.error("nothing to do: give --out and/or --trt-table")
+
+    encoder, size, mean, std = read_bundle(args.bundle)
+    paths = dataset_images(args.data, args.split)
+    calib, held_out = paths[: args.images], paths[args.images : args.images + args.check]
+    input_name = onnx.load(str(encoder), load_external_data=False).graph.input[0].name
+    print(f"calibrating {encoder} on {len(calib)} images of {args.data} ({args.split})")
+
+    if args.out is not None:
+        exclude = [] if args.quantize_softmax else softmax_nodes(encoder)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        quantize_static(
+            str(encoder),
+            str(args.out),
+            Images(calib, size, mean, std, input_name),
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            nodes_to_exclude=exclude,
+            calibrate_method=CalibrationMethod.MinMax,
+        )
+        print(f"wrote {args.out} ({len(exclude)} Softmax nodes kept in float)")
+        if held_out:
+            compare(encoder, args.out, held_out, size, mean, std, args.threads)
+
+    if args.trt_table is not None:
+        args.trt_table.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            calibrator = create_calibrator(
+                str(encoder), [], augmented_model_path=str(Path(tmp) / "augmented.onnx"),
+                calibrate_method=CalibrationMethod.MinMax,
+            )
+            calibrator.collect_data(Images(calib, size, mean, std, input_name))
+            cwd = Path.cwd()
+            try:
+                # write_calibration_table writes into the working directory.
+                os.chdir(args.trt_table)
+                write_calibration_table(calibrator.compute_data())
+            finally:
+                os.chdir(cwd)
+        print(f"wrote a TensorRT calibration table into {args.trt_table}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
