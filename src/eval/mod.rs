@@ -1,9 +1,23 @@
-//! Evaluation: how good a predicted mask is against the ground truth.
+//! Evaluation: how good a predicted mask is against the ground truth, and how the prompting
+//! agent compares with baselines on a dataset split.
 //!
 //! [`metrics`] holds the standard salient-object, polyp and shadow segmentation measures (IoU,
 //! MAE, F-measure, E-measure, BER) and an accumulator that streams images into dataset-level
-//! numbers.
+//! numbers. [`agent_stats`] holds the agent-level figures (hit rate of the chosen points, SRM
+//! labels and map), [`method`] the policy and its baselines, [`evaluate`] the runs and totals,
+//! [`report`] the table and CSV, and [`montage`] the picture of a few images.
 
+pub mod agent_stats;
+pub mod evaluate;
+pub mod method;
 pub mod metrics;
+pub mod montage;
+pub mod report;
 
+pub use agent_stats::{PointStats, SrmScores, srm_scores};
+pub use evaluate::{
+    EvalSummary, Evaluation, ImageEval, MethodRun, MethodSummary, PairedDiff, SrmSummary,
+    run_methods,
+};
+pub use method::{Method, image_seed};
 pub use metrics::{ImageMetrics, MetricAccumulator, MetricSummary};
