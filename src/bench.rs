@@ -42,7 +42,15 @@ impl Stats {
         let mut v: Vec<f64> = samples.iter().copied().filter(|x| x.is_finite()).collect();
         v.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
         if v.is_empty() {
-            return Stats { n: 0, mean: f64::NAN, p50: f64::NAN, p90: f64::NAN, p99: f64::NAN, min: f64::NAN, max: f64::NAN };
+            return Stats {
+                n: 0,
+                mean: f64::NAN,
+                p50: f64::NAN,
+                p90: f64::NAN,
+                p99: f64::NAN,
+                min: f64::NAN,
+                max: f64::NAN,
+            };
         }
         Stats {
             n: v.len(),
@@ -67,7 +75,11 @@ pub fn peak_rss_bytes() -> Option<u64> {
         }
         let maxrss = usage.ru_maxrss as u64;
         // Linux reports kilobytes, macOS bytes.
-        if cfg!(target_os = "macos") { Some(maxrss) } else { Some(maxrss * 1024) }
+        if cfg!(target_os = "macos") {
+            Some(maxrss)
+        } else {
+            Some(maxrss * 1024)
+        }
     }
     #[cfg(not(unix))]
     {

@@ -55,13 +55,23 @@ impl EmbeddingCache {
         let mut h = Sha256::new();
         h.update(manifest.models.encoder.sha256.as_bytes());
         h.update(manifest.image.size.to_le_bytes());
-        for v in manifest.image.pixel_mean.iter().chain(&manifest.image.pixel_std) {
+        for v in manifest
+            .image
+            .pixel_mean
+            .iter()
+            .chain(&manifest.image.pixel_std)
+        {
             h.update(v.to_le_bytes());
         }
         let key = hex(&h.finalize()[..12]);
         let dir = root.join(key);
-        std::fs::create_dir_all(&dir).with_context(|| format!("{}: cannot create the embedding cache", dir.display()))?;
-        Ok(EmbeddingCache { dir, frame: manifest.image.size, shape: manifest.embedding.shape })
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("{}: cannot create the embedding cache", dir.display()))?;
+        Ok(EmbeddingCache {
+            dir,
+            frame: manifest.image.size,
+            shape: manifest.embedding.shape,
+        })
     }
 
     /// The directory entries go to.
@@ -70,8 +80,11 @@ impl EmbeddingCache {
     }
 
     fn entry_path(&self, image: &Path) -> Result<PathBuf> {
-        let bytes = std::fs::read(image).map_err(|e| anyhow::anyhow!("{}: cannot read image: {e}", image.display()))?;
-        Ok(self.dir.join(format!("{}.safetensors", hex(&Sha256::digest(&bytes)))))
+        let bytes = std::fs::read(image)
+            .map_err(|e| anyhow::anyhow!("{}: cannot read image: {e}", image.display()))?;
+        Ok(self
+            .dir
+            .join(format!("{}.safetensors", hex(&Sha256::digest(&bytes)))))
     }
 
     /// The cached embedding of an image file, if present and whole.
@@ -99,10 +112,16 @@ impl EmbeddingCache {
         if t.dtype() != Dtype::F16 || t.shape() != [1, c, h, w] {
             bail!("unexpected tensor {:?} {:?}", t.dtype(), t.shape());
         }
-        let data: Vec<f32> = t.data().chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect();
+        let data: Vec<f32> = t
+            .data()
+            .chunks_exact(2)
+            .map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect();
         let md = meta.metadata().clone().unwrap_or_default();
         let size = |k: &str| -> Result<usize> {
-            md.get(k).and_then(|v| v.parse().ok()).with_context(|| format!("metadata {k} missing"))
+            md.get(k)
+                .and_then(|v| v.parse().ok())
+                .with_context(|| format!("metadata {k} missing"))
         };
         let geometry = FrameGeometry::new(size("height")?, size("width")?, self.frame);
         Ok((Embedding(Tensor::new(vec![1, c, h, w], data)?), geometry))
@@ -111,7 +130,12 @@ impl EmbeddingCache {
     /// Stores an embedding for an image file (atomically: temporary file, then rename).
     pub fn put(&self, image: &Path, embedding: &Embedding, geometry: &FrameGeometry) -> Result<()> {
         let path = self.entry_path(image)?;
-        let bytes: Vec<u8> = embedding.0.data().iter().flat_map(|&v| f16::from_f32(v).to_le_bytes()).collect();
+        let bytes: Vec<u8> = embedding
+            .0
+            .data()
+            .iter()
+            .flat_map(|&v| f16::from_f32(v).to_le_bytes())
+            .collect();
         let view = TensorView::new(Dtype::F16, embedding.0.shape().to_vec(), &bytes)?;
         let metadata: HashMap<String, String> = [
             ("height".to_string(), geometry.original.0.to_string()),
@@ -122,13 +146,18 @@ impl EmbeddingCache {
         let tmp = path.with_extension(format!("tmp{}", std::process::id()));
         safetensors::serialize_to_file([("embedding", view)], Some(metadata), &tmp)
             .with_context(|| format!("{}: cannot write cache entry", tmp.display()))?;
-        std::fs::rename(&tmp, &path).with_context(|| format!("{}: cannot write cache entry", path.display()))?;
+        std::fs::rename(&tmp, &path)
+            .with_context(|| format!("{}: cannot write cache entry", path.display()))?;
         Ok(())
     }
 
     /// The embedding of an image file: from the cache, or computed with `sam` and stored.
     /// The flag says whether it was a cache hit.
-    pub fn get_or_compute(&self, sam: &Sam, image: &Path) -> Result<(Embedding, FrameGeometry, bool)> {
+    pub fn get_or_compute(
+        &self,
+        sam: &Sam,
+        image: &Path,
+    ) -> Result<(Embedding, FrameGeometry, bool)> {
         if let Some((e, g)) = self.get(image)? {
             return Ok((e, g, true));
         }
@@ -139,7 +168,12 @@ impl EmbeddingCache {
     }
 
     /// Makes sure every image has an entry, calling `progress` after each one.
-    pub fn fill(&self, sam: &Sam, images: &[PathBuf], mut progress: impl FnMut(usize, bool)) -> Result<FillStats> {
+    pub fn fill(
+        &self,
+        sam: &Sam,
+        images: &[PathBuf],
+        mut progress: impl FnMut(usize, bool),
+    ) -> Result<FillStats> {
         let mut stats = FillStats::default();
         for (i, image) in images.iter().enumerate() {
             let hit = self.get(image)?.is_some();
@@ -220,8 +254,15 @@ form = "low-res"
         std::fs::write(&img, b"pixels").unwrap();
         let cache = EmbeddingCache::new(&tmp.path().join("c"), &manifest(&"a".repeat(64))).unwrap();
         let e = Embedding(Tensor::zeros(vec![1, 2, 4, 4]));
-        cache.put(&img, &e, &FrameGeometry::new(3, 4, 1024)).unwrap();
-        let entry = std::fs::read_dir(cache.dir()).unwrap().next().unwrap().unwrap().path();
+        cache
+            .put(&img, &e, &FrameGeometry::new(3, 4, 1024))
+            .unwrap();
+        let entry = std::fs::read_dir(cache.dir())
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
         std::fs::write(&entry, b"truncated").unwrap();
         assert!(cache.get(&img).unwrap().is_none());
     }

@@ -17,3 +17,5 @@ pub mod pipeline;
 pub mod sam;
 pub mod sink;
 pub mod source;
+#[cfg(feature = "train")]
+pub mod train;

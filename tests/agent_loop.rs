@@ -35,12 +35,20 @@ fn bundle_with(tmp: &Path, patch: usize) -> PathBuf {
     std::fs::create_dir_all(&models).unwrap();
     let tiny = common::tiny_bundle();
     std::fs::copy(tiny.join("encoder.onnx"), models.join("encoder.onnx")).unwrap();
-    std::fs::copy(tiny.join("decoder_lowres.onnx"), models.join("decoder.onnx")).unwrap();
+    std::fs::copy(
+        tiny.join("decoder_lowres.onnx"),
+        models.join("decoder.onnx"),
+    )
+    .unwrap();
     let state: &[usize] = &[1, 32, 64, 64];
     let mut logits = vec![0f32; G * G];
     logits[patch] = 5.0;
-    constant_model(&[("state", state)], ("logits", &[1, G * G]), &logits).save(&models.join("policy.onnx"), "test").unwrap();
-    constant_model(&[("state", state)], ("fg_prob", &[1, 1, G, G]), &srm_map()).save(&models.join("srm.onnx"), "test").unwrap();
+    constant_model(&[("state", state)], ("logits", &[1, G * G]), &logits)
+        .save(&models.join("policy.onnx"), "test")
+        .unwrap();
+    constant_model(&[("state", state)], ("fg_prob", &[1, 1, G, G]), &srm_map())
+        .save(&models.join("srm.onnx"), "test")
+        .unwrap();
     let out = tmp.join("bundle");
     write_bundle(&models, &out, &InferOptions::default()).unwrap();
     out
@@ -48,16 +56,26 @@ fn bundle_with(tmp: &Path, patch: usize) -> PathBuf {
 
 fn agent(bundle: &Path) -> Agent {
     let b = Bundle::open(bundle, OpenOptions::default()).unwrap();
-    let backend = BackendKind::Tract.create(&EngineOptions { threads: 2 }).unwrap();
+    let backend = BackendKind::Tract
+        .create(&EngineOptions { threads: 2 })
+        .unwrap();
     Agent::load(&b, backend.as_ref()).unwrap()
 }
 
 fn image(w: u32, h: u32) -> RgbImage {
-    RgbImage::from_fn(w, h, |x, y| image::Rgb([(x % 251) as u8, (y % 241) as u8, ((x + y) % 239) as u8]))
+    RgbImage::from_fn(w, h, |x, y| {
+        image::Rgb([(x % 251) as u8, (y % 241) as u8, ((x + y) % 239) as u8])
+    })
 }
 
 fn fixed(steps: usize) -> LoopOptions {
-    LoopOptions { max_steps: steps, budget: None, stop_iou: None, feed_mask: true, forbid_repeats: false }
+    LoopOptions {
+        max_steps: steps,
+        budget: None,
+        stop_iou: None,
+        feed_mask: true,
+        forbid_repeats: false,
+    }
 }
 
 #[test]
@@ -71,11 +89,20 @@ fn points_follow_the_policy_and_labels_follow_the_srm() {
     // 153.6 * 200/683) in the image. Negative start: cell (5,4), centre (460.8, 563.2).
     assert_eq!(r.points.len(), 2 + 3);
     let (pos, neg) = (&r.points[0], &r.points[1]);
-    assert_eq!((pos.label, pos.origin, pos.step), (PointLabel::Positive, PointOrigin::SrmStart, 0));
-    assert!((pos.x - 45.0).abs() < 1e-9 && (pos.y - 153.6 * 200.0 / 683.0).abs() < 1e-9, "{pos:?}");
+    assert_eq!(
+        (pos.label, pos.origin, pos.step),
+        (PointLabel::Positive, PointOrigin::SrmStart, 0)
+    );
+    assert!(
+        (pos.x - 45.0).abs() < 1e-9 && (pos.y - 153.6 * 200.0 / 683.0).abs() < 1e-9,
+        "{pos:?}"
+    );
     assert_eq!(pos.srm_prob, 0.95);
     assert_eq!(neg.label, PointLabel::Negative);
-    assert!((neg.x - 135.0).abs() < 1e-9 && (neg.y - 563.2 * 200.0 / 683.0).abs() < 1e-9, "{neg:?}");
+    assert!(
+        (neg.x - 135.0).abs() < 1e-9 && (neg.y - 563.2 * 200.0 / 683.0).abs() < 1e-9,
+        "{neg:?}"
+    );
     assert_eq!(neg.srm_prob, 0.02);
 
     // Every step: patch 37 = row 3, col 7, centre (7.5 * 30, 3.5 * 20) = (225, 70) in the image,
@@ -94,7 +121,10 @@ fn points_follow_the_policy_and_labels_follow_the_srm() {
 fn forbidding_repeats_moves_to_the_next_best_patch() {
     let tmp = tempfile::tempdir().unwrap();
     let agent = agent(&bundle_with(tmp.path(), 37));
-    let options = LoopOptions { forbid_repeats: true, ..fixed(3) };
+    let options = LoopOptions {
+        forbid_repeats: true,
+        ..fixed(3)
+    };
     let r = agent.segment(&image(300, 200), &options, None).unwrap();
     // The start points sit in patches 21 (45, 45.0) and 84 (135, 164.9); then 37, and after it
     // every logit is 0, so the lowest free indices: 0 and 1. Their centres (15, 10) and (45, 10)
@@ -112,7 +142,10 @@ fn square_image_patches_and_cells_coincide() {
     let r = agent.segment(&image(200, 200), &fixed(1), None).unwrap();
     // Square image: patch 27 (row 2, col 7) is SRM cell (2,7): 0.8, positive, at (150, 50).
     let p = &r.points[2];
-    assert_eq!((p.x, p.y, p.label, p.srm_prob), (150.0, 50.0, PointLabel::Positive, 0.8));
+    assert_eq!(
+        (p.x, p.y, p.label, p.srm_prob),
+        (150.0, 50.0, PointLabel::Positive, 0.8)
+    );
     // On a square image the padding cells are inside the image: cell (8,0) with 0.99 wins.
     assert_eq!(r.points[0].srm_prob, 0.99);
     assert_eq!(r.points[1].srm_prob, 0.0);
@@ -124,7 +157,10 @@ fn stops_at_the_step_limit() {
     let agent = agent(&bundle_with(tmp.path(), 37));
     for steps in [0, 1, 4] {
         let r = agent.segment(&image(120, 90), &fixed(steps), None).unwrap();
-        assert_eq!((r.stop, r.steps, r.points.len()), (StopReason::StepLimit, steps, 2 + steps));
+        assert_eq!(
+            (r.stop, r.steps, r.points.len()),
+            (StopReason::StepLimit, steps, 2 + steps)
+        );
         assert_eq!(r.times.steps.len(), steps);
     }
 }
@@ -135,7 +171,10 @@ fn stops_on_the_time_budget() {
     let agent = agent(&bundle_with(tmp.path(), 37));
     let img = image(300, 200);
     // A budget smaller than the encoder alone: no step can start.
-    let tight = LoopOptions { budget: Some(Duration::from_micros(100)), ..fixed(10) };
+    let tight = LoopOptions {
+        budget: Some(Duration::from_micros(100)),
+        ..fixed(10)
+    };
     let r = agent.segment(&img, &tight, None).unwrap();
     assert_eq!((r.stop, r.steps), (StopReason::TimeBudget, 0));
 
@@ -144,13 +183,19 @@ fn stops_on_the_time_budget() {
     agent.segment(&img, &fixed(8), None).unwrap(); // warm-up
     let full = agent.segment(&img, &fixed(8), None).unwrap();
     let budget_ms = full.times.total_ms * 0.5;
-    let half = LoopOptions { budget: Some(Duration::from_secs_f64(budget_ms / 1e3)), ..fixed(8) };
+    let half = LoopOptions {
+        budget: Some(Duration::from_secs_f64(budget_ms / 1e3)),
+        ..fixed(8)
+    };
     let r = agent.segment(&img, &half, None).unwrap();
     assert_eq!(r.stop, StopReason::TimeBudget);
     assert!(r.steps < 8, "{} steps", r.steps);
     let longest_step = r.times.steps.iter().map(|s| s.total_ms).fold(0.0, f64::max);
     let before_post = r.times.total_ms - r.times.postprocess_ms;
-    assert!(before_post <= budget_ms + longest_step.max(full.times.steps[0].total_ms) * 1.5, "{before_post} ms for a {budget_ms} ms budget");
+    assert!(
+        before_post <= budget_ms + longest_step.max(full.times.steps[0].total_ms) * 1.5,
+        "{before_post} ms for a {budget_ms} ms budget"
+    );
 }
 
 #[test]
@@ -159,9 +204,27 @@ fn stops_when_the_mask_stops_changing() {
     let agent = agent(&bundle_with(tmp.path(), 37));
     let img = image(300, 200);
     // Any IoU is >= 0: converged after the first step.
-    let r = agent.segment(&img, &LoopOptions { stop_iou: Some(0.0), ..fixed(10) }, None).unwrap();
+    let r = agent
+        .segment(
+            &img,
+            &LoopOptions {
+                stop_iou: Some(0.0),
+                ..fixed(10)
+            },
+            None,
+        )
+        .unwrap();
     assert_eq!((r.stop, r.steps), (StopReason::Converged, 1));
     // An unreachable tolerance never stops the loop early.
-    let r = agent.segment(&img, &LoopOptions { stop_iou: Some(1.01), ..fixed(4) }, None).unwrap();
+    let r = agent
+        .segment(
+            &img,
+            &LoopOptions {
+                stop_iou: Some(1.01),
+                ..fixed(4)
+            },
+            None,
+        )
+        .unwrap();
     assert_eq!((r.stop, r.steps), (StopReason::StepLimit, 4));
 }

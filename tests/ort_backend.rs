@@ -11,7 +11,9 @@ use common::rel_err;
 
 fn ort_available() -> bool {
     if std::env::var_os("ORT_DYLIB_PATH").is_none() {
-        eprintln!("SKIPPED: ORT_DYLIB_PATH is not set, so the ONNX Runtime backend cannot be tested");
+        eprintln!(
+            "SKIPPED: ORT_DYLIB_PATH is not set, so the ONNX Runtime backend cannot be tested"
+        );
         return false;
     }
     true
@@ -28,18 +30,51 @@ fn ort_and_tract_agree_through_the_whole_loop() {
     let ort = BackendKind::Ort.create(&options).unwrap();
     let a = Agent::load(&bundle, tract.as_ref()).unwrap();
     let b = Agent::load(&bundle, ort.as_ref()).unwrap();
-    let image = alignsam::source::load_rgb(&common::root().join("tests/fixtures/parity/images/wide_300x200.png")).unwrap();
+    let image = alignsam::source::load_rgb(
+        &common::root().join("tests/fixtures/parity/images/wide_300x200.png"),
+    )
+    .unwrap();
     let (ea, ga) = a.sam.embed(&image).unwrap();
     let (eb, _) = b.sam.embed(&image).unwrap();
-    assert!(rel_err(eb.0.data(), ea.0.data()) < 1e-4, "embeddings differ");
-    let opts = LoopOptions { max_steps: 4, stop_iou: None, ..Default::default() };
+    assert!(
+        rel_err(eb.0.data(), ea.0.data()) < 1e-4,
+        "embeddings differ"
+    );
+    let opts = LoopOptions {
+        max_steps: 4,
+        stop_iou: None,
+        ..Default::default()
+    };
     let now = std::time::Instant::now();
-    let ra = a.run_on_embedding(&ea, &ga, &opts, None, None, &mut alignsam::agent::PolicyChooser(a.policy.as_ref().unwrap()), now).unwrap();
-    let rb = b.run_on_embedding(&ea, &ga, &opts, None, None, &mut alignsam::agent::PolicyChooser(b.policy.as_ref().unwrap()), now).unwrap();
+    let ra = a
+        .run_on_embedding(
+            &ea,
+            &ga,
+            &opts,
+            None,
+            None,
+            &mut alignsam::agent::PolicyChooser(a.policy.as_ref().unwrap()),
+            now,
+        )
+        .unwrap();
+    let rb = b
+        .run_on_embedding(
+            &ea,
+            &ga,
+            &opts,
+            None,
+            None,
+            &mut alignsam::agent::PolicyChooser(b.policy.as_ref().unwrap()),
+            now,
+        )
+        .unwrap();
     let pa: Vec<usize> = ra.points.iter().map(|p| p.patch).collect();
     let pb: Vec<usize> = rb.points.iter().map(|p| p.patch).collect();
     assert_eq!(pa, pb, "same points chosen");
-    assert!(rel_err(&rb.low_res.data, &ra.low_res.data) < 1e-4, "final logits differ");
+    assert!(
+        rel_err(&rb.low_res.data, &ra.low_res.data) < 1e-4,
+        "final logits differ"
+    );
 }
 
 #[test]
@@ -50,9 +85,14 @@ fn ort_reports_bad_models_like_tract() {
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("encoder.onnx");
     std::fs::write(&path, b"not a model").unwrap();
-    let ort = BackendKind::Ort.create(&EngineOptions { threads: 1 }).unwrap();
+    let ort = BackendKind::Ort
+        .create(&EngineOptions { threads: 1 })
+        .unwrap();
     let bundle = Bundle::open(&common::tiny_bundle(), OpenOptions::default()).unwrap();
-    let err = ort.load(&path, &alignsam::sam::Encoder::spec(&bundle.manifest)).err().expect("must fail");
+    let err = ort
+        .load(&path, &alignsam::sam::Encoder::spec(&bundle.manifest))
+        .err()
+        .expect("must fail");
     let msg = format!("{err:#}");
     assert!(msg.contains("encoder.onnx: not an ONNX model"), "{msg}");
 }

@@ -68,7 +68,9 @@ fn reference_mask(fx: &Fixture, k: usize, h: usize, w: usize) -> Vec<bool> {
     let (shape, packed) = fx.u8(&format!("prompt{k}.mask_packed"));
     let row = w.div_ceil(8);
     assert_eq!(shape, vec![h, row], "packed mask shape");
-    (0..h * w).map(|i| (packed[(i / w) * row + (i % w) / 8] >> (7 - (i % w) % 8)) & 1 == 1).collect()
+    (0..h * w)
+        .map(|i| (packed[(i / w) * row + (i % w) / 8] >> (7 - (i % w) % 8)) & 1 == 1)
+        .collect()
 }
 
 fn check_mask(what: &str, actual: &[bool], fx: &Fixture, k: usize, geometry: &FrameGeometry) {

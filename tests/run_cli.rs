@@ -16,7 +16,11 @@ fn frame(i: u32) -> RgbImage {
     RgbImage::from_fn(96, 64, |x, y| {
         let (cx, cy) = (30.0 + 4.0 * i as f32, 32.0);
         let d = ((x as f32 - cx).powi(2) + (y as f32 - cy).powi(2)).sqrt();
-        if d < 14.0 { image::Rgb([220, 40, 40]) } else { image::Rgb([(x * 2) as u8, (y * 3) as u8, 120]) }
+        if d < 14.0 {
+            image::Rgb([220, 40, 40])
+        } else {
+            image::Rgb([(x * 2) as u8, (y * 3) as u8, 120])
+        }
     })
 }
 
@@ -46,17 +50,33 @@ fn run(input: &str, extra: &[&str], out: &Path) -> Run {
         .output()
         .unwrap();
     let stdout = String::from_utf8(output.stdout).unwrap();
-    let lines = stdout.lines().map(|l| serde_json::from_str(l).expect("a JSON line")).collect();
-    let summary = serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
-    Run { code: output.status.code(), lines, summary, stderr: String::from_utf8_lossy(&output.stderr).into_owned() }
+    let lines = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    let summary =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    Run {
+        code: output.status.code(),
+        lines,
+        summary,
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
 }
 
 fn counts_add_up(r: &Run) {
     let s = &r.summary;
-    let (read, processed, dropped) =
-        (s["frames_read"].as_u64().unwrap(), s["frames_processed"].as_u64().unwrap(), s["frames_dropped"].as_u64().unwrap());
+    let (read, processed, dropped) = (
+        s["frames_read"].as_u64().unwrap(),
+        s["frames_processed"].as_u64().unwrap(),
+        s["frames_dropped"].as_u64().unwrap(),
+    );
     assert_eq!(processed + dropped, read, "{s}");
-    assert_eq!(processed as usize, r.lines.len(), "one JSON line per processed frame");
+    assert_eq!(
+        processed as usize,
+        r.lines.len(),
+        "one JSON line per processed frame"
+    );
 }
 
 #[test]
@@ -67,7 +87,11 @@ fn image_sequence_gives_one_line_per_frame() {
     for i in 0..4 {
         frame(i).save(frames.join(format!("f{i}.png"))).unwrap();
     }
-    let r = run(&frames.to_string_lossy(), &["--save-every", "2", "--steps", "3"], &tmp.path().join("out"));
+    let r = run(
+        &frames.to_string_lossy(),
+        &["--save-every", "2", "--steps", "3"],
+        &tmp.path().join("out"),
+    );
     assert_eq!(r.code, Some(0), "{}", r.stderr);
     assert_eq!(r.lines.len(), 4);
     counts_add_up(&r);
@@ -88,11 +112,19 @@ fn y4m_file_and_temporal_reuse() {
     let tmp = tempfile::tempdir().unwrap();
     let y4m = tmp.path().join("clip.y4m");
     write_y4m(&y4m, 5);
-    let r = run(&y4m.to_string_lossy(), &["--reuse", "--steps", "4"], &tmp.path().join("out"));
+    let r = run(
+        &y4m.to_string_lossy(),
+        &["--reuse", "--steps", "4"],
+        &tmp.path().join("out"),
+    );
     assert_eq!(r.code, Some(0), "{}", r.stderr);
     assert_eq!(r.lines.len(), 5);
     counts_add_up(&r);
-    let warm: Vec<bool> = r.lines.iter().map(|l| l["warm_start"].as_bool().unwrap()).collect();
+    let warm: Vec<bool> = r
+        .lines
+        .iter()
+        .map(|l| l["warm_start"].as_bool().unwrap())
+        .collect();
     assert_eq!(warm, [false, true, true, true, true]);
     // Warm-started frames begin from the previous frame's points.
     let origin = r.lines[1]["points"][0]["origin"].as_str().unwrap();
@@ -106,11 +138,27 @@ fn truncated_y4m_ends_after_the_whole_frames() {
     write_y4m(&y4m, 3);
     let bytes = std::fs::read(&y4m).unwrap();
     std::fs::write(&y4m, &bytes[..bytes.len() - 1000]).unwrap();
-    let r = run(&y4m.to_string_lossy(), &["--steps", "2"], &tmp.path().join("out"));
-    assert_eq!(r.code, Some(alignsam::pipeline::EXIT_SOURCE_FAILED as i32), "{}", r.stderr);
+    let r = run(
+        &y4m.to_string_lossy(),
+        &["--steps", "2"],
+        &tmp.path().join("out"),
+    );
+    assert_eq!(
+        r.code,
+        Some(alignsam::pipeline::EXIT_SOURCE_FAILED as i32),
+        "{}",
+        r.stderr
+    );
     assert_eq!(r.lines.len(), 2, "the two whole frames are processed");
     counts_add_up(&r);
-    assert!(r.summary["source_error"].as_str().unwrap().contains("clip.y4m"), "{}", r.summary);
+    assert!(
+        r.summary["source_error"]
+            .as_str()
+            .unwrap()
+            .contains("clip.y4m"),
+        "{}",
+        r.summary
+    );
 }
 
 #[test]
@@ -118,7 +166,11 @@ fn max_frames_stops_and_counts_the_rest_as_dropped() {
     let tmp = tempfile::tempdir().unwrap();
     let y4m = tmp.path().join("clip.y4m");
     write_y4m(&y4m, 8);
-    let r = run(&y4m.to_string_lossy(), &["--max-frames", "2", "--steps", "1"], &tmp.path().join("out"));
+    let r = run(
+        &y4m.to_string_lossy(),
+        &["--max-frames", "2", "--steps", "1"],
+        &tmp.path().join("out"),
+    );
     assert_eq!(r.code, Some(0), "{}", r.stderr);
     assert_eq!(r.lines.len(), 2);
     counts_add_up(&r);

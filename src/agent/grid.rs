@@ -35,7 +35,10 @@ impl PatchGrid {
     pub fn centre(&self, index: usize, height: usize, width: usize) -> (f64, f64) {
         let (row, col) = (index / self.size, index % self.size);
         let g = self.size as f64;
-        ((col as f64 + 0.5) * width as f64 / g, (row as f64 + 0.5) * height as f64 / g)
+        (
+            (col as f64 + 0.5) * width as f64 / g,
+            (row as f64 + 0.5) * height as f64 / g,
+        )
     }
 
     /// The patch that contains image point (x, y) (points on the far edges belong to the last
@@ -111,7 +114,9 @@ mod tests {
         assert!(m.centre_in_image(4 * 10, &geo).is_some());
         assert!(m.centre_in_image(5 * 10, &geo).is_none());
         let (x, y) = m.centre_in_image(0, &geo).unwrap();
-        assert!((x - 51.2 * 1000.0 / 1024.0).abs() < 1e-9 && (y - 51.2 * 500.0 / 512.0).abs() < 1e-9);
+        assert!(
+            (x - 51.2 * 1000.0 / 1024.0).abs() < 1e-9 && (y - 51.2 * 500.0 / 512.0).abs() < 1e-9
+        );
         assert_eq!(m.cell_at(x, y, &geo), 0);
     }
 }

@@ -48,8 +48,19 @@ pub fn frame_target(gt: &Mask, geometry: &FrameGeometry, size: usize) -> FrameTa
             fg[r * size + c] += gt.data[y * w + x] as u32;
         }
     }
-    let data = fg.iter().zip(&total).map(|(&a, &t)| if t == 0 { 0.0 } else { a as f32 / t as f32 }).collect();
-    FrameTarget { map: Map { height: size, width: size, data }, valid: total.iter().map(|&t| t > 0).collect() }
+    let data = fg
+        .iter()
+        .zip(&total)
+        .map(|(&a, &t)| if t == 0 { 0.0 } else { a as f32 / t as f32 })
+        .collect();
+    FrameTarget {
+        map: Map {
+            height: size,
+            width: size,
+            data,
+        },
+        valid: total.iter().map(|&t| t > 0).collect(),
+    }
 }
 
 /// IoU of the SRM's map and the target, both thresholded at 0.5, over valid cells (1.0 when
@@ -64,7 +75,11 @@ pub fn map_iou(prob: &Map, target: &FrameTarget) -> f32 {
         inter += (a && b) as usize;
         union += (a || b) as usize;
     }
-    if union == 0 { 1.0 } else { inter as f32 / union as f32 }
+    if union == 0 {
+        1.0
+    } else {
+        inter as f32 / union as f32
+    }
 }
 
 #[cfg(test)]
@@ -72,8 +87,15 @@ mod tests {
     use super::*;
 
     fn mask(w: usize, h: usize, f: impl Fn(usize, usize) -> bool) -> Mask {
-        let data = (0..h).flat_map(|y| (0..w).map(move |x| (x, y))).map(|(x, y)| f(x, y)).collect();
-        Mask { width: w, height: h, data }
+        let data = (0..h)
+            .flat_map(|y| (0..w).map(move |x| (x, y)))
+            .map(|(x, y)| f(x, y))
+            .collect();
+        Mask {
+            width: w,
+            height: h,
+            data,
+        }
     }
 
     #[test]
@@ -92,9 +114,17 @@ mod tests {
         let t = frame_target(&mask(8, 4, |x, _| x >= 4), &g, 2);
         assert_eq!(t.map.data, vec![0.0, 1.0, 0.0, 0.0]);
         assert_eq!(t.valid, vec![true, true, false, false]);
-        let pred = Map { height: 2, width: 2, data: vec![0.2, 0.9, 0.9, 0.9] };
+        let pred = Map {
+            height: 2,
+            width: 2,
+            data: vec![0.2, 0.9, 0.9, 0.9],
+        };
         assert_eq!(map_iou(&pred, &t), 1.0, "padding cells do not count");
-        let pred = Map { height: 2, width: 2, data: vec![0.7, 0.9, 0.0, 0.0] };
+        let pred = Map {
+            height: 2,
+            width: 2,
+            data: vec![0.7, 0.9, 0.0, 0.0],
+        };
         assert_eq!(map_iou(&pred, &t), 0.5);
     }
 }

@@ -14,7 +14,7 @@ pub mod state;
 pub use grid::{FrameMap, PatchGrid};
 pub use policy::Policy;
 pub use prompt_loop::{
-    Agent, CentreChooser, LoopOptions, LoopResult, PatchChooser, PointOrigin, PointRecord, PolicyChooser,
-    RandomChooser, StageTimes, StepTimes, StopReason, WarmStart,
+    Agent, CentreChooser, LoopOptions, LoopResult, PatchChooser, PointOrigin, PointRecord,
+    PolicyChooser, RandomChooser, StageTimes, StepTimes, StopReason, WarmStart,
 };
 pub use srm::Srm;

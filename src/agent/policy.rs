@@ -19,7 +19,9 @@ impl Policy {
     pub fn spec(manifest: &Manifest) -> ModelSpec {
         let [c, h, w] = manifest.embedding.shape;
         let g = manifest.agent.grid;
-        ModelSpec::new("policy").input("state", fixed(&[1, c, h, w])).output("logits", fixed(&[1, g * g]))
+        ModelSpec::new("policy")
+            .input("state", fixed(&[1, c, h, w]))
+            .output("logits", fixed(&[1, g * g]))
     }
 
     /// Loads the policy named in the manifest's `[models.policy]`.
@@ -28,7 +30,10 @@ impl Policy {
             bail!("the bundle has no [models.policy]");
         }
         let model = backend.load(path, &Self::spec(manifest))?;
-        Ok(Policy { model, actions: manifest.agent.grid * manifest.agent.grid })
+        Ok(Policy {
+            model,
+            actions: manifest.agent.grid * manifest.agent.grid,
+        })
     }
 
     /// Logits over the patches for one state.
@@ -67,7 +72,10 @@ mod tests {
     #[test]
     fn greedy_respects_the_mask_and_ties() {
         assert_eq!(greedy(&[0.1, 0.9, 0.9, 0.2], None), Some(1));
-        assert_eq!(greedy(&[0.1, 0.9, 0.9, 0.2], Some(&[true, false, true, true])), Some(2));
+        assert_eq!(
+            greedy(&[0.1, 0.9, 0.9, 0.2], Some(&[true, false, true, true])),
+            Some(2)
+        );
         assert_eq!(greedy(&[0.1, 0.2], Some(&[false, false])), None);
         assert_eq!(greedy(&[f32::NAN, -1.0], None), Some(1));
     }

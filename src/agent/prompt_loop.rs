@@ -25,7 +25,9 @@ use super::policy::{Policy, greedy};
 use super::srm::{Srm, start_points};
 use super::state::{mask_probability, state};
 use crate::engine::Tensor;
-use crate::sam::{Embedding, FrameGeometry, Map, PointLabel, PromptPoint, Sam, postprocess, preprocess};
+use crate::sam::{
+    Embedding, FrameGeometry, Map, PointLabel, PromptPoint, Sam, postprocess, preprocess,
+};
 
 /// Why the loop ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -134,7 +136,14 @@ pub struct LoopResult {
 impl LoopResult {
     /// The prompt points as the decoder saw them.
     pub fn prompt(&self) -> Vec<PromptPoint> {
-        self.points.iter().map(|p| PromptPoint { x: p.x, y: p.y, label: p.label }).collect()
+        self.points
+            .iter()
+            .map(|p| PromptPoint {
+                x: p.x,
+                y: p.y,
+                label: p.label,
+            })
+            .collect()
     }
 }
 
@@ -154,7 +163,10 @@ impl WarmStart {
     pub fn from_result(result: &LoopResult, max_points: usize) -> Self {
         let prompt = result.prompt();
         let keep = prompt.len().min(max_points.max(1));
-        WarmStart { points: prompt[prompt.len() - keep..].to_vec(), low_res: result.low_res.clone() }
+        WarmStart {
+            points: prompt[prompt.len() - keep..].to_vec(),
+            low_res: result.low_res.clone(),
+        }
     }
 }
 
@@ -176,7 +188,13 @@ pub struct LoopOptions {
 
 impl Default for LoopOptions {
     fn default() -> Self {
-        LoopOptions { max_steps: 15, budget: None, stop_iou: Some(0.99), feed_mask: true, forbid_repeats: false }
+        LoopOptions {
+            max_steps: 15,
+            budget: None,
+            stop_iou: Some(0.99),
+            feed_mask: true,
+            forbid_repeats: false,
+        }
     }
 }
 
@@ -204,13 +222,18 @@ pub struct RandomChooser {
 impl RandomChooser {
     /// A seeded random chooser over `actions` patches.
     pub fn new(actions: usize, seed: u64) -> Self {
-        RandomChooser { rng: StdRng::seed_from_u64(seed), actions }
+        RandomChooser {
+            rng: StdRng::seed_from_u64(seed),
+            actions,
+        }
     }
 }
 
 impl PatchChooser for RandomChooser {
     fn choose(&mut self, _state: &Tensor, allowed: Option<&[bool]>) -> Result<Option<usize>> {
-        let candidates: Vec<usize> = (0..self.actions).filter(|&i| allowed.is_none_or(|a| a[i])).collect();
+        let candidates: Vec<usize> = (0..self.actions)
+            .filter(|&i| allowed.is_none_or(|a| a[i]))
+            .collect();
         if candidates.is_empty() {
             return Ok(None);
         }
@@ -230,18 +253,27 @@ impl PatchChooser for CentreChooser {
         }
         // Nearest allowed patch to the centre, so that `forbid_repeats` still has a meaning.
         let dist = |i: usize| {
-            let (r, c) = ((i / g) as i64 - (g / 2) as i64, (i % g) as i64 - (g / 2) as i64);
+            let (r, c) = (
+                (i / g) as i64 - (g / 2) as i64,
+                (i % g) as i64 - (g / 2) as i64,
+            );
             r * r + c * c
         };
-        Ok((0..g * g).filter(|&i| allowed.is_none_or(|a| a[i])).min_by_key(|&i| (dist(i), i)))
+        Ok((0..g * g)
+            .filter(|&i| allowed.is_none_or(|a| a[i]))
+            .min_by_key(|&i| (dist(i), i)))
     }
 }
 
 /// IoU of the binary masks (logits > 0) of two low-resolution maps, over the cells that cover
 /// the image (the padding is always background and would inflate the score).
 pub fn low_res_iou(a: &Map, b: &Map, geometry: &FrameGeometry) -> f32 {
-    let rows = (geometry.resized.0 * a.height).div_ceil(geometry.frame).min(a.height);
-    let cols = (geometry.resized.1 * a.width).div_ceil(geometry.frame).min(a.width);
+    let rows = (geometry.resized.0 * a.height)
+        .div_ceil(geometry.frame)
+        .min(a.height);
+    let cols = (geometry.resized.1 * a.width)
+        .div_ceil(geometry.frame)
+        .min(a.width);
     let (mut inter, mut union) = (0usize, 0usize);
     for y in 0..rows {
         for x in 0..cols {
@@ -250,7 +282,11 @@ pub fn low_res_iou(a: &Map, b: &Map, geometry: &FrameGeometry) -> f32 {
             union += (p || q) as usize;
         }
     }
-    if union == 0 { 1.0 } else { inter as f32 / union as f32 }
+    if union == 0 {
+        1.0
+    } else {
+        inter as f32 / union as f32
+    }
 }
 
 fn ms(d: Duration) -> f64 {
@@ -271,13 +307,22 @@ pub struct Agent {
 
 impl Agent {
     /// Loads SAM, the SRM and the policy from a bundle.
-    pub fn load(bundle: &crate::bundle::Bundle, backend: &dyn crate::engine::Backend) -> Result<Self> {
+    pub fn load(
+        bundle: &crate::bundle::Bundle,
+        backend: &dyn crate::engine::Backend,
+    ) -> Result<Self> {
         let m = &bundle.manifest;
         let Some(srm_entry) = &m.models.srm else {
-            bail!("{}: the bundle has no [models.srm]; the prompting loop needs a policy and an SRM (see models/README.md)", bundle.dir.display())
+            bail!(
+                "{}: the bundle has no [models.srm]; the prompting loop needs a policy and an SRM (see models/README.md)",
+                bundle.dir.display()
+            )
         };
         let Some(policy_entry) = &m.models.policy else {
-            bail!("{}: the bundle has no [models.policy]; the prompting loop needs a policy and an SRM (see models/README.md)", bundle.dir.display())
+            bail!(
+                "{}: the bundle has no [models.policy]; the prompting loop needs a policy and an SRM (see models/README.md)",
+                bundle.dir.display()
+            )
         };
         Ok(Agent {
             sam: Sam::load(bundle, backend)?,
@@ -288,7 +333,12 @@ impl Agent {
     }
 
     /// Segments one image with the greedy policy.
-    pub fn segment(&self, image: &RgbImage, options: &LoopOptions, semantic: Option<&Map>) -> Result<LoopResult> {
+    pub fn segment(
+        &self,
+        image: &RgbImage,
+        options: &LoopOptions,
+        semantic: Option<&Map>,
+    ) -> Result<LoopResult> {
         let policy = self.policy.as_ref().expect("Agent::load requires a policy");
         self.segment_with(image, options, semantic, None, &mut PolicyChooser(policy))
     }
@@ -309,7 +359,9 @@ impl Agent {
         let embedding = self.sam.encoder.encode(&input)?;
         let t_enc = t.elapsed();
         drop(input);
-        let mut result = self.run_on_embedding(&embedding, &geometry, options, semantic, warm, chooser, start)?;
+        let mut result = self.run_on_embedding(
+            &embedding, &geometry, options, semantic, warm, chooser, start,
+        )?;
         result.times.preprocess_ms = ms(t_pre);
         result.times.encoder_ms = ms(t_enc);
         Ok(result)
@@ -347,7 +399,16 @@ impl Agent {
                 for (sp, label) in [(pos, PointLabel::Positive), (neg, PointLabel::Negative)] {
                     let (x, y, p) = (sp.x, sp.y, sp.prob);
                     let patch = self.grid.patch_at(x, y, h, w);
-                    points.push(PointRecord { step: 0, x, y, label, patch, origin: PointOrigin::SrmStart, srm_prob: p, iou_prediction: f32::NAN });
+                    points.push(PointRecord {
+                        step: 0,
+                        x,
+                        y,
+                        label,
+                        patch,
+                        origin: PointOrigin::SrmStart,
+                        srm_prob: p,
+                        iou_prediction: f32::NAN,
+                    });
                 }
                 let t_dec = Instant::now();
                 let out = decoder.decode(embedding, &prompt_of(&points), None, geometry)?;
@@ -363,10 +424,22 @@ impl Agent {
                 let prob = self.srm.predict(&state(embedding, Some(&m)), semantic)?;
                 times.start_srm_ms = ms(t_srm.elapsed());
                 for p in &prev.points {
-                    let (x, y) = (p.x.clamp(0.0, w as f64 - 0.5), p.y.clamp(0.0, h as f64 - 0.5));
+                    let (x, y) = (
+                        p.x.clamp(0.0, w as f64 - 0.5),
+                        p.y.clamp(0.0, h as f64 - 0.5),
+                    );
                     let (srm_prob, label) = self.srm.label_at(&prob, x, y, geometry);
                     let patch = self.grid.patch_at(x, y, h, w);
-                    points.push(PointRecord { step: 0, x, y, label, patch, origin: PointOrigin::PreviousFrame, srm_prob, iou_prediction: f32::NAN });
+                    points.push(PointRecord {
+                        step: 0,
+                        x,
+                        y,
+                        label,
+                        patch,
+                        origin: PointOrigin::PreviousFrame,
+                        srm_prob,
+                        iou_prediction: f32::NAN,
+                    });
                 }
                 let mask_input = options.feed_mask.then_some(&prev.low_res);
                 let t_dec = Instant::now();
@@ -392,7 +465,11 @@ impl Agent {
             if let Some(budget) = options.budget {
                 // Before the first step, the start phase (one SRM and one decoder run) is the
                 // best estimate of a step's cost.
-                let estimate = if step == 1 { start_phase } else { step_total / (step as u32 - 1) };
+                let estimate = if step == 1 {
+                    start_phase
+                } else {
+                    step_total / (step as u32 - 1)
+                };
                 if frame_start.elapsed() + estimate > budget {
                     stop = StopReason::TimeBudget;
                     break;
@@ -425,7 +502,16 @@ impl Agent {
             let (x, y) = self.grid.centre(patch, h, w);
             let (srm_prob, label) = self.srm.label_at(&prob, x, y, geometry);
             st.srm_ms = ms(t.elapsed());
-            points.push(PointRecord { step, x, y, label, patch, origin: PointOrigin::Step, srm_prob, iou_prediction: f32::NAN });
+            points.push(PointRecord {
+                step,
+                x,
+                y,
+                label,
+                patch,
+                origin: PointOrigin::Step,
+                srm_prob,
+                iou_prediction: f32::NAN,
+            });
             used[patch] = true;
 
             let t = Instant::now();
@@ -434,7 +520,9 @@ impl Agent {
             st.decoder_ms = ms(t.elapsed());
             points.last_mut().expect("just pushed").iou_prediction = next.iou;
 
-            let converged = options.stop_iou.is_some_and(|tol| low_res_iou(&current.logits, &next.logits, geometry) >= tol);
+            let converged = options
+                .stop_iou
+                .is_some_and(|tol| low_res_iou(&current.logits, &next.logits, geometry) >= tol);
             current = next;
             let elapsed = step_start.elapsed();
             step_total += elapsed;
@@ -464,7 +552,14 @@ impl Agent {
 }
 
 fn prompt_of(points: &[PointRecord]) -> Vec<PromptPoint> {
-    points.iter().map(|p| PromptPoint { x: p.x, y: p.y, label: p.label }).collect()
+    points
+        .iter()
+        .map(|p| PromptPoint {
+            x: p.x,
+            y: p.y,
+            label: p.label,
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -475,7 +570,11 @@ mod tests {
     fn low_res_iou_ignores_the_padding() {
         // Frame 8, image resized to 4 x 8: the top half of a 4x4 low-res map covers the image.
         let geo = FrameGeometry::new(50, 100, 8);
-        let a = Map { height: 4, width: 4, data: [vec![1.0; 8], vec![-1.0; 8]].concat() };
+        let a = Map {
+            height: 4,
+            width: 4,
+            data: [vec![1.0; 8], vec![-1.0; 8]].concat(),
+        };
         let mut b = a.clone();
         b.data[15] = 1.0; // padding cell: does not count
         assert_eq!(low_res_iou(&a, &b, &geo), 1.0);
@@ -498,7 +597,9 @@ mod tests {
         let s = Tensor::zeros(vec![1]);
         let picks = |seed| {
             let mut c = RandomChooser::new(100, seed);
-            (0..20).map(|_| c.choose(&s, None).unwrap().unwrap()).collect::<Vec<_>>()
+            (0..20)
+                .map(|_| c.choose(&s, None).unwrap().unwrap())
+                .collect::<Vec<_>>()
         };
         assert_eq!(picks(7), picks(7));
         assert_ne!(picks(7), picks(8));

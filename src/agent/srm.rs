@@ -23,7 +23,9 @@ pub struct Srm {
 impl Srm {
     /// What the runtime needs from an SRM file, per the manifest.
     pub fn spec(manifest: &Manifest) -> Result<ModelSpec> {
-        let Some(entry) = &manifest.models.srm else { bail!("the bundle has no [models.srm]") };
+        let Some(entry) = &manifest.models.srm else {
+            bail!("the bundle has no [models.srm]")
+        };
         let [c, h, w] = manifest.embedding.shape;
         let s = entry.map_size;
         let mut spec = ModelSpec::new("SRM").input("state", fixed(&[1, c, h, w]));
@@ -40,7 +42,9 @@ impl Srm {
         let model = backend.load(path, &spec)?;
         Ok(Srm {
             model,
-            map: FrameMap { size: entry.map_size },
+            map: FrameMap {
+                size: entry.map_size,
+            },
             semantic: entry.semantic,
             embedding_hw: (manifest.embedding.shape[1], manifest.embedding.shape[2]),
         })
@@ -63,23 +67,50 @@ impl Srm {
             (true, Some(m)) => {
                 let (h, w) = self.embedding_hw;
                 if (m.height, m.width) != (h, w) {
-                    bail!("the semantic map must be {h}x{w}, got {}x{}", m.height, m.width);
+                    bail!(
+                        "the semantic map must be {h}x{w}, got {}x{}",
+                        m.height,
+                        m.width
+                    );
                 }
                 let shape = [1, 1, h, w];
-                self.model.run(&[state.view(), TensorView { shape: &shape, data: &m.data }])?
+                self.model.run(&[
+                    state.view(),
+                    TensorView {
+                        shape: &shape,
+                        data: &m.data,
+                    },
+                ])?
             }
             (true, None) => bail!(
                 "this bundle's SRM is the explicit branch and needs a text-image similarity map for every image"
             ),
         };
         let s = self.map.size;
-        Ok(Map { height: s, width: s, data: out.into_iter().next().expect("one output").into_data() })
+        Ok(Map {
+            height: s,
+            width: s,
+            data: out.into_iter().next().expect("one output").into_data(),
+        })
     }
 
     /// The model's probability at an image point, and the label it implies (>= 0.5: object).
-    pub fn label_at(&self, prob: &Map, x: f64, y: f64, geometry: &FrameGeometry) -> (f32, PointLabel) {
+    pub fn label_at(
+        &self,
+        prob: &Map,
+        x: f64,
+        y: f64,
+        geometry: &FrameGeometry,
+    ) -> (f32, PointLabel) {
         let p = prob.data[self.map.cell_at(x, y, geometry)];
-        (p, if p >= 0.5 { PointLabel::Positive } else { PointLabel::Negative })
+        (
+            p,
+            if p >= 0.5 {
+                PointLabel::Positive
+            } else {
+                PointLabel::Negative
+            },
+        )
     }
 
     /// The model itself.
@@ -102,11 +133,17 @@ pub struct StartPoint {
 /// Start points from a probability map: the centre of the most probable cell inside the image
 /// (positive) and of the least probable one (negative). Ties go to the first cell in row-major
 /// order; cells whose centre lies in the frame's padding are skipped.
-pub fn start_points(prob: &Map, map: FrameMap, geometry: &FrameGeometry) -> Option<(StartPoint, StartPoint)> {
+pub fn start_points(
+    prob: &Map,
+    map: FrameMap,
+    geometry: &FrameGeometry,
+) -> Option<(StartPoint, StartPoint)> {
     let mut best: Option<StartPoint> = None;
     let mut worst: Option<StartPoint> = None;
     for (i, &p) in prob.data.iter().enumerate() {
-        let Some((x, y)) = map.centre_in_image(i, geometry) else { continue };
+        let Some((x, y)) = map.centre_in_image(i, geometry) else {
+            continue;
+        };
         if p.is_nan() {
             continue;
         }
@@ -134,11 +171,29 @@ mod tests {
         data[6] = 0.1; // row 1, col 2: worst inside the image
         data[12] = 1.0; // row 3 lies in the padding: ignored
         data[13] = 0.0;
-        let prob = Map { height: 4, width: 4, data };
+        let prob = Map {
+            height: 4,
+            width: 4,
+            data,
+        };
         let (pos, neg) = start_points(&prob, FrameMap { size: 4 }, &geo).unwrap();
         // Cell (0,1) centre in the frame: (3, 1) -> image (37.5, 12.5).
-        assert_eq!(pos, StartPoint { x: 37.5, y: 12.5, prob: 0.9 });
+        assert_eq!(
+            pos,
+            StartPoint {
+                x: 37.5,
+                y: 12.5,
+                prob: 0.9
+            }
+        );
         // Cell (1,2) centre: (5, 3) -> image (62.5, 37.5).
-        assert_eq!(neg, StartPoint { x: 62.5, y: 37.5, prob: 0.1 });
+        assert_eq!(
+            neg,
+            StartPoint {
+                x: 62.5,
+                y: 37.5,
+                prob: 0.1
+            }
+        );
     }
 }

@@ -8,7 +8,10 @@ use crate::sam::{Embedding, Map};
 pub fn mask_probability(logits: &Map, height: usize, width: usize) -> Map {
     let fy = logits.height / height;
     let fx = logits.width / width;
-    assert!(fy * height == logits.height && fx * width == logits.width, "logits must be a multiple of the embedding size");
+    assert!(
+        fy * height == logits.height && fx * width == logits.width,
+        "logits must be a multiple of the embedding size"
+    );
     let mut out = Map::zeros(height, width);
     let norm = 1.0 / (fx * fy) as f32;
     for y in 0..height {
@@ -32,7 +35,11 @@ pub fn state(embedding: &Embedding, mask: Option<&Map>) -> Tensor {
     let data = match mask {
         None => e.to_vec(),
         Some(m) => {
-            assert_eq!((m.height, m.width), (h, w), "mask probability must match the embedding grid");
+            assert_eq!(
+                (m.height, m.width),
+                (h, w),
+                "mask probability must match the embedding grid"
+            );
             let mut out = Vec::with_capacity(e.len());
             for plane in e.chunks_exact(h * w) {
                 out.extend(plane.iter().zip(&m.data).map(|(a, b)| a * b));
@@ -52,14 +59,26 @@ mod tests {
         // 4x4 logits -> 1x1: mean of sigmoid(0) (=0.5, x8) and sigmoid(big) (~1, x8) = 0.75.
         let mut data = vec![0.0; 8];
         data.extend(vec![100.0; 8]);
-        let p = mask_probability(&Map { height: 4, width: 4, data }, 1, 1);
+        let p = mask_probability(
+            &Map {
+                height: 4,
+                width: 4,
+                data,
+            },
+            1,
+            1,
+        );
         assert!((p.data[0] - 0.75).abs() < 1e-6);
     }
 
     #[test]
     fn state_gates_every_channel() {
         let e = Embedding(Tensor::new(vec![1, 2, 1, 2], vec![1.0, 2.0, 3.0, 4.0]).unwrap());
-        let m = Map { height: 1, width: 2, data: vec![0.5, 0.0] };
+        let m = Map {
+            height: 1,
+            width: 2,
+            data: vec![0.5, 0.0],
+        };
         assert_eq!(state(&e, Some(&m)).data(), &[0.5, 0.0, 1.5, 0.0]);
         assert_eq!(state(&e, None).data(), &[1.0, 2.0, 3.0, 4.0]);
     }

@@ -200,7 +200,10 @@ fn pick(
             if !f.is_file() {
                 bail!("{}: file not found", f.display());
             }
-            let parent = f.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            let parent = f
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
             let rel = relative_path(parent, dir)?.join(f.file_name().expect("a file has a name"));
             Ok(Some(rel.to_string_lossy().into_owned()))
         }
@@ -374,7 +377,10 @@ pub fn write_bundle(models_dir: &Path, out_dir: &Path, options: &InferOptions) -
         let full = models_dir.join(&*f);
         let parent = full.parent().unwrap_or(models_dir);
         let name = full.file_name().expect("model paths name a file");
-        *f = relative_path(parent, out_dir)?.join(name).to_string_lossy().into_owned();
+        *f = relative_path(parent, out_dir)?
+            .join(name)
+            .to_string_lossy()
+            .into_owned();
         Ok(())
     };
     rebase(&mut manifest.models.encoder.file)?;

@@ -146,7 +146,10 @@ fn collect(steps: usize, results: &[LoopResult]) -> StepCountReport {
     }
     let pick = |f: fn(&LoopResult) -> f64| results.iter().map(f).collect::<Vec<f64>>();
     let frame = pick(|r| r.times.total_ms);
-    let shares: Vec<f64> = results.iter().map(|r| r.times.encoder_ms / r.times.total_ms).collect();
+    let shares: Vec<f64> = results
+        .iter()
+        .map(|r| r.times.encoder_ms / r.times.total_ms)
+        .collect();
     StepCountReport {
         steps,
         frames: results.len(),
@@ -170,19 +173,31 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     let frames: Vec<RgbImage> = if args.input.is_empty() {
         vec![synthetic_frame()]
     } else {
-        expand_inputs(&args.input)?.iter().map(|p| load_rgb(p)).collect::<Result<_>>()?
+        expand_inputs(&args.input)?
+            .iter()
+            .map(|p| load_rgb(p))
+            .collect::<Result<_>>()?
     };
     let bundle = args.engine.open_bundle(&args.bundle)?;
     let backend = args.engine.backend()?;
     let t = Instant::now();
     let agent = Agent::load(&bundle, backend.as_ref())?;
     let load_ms = ms(t.elapsed());
-    let policy = agent.policy.as_ref().expect("Agent::load requires a policy");
+    let policy = agent
+        .policy
+        .as_ref()
+        .expect("Agent::load requires a policy");
 
     let mut runs = vec![];
     let mut last_results = vec![];
     for &steps in &args.steps {
-        let options = LoopOptions { max_steps: steps, budget: None, stop_iou: None, feed_mask: true, forbid_repeats: false };
+        let options = LoopOptions {
+            max_steps: steps,
+            budget: None,
+            stop_iou: None,
+            feed_mask: true,
+            forbid_repeats: false,
+        };
         let mut results = vec![];
         for i in 0..args.warmup + args.frames {
             let frame = &frames[i % frames.len()];
@@ -219,7 +234,10 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
                 // Replay every prefix the loop decoded: the two start points, then one more per step.
                 for n in 2..=prompt.len() {
                     let t = Instant::now();
-                    agent.sam.decoder.decode(&embedding, &prompt[..n], None, &geometry)?;
+                    agent
+                        .sam
+                        .decoder
+                        .decode(&embedding, &prompt[..n], None, &geometry)?;
                     a.push(ms(t.elapsed()));
                     let t = Instant::now();
                     full.decode(&embedding, &prompt[..n], None, &geometry)?;
@@ -238,7 +256,10 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     let report = BenchReport {
         bundle: bundle.manifest.name.clone(),
         backend: backend.name().into(),
-        threads: crate::engine::EngineOptions { threads: args.engine.threads }.resolved_threads(),
+        threads: crate::engine::EngineOptions {
+            threads: args.engine.threads,
+        }
+        .resolved_threads(),
         frame_size: frames[0].dimensions(),
         load_ms,
         runs,
@@ -268,7 +289,10 @@ fn print_table(r: &BenchReport, warmup: usize) {
             run.fps,
             run.encoder_share * 100.0
         );
-        println!("  {:<12} {:>8} {:>10} {:>10} {:>10}", "stage", "calls", "p50 ms", "p90 ms", "p99 ms");
+        println!(
+            "  {:<12} {:>8} {:>10} {:>10} {:>10}",
+            "stage", "calls", "p50 ms", "p90 ms", "p99 ms"
+        );
         let rows: [(&str, &Stats); 7] = [
             ("preprocess", &run.preprocess),
             ("encoder", &run.encoder),
@@ -279,13 +303,23 @@ fn print_table(r: &BenchReport, warmup: usize) {
             ("frame", &run.frame),
         ];
         for (name, s) in rows {
-            println!("  {:<12} {:>8} {:>10.2} {:>10.2} {:>10.2}", name, s.n, s.p50, s.p90, s.p99);
+            println!(
+                "  {:<12} {:>8} {:>10.2} {:>10.2} {:>10.2}",
+                name, s.n, s.p50, s.p90, s.p99
+            );
         }
     }
     if let Some(c) = &r.decoder_comparison {
         println!();
-        println!("decoder per step, same prompts, interleaved ({} runs each):", c.loop_decoder.n);
-        println!("  as the loop runs it (low-res outputs)   p50 {:>8.2} ms  ({})", c.loop_decoder.p50, c.loop_decoder_file.display());
+        println!(
+            "decoder per step, same prompts, interleaved ({} runs each):",
+            c.loop_decoder.n
+        );
+        println!(
+            "  as the loop runs it (low-res outputs)   p50 {:>8.2} ms  ({})",
+            c.loop_decoder.p50,
+            c.loop_decoder_file.display()
+        );
         println!(
             "  standard, full-size masks every step    p50 {:>8.2} ms  ({}), {:.2}x",
             c.standard_full_size.p50,

@@ -15,7 +15,9 @@ use super::bench::synthetic_frame;
 use crate::bench::Stats;
 use crate::bundle::DecoderForm;
 use crate::engine::{BackendKind, EngineOptions, Model, Tensor};
-use crate::sam::{Decoder, Encoder, FullResDecoder, PointLabel, PromptPoint, decoder::PromptInputs, preprocess};
+use crate::sam::{
+    Decoder, Encoder, FullResDecoder, PointLabel, PromptPoint, decoder::PromptInputs, preprocess,
+};
 use crate::source::load_rgb;
 
 /// Arguments of `alignsam bench-models`.
@@ -59,8 +61,14 @@ pub struct Row {
 }
 
 fn rel_diff(a: &[f32], reference: &[f32]) -> f64 {
-    let scale = reference.iter().fold(0f64, |m, &v| m.max(v.abs() as f64)).max(f64::MIN_POSITIVE);
-    a.iter().zip(reference).fold(0f64, |m, (&x, &y)| m.max((x as f64 - y as f64).abs())) / scale
+    let scale = reference
+        .iter()
+        .fold(0f64, |m, &v| m.max(v.abs() as f64))
+        .max(f64::MIN_POSITIVE);
+    a.iter()
+        .zip(reference)
+        .fold(0f64, |m, (&x, &y)| m.max((x as f64 - y as f64).abs()))
+        / scale
 }
 
 /// Deterministic prompt points spread over the image, alternating labels (benchmarks, profiles).
@@ -71,7 +79,11 @@ pub fn spread_points(n: usize, w: usize, h: usize) -> Vec<PromptPoint> {
             PromptPoint {
                 x: f * w as f64,
                 y: (0.3 + 0.4 * f) * h as f64,
-                label: if i % 2 == 0 { PointLabel::Positive } else { PointLabel::Negative },
+                label: if i % 2 == 0 {
+                    PointLabel::Positive
+                } else {
+                    PointLabel::Negative
+                },
             }
         })
         .collect()
@@ -97,17 +109,33 @@ pub fn run(args: BenchModelsArgs) -> Result<ExitCode> {
         Some(p) => load_rgb(p)?,
         None => synthetic_frame(),
     };
-    let options = EngineOptions { threads: args.engine.threads };
-    let backends: Vec<_> = args.backends.iter().map(|b| b.create(&options)).collect::<Result<_>>()?;
+    let options = EngineOptions {
+        threads: args.engine.threads,
+    };
+    let backends: Vec<_> = args
+        .backends
+        .iter()
+        .map(|b| b.create(&options))
+        .collect::<Result<_>>()?;
     let names: Vec<String> = backends.iter().map(|b| b.name().to_string()).collect();
 
-    let config = preprocess::PreprocessConfig { frame: m.image.size, pixel_mean: m.image.pixel_mean, pixel_std: m.image.pixel_std };
+    let config = preprocess::PreprocessConfig {
+        frame: m.image.size,
+        pixel_mean: m.image.pixel_mean,
+        pixel_std: m.image.pixel_std,
+    };
     let (input, geometry) = preprocess::preprocess(&image, &config);
     let mut rows = vec![];
     let mut cases: Vec<Case> = vec![];
 
     // Encoder.
-    let mut enc_case = Case { name: "encoder".into(), models: vec![], backends: names.clone(), samples: vec![], outputs: vec![] };
+    let mut enc_case = Case {
+        name: "encoder".into(),
+        models: vec![],
+        backends: names.clone(),
+        samples: vec![],
+        outputs: vec![],
+    };
     for b in &backends {
         let model = b.load(&bundle.encoder_path(), &Encoder::spec(m))?;
         enc_case.models.push((model, vec![input.clone()]));
@@ -120,7 +148,14 @@ pub fn run(args: BenchModelsArgs) -> Result<ExitCode> {
     let low_res = m.embedding.low_res_size();
     let decoder_inputs = |n: usize| -> Result<Vec<Tensor>> {
         let p = PromptInputs::new(&spread_points(n, w, h), None, &geometry, low_res)?;
-        Ok(vec![embedding.clone(), p.coords, p.labels, p.mask, p.has_mask, p.orig_size])
+        Ok(vec![
+            embedding.clone(),
+            p.coords,
+            p.labels,
+            p.mask,
+            p.has_mask,
+            p.orig_size,
+        ])
     };
     for &n in &args.points {
         let mut case = Case {
@@ -131,7 +166,10 @@ pub fn run(args: BenchModelsArgs) -> Result<ExitCode> {
             outputs: vec![],
         };
         for b in &backends {
-            case.models.push((b.load(&bundle.decoder_path(), &Decoder::spec(m))?, decoder_inputs(n)?));
+            case.models.push((
+                b.load(&bundle.decoder_path(), &Decoder::spec(m))?,
+                decoder_inputs(n)?,
+            ));
         }
         cases.push(case);
     }
@@ -147,7 +185,8 @@ pub fn run(args: BenchModelsArgs) -> Result<ExitCode> {
             for b in &backends {
                 // The standard decoder's own spec for this image size, as FullResDecoder uses it.
                 let spec = FullResDecoder::spec_for(m, h, w);
-                case.models.push((b.load(&bundle.decoder_path(), &spec)?, decoder_inputs(n)?));
+                case.models
+                    .push((b.load(&bundle.decoder_path(), &spec)?, decoder_inputs(n)?));
             }
             cases.push(case);
         }
@@ -159,7 +198,8 @@ pub fn run(args: BenchModelsArgs) -> Result<ExitCode> {
         for (model, inputs) in &case.models {
             let views: Vec<_> = inputs.iter().map(|t| t.view()).collect();
             let out = model.run(&views)?;
-            case.outputs.push(out.iter().flat_map(|t| t.data().iter().copied()).collect());
+            case.outputs
+                .push(out.iter().flat_map(|t| t.data().iter().copied()).collect());
         }
         for _ in 0..args.runs {
             for (i, (model, inputs)) in case.models.iter().enumerate() {
@@ -175,7 +215,8 @@ pub fn run(args: BenchModelsArgs) -> Result<ExitCode> {
                 backend: case.backends[i].clone(),
                 load_ms: model.load_timings().total().as_secs_f64() * 1e3,
                 run: Stats::of(&case.samples[i]),
-                max_rel_diff_vs_first: (i > 0).then(|| rel_diff(&case.outputs[i], &case.outputs[0])),
+                max_rel_diff_vs_first: (i > 0)
+                    .then(|| rel_diff(&case.outputs[i], &case.outputs[0])),
             });
         }
     }
@@ -192,7 +233,10 @@ pub fn run(args: BenchModelsArgs) -> Result<ExitCode> {
         h,
         args.runs
     );
-    println!("  {:<46} {:<6} {:>9} {:>10} {:>10} {:>12}", "model", "backend", "load ms", "median ms", "p90 ms", "rel. diff");
+    println!(
+        "  {:<46} {:<6} {:>9} {:>10} {:>10} {:>12}",
+        "model", "backend", "load ms", "median ms", "p90 ms", "rel. diff"
+    );
     for r in &rows {
         println!(
             "  {:<46} {:<6} {:>9.0} {:>10.1} {:>10.1} {:>12}",
@@ -201,7 +245,8 @@ pub fn run(args: BenchModelsArgs) -> Result<ExitCode> {
             r.load_ms,
             r.run.p50,
             r.run.p90,
-            r.max_rel_diff_vs_first.map_or("-".into(), |d| format!("{d:.1e}"))
+            r.max_rel_diff_vs_first
+                .map_or("-".into(), |d| format!("{d:.1e}"))
         );
     }
     Ok(ExitCode::SUCCESS)

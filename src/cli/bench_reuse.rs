@@ -65,7 +65,11 @@ pub struct ReuseRow {
 fn mask_iou(a: &[bool], b: &[bool]) -> f64 {
     let inter = a.iter().zip(b).filter(|(x, y)| **x && **y).count();
     let union = a.iter().zip(b).filter(|(x, y)| **x || **y).count();
-    if union == 0 { 1.0 } else { inter as f64 / union as f64 }
+    if union == 0 {
+        1.0
+    } else {
+        inter as f64 / union as f64
+    }
 }
 
 /// Each given directory as a sequence, or its subdirectories when it has no images itself.
@@ -103,7 +107,13 @@ struct Samples {
 
 impl Samples {
     fn new() -> Self {
-        Samples { cold_steps: vec![], warm_steps: vec![], cold_ms: vec![], warm_ms: vec![], iou: vec![] }
+        Samples {
+            cold_steps: vec![],
+            warm_steps: vec![],
+            cold_ms: vec![],
+            warm_ms: vec![],
+            iou: vec![],
+        }
     }
 
     fn row(&self, name: &str) -> ReuseRow {
@@ -128,12 +138,20 @@ impl Samples {
     }
 }
 
-fn run_sequence(agent: &Agent, dir: &Path, args: &BenchReuseArgs, options: &crate::agent::LoopOptions) -> Result<Samples> {
+fn run_sequence(
+    agent: &Agent,
+    dir: &Path,
+    args: &BenchReuseArgs,
+    options: &crate::agent::LoopOptions,
+) -> Result<Samples> {
     let mut frames = paths::list_dir(dir)?;
     if let Some(m) = args.max_frames {
         frames.truncate(m);
     }
-    let policy = agent.policy.as_ref().expect("Agent::load requires a policy");
+    let policy = agent
+        .policy
+        .as_ref()
+        .expect("Agent::load requires a policy");
     let mut s = Samples::new();
     let mut previous: Option<WarmStart> = None;
     for path in &frames {
@@ -142,8 +160,24 @@ fn run_sequence(agent: &Agent, dir: &Path, args: &BenchReuseArgs, options: &crat
         let (embedding, geometry) = agent.sam.embed(&image)?;
         let embed_ms = t.elapsed().as_secs_f64() * 1e3;
 
-        let cold = agent.run_on_embedding(&embedding, &geometry, options, None, None, &mut PolicyChooser(policy), Instant::now())?;
-        let warm = agent.run_on_embedding(&embedding, &geometry, options, None, previous.as_ref(), &mut PolicyChooser(policy), Instant::now())?;
+        let cold = agent.run_on_embedding(
+            &embedding,
+            &geometry,
+            options,
+            None,
+            None,
+            &mut PolicyChooser(policy),
+            Instant::now(),
+        )?;
+        let warm = agent.run_on_embedding(
+            &embedding,
+            &geometry,
+            options,
+            None,
+            previous.as_ref(),
+            &mut PolicyChooser(policy),
+            Instant::now(),
+        )?;
         s.cold_steps.push(cold.steps as f64);
         s.warm_steps.push(warm.steps as f64);
         // Each loop's clock started after the shared encoding: add it to both.
@@ -165,7 +199,10 @@ pub fn run(args: BenchReuseArgs) -> Result<ExitCode> {
     let mut rows = vec![];
     let mut all = Samples::new();
     for dir in &seqs {
-        let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let s = run_sequence(&agent, dir, &args, &options)?;
         let row = s.row(&name);
         if !args.json {
@@ -192,12 +229,24 @@ pub fn run(args: BenchReuseArgs) -> Result<ExitCode> {
     );
     println!(
         "  {:<20} {:>6} {:>11} {:>11} {:>14} {:>14} {:>10}",
-        "sequence", "frames", "steps cold", "steps warm", "frame ms cold", "frame ms warm", "agreement"
+        "sequence",
+        "frames",
+        "steps cold",
+        "steps warm",
+        "frame ms cold",
+        "frame ms warm",
+        "agreement"
     );
     for r in &rows {
         println!(
             "  {:<20} {:>6} {:>11.2} {:>11.2} {:>14.1} {:>14.1} {:>10.3}",
-            r.sequence, r.frames, r.cold_steps, r.warm_steps, r.cold_frame_ms.mean, r.warm_frame_ms.mean, r.agreement_iou
+            r.sequence,
+            r.frames,
+            r.cold_steps,
+            r.warm_steps,
+            r.cold_frame_ms.mean,
+            r.warm_frame_ms.mean,
+            r.agreement_iou
         );
     }
     println!("  (frame ms: mean; agreement: mean IoU of the warm-started mask with the cold one)");

@@ -7,9 +7,9 @@ use anyhow::Result;
 use clap::Args;
 
 use super::EngineArgs;
+use crate::agent::{Policy, Srm};
 use crate::bundle::Bundle;
 use crate::engine::{Backend, ModelSpec, onnx_io::IoDecl};
-use crate::agent::{Policy, Srm};
 use crate::sam::{Decoder, Encoder};
 
 /// Arguments of `alignsam info`.
@@ -112,7 +112,13 @@ pub fn run(args: InfoArgs) -> Result<ExitCode> {
     )?;
     println!("    form   {:?}", m.models.decoder.form);
     if let Some(p) = &m.models.policy {
-        describe(backend.as_ref(), &bundle, "policy", &p.file, Policy::spec(m))?;
+        describe(
+            backend.as_ref(),
+            &bundle,
+            "policy",
+            &p.file,
+            Policy::spec(m),
+        )?;
     }
     if let Some(s) = &m.models.srm {
         describe(backend.as_ref(), &bundle, "srm", &s.file, Srm::spec(m)?)?;
@@ -120,7 +126,11 @@ pub fn run(args: InfoArgs) -> Result<ExitCode> {
             "    map    {}x{} over the encoder frame{}",
             s.map_size,
             s.map_size,
-            if s.semantic { ", explicit branch (semantic map input)" } else { ", implicit branch" }
+            if s.semantic {
+                ", explicit branch (semantic map input)"
+            } else {
+                ", implicit branch"
+            }
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -13,10 +13,10 @@ use serde::Serialize;
 
 use super::EngineArgs;
 use super::bench::synthetic_frame;
+use super::bench_models::spread_points;
 use crate::bench::percentile;
 use crate::bundle::DecoderForm;
 use crate::engine::{BackendKind, Model, Tensor};
-use super::bench_models::spread_points;
 use crate::sam::{Decoder, Encoder, FullResDecoder, decoder::PromptInputs, preprocess};
 use crate::source::load_rgb;
 
@@ -87,7 +87,11 @@ pub fn run(args: ProfileArgs) -> Result<ExitCode> {
         Some(p) => load_rgb(p)?,
         None => synthetic_frame(),
     };
-    let config = preprocess::PreprocessConfig { frame: m.image.size, pixel_mean: m.image.pixel_mean, pixel_std: m.image.pixel_std };
+    let config = preprocess::PreprocessConfig {
+        frame: m.image.size,
+        pixel_mean: m.image.pixel_mean,
+        pixel_std: m.image.pixel_std,
+    };
     let (input, geometry) = preprocess::preprocess(&image, &config);
     let encoder = backend.load(&bundle.encoder_path(), &Encoder::spec(m))?;
     let (model, inputs): (Box<dyn Model>, Vec<Tensor>) = match args.model {
@@ -95,17 +99,32 @@ pub fn run(args: ProfileArgs) -> Result<ExitCode> {
         Which::Decoder | Which::DecoderFull => {
             let embedding = encoder.run(&[input.view()])?.remove(0);
             let (h, w) = geometry.original;
-            let prompt = PromptInputs::new(&spread_points(args.points, w, h), None, &geometry, m.embedding.low_res_size())?;
+            let prompt = PromptInputs::new(
+                &spread_points(args.points, w, h),
+                None,
+                &geometry,
+                m.embedding.low_res_size(),
+            )?;
             let spec = if args.model == Which::Decoder {
                 Decoder::spec(m)
             } else {
                 if m.models.decoder.form != DecoderForm::Standard {
-                    bail!("{}: decoder-full needs a standard-form decoder", bundle.decoder_path().display());
+                    bail!(
+                        "{}: decoder-full needs a standard-form decoder",
+                        bundle.decoder_path().display()
+                    );
                 }
                 FullResDecoder::spec_for(m, h, w)
             };
             let model = backend.load(&bundle.decoder_path(), &spec)?;
-            let inputs = vec![embedding, prompt.coords, prompt.labels, prompt.mask, prompt.has_mask, prompt.orig_size];
+            let inputs = vec![
+                embedding,
+                prompt.coords,
+                prompt.labels,
+                prompt.mask,
+                prompt.has_mask,
+                prompt.orig_size,
+            ];
             (model, inputs)
         }
     };
@@ -114,11 +133,21 @@ pub fn run(args: ProfileArgs) -> Result<ExitCode> {
     let mut per_node: Vec<(String, String, Vec<f64>)> = vec![];
     let mut totals = vec![];
     for _ in 0..args.runs {
-        let Some(times) = model.profile(&views)? else { bail!("this backend cannot profile") };
+        let Some(times) = model.profile(&views)? else {
+            bail!("this backend cannot profile")
+        };
         if per_node.is_empty() {
-            per_node = times.iter().map(|t| (t.name.clone(), t.op.clone(), vec![])).collect();
+            per_node = times
+                .iter()
+                .map(|t| (t.name.clone(), t.op.clone(), vec![]))
+                .collect();
         }
-        totals.push(times.iter().map(|t| t.time.as_secs_f64() * 1e3).sum::<f64>());
+        totals.push(
+            times
+                .iter()
+                .map(|t| t.time.as_secs_f64() * 1e3)
+                .sum::<f64>(),
+        );
         for (slot, t) in per_node.iter_mut().zip(&times) {
             slot.2.push(t.time.as_secs_f64() * 1e3);
         }
@@ -127,7 +156,10 @@ pub fn run(args: ProfileArgs) -> Result<ExitCode> {
         v.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
         percentile(v, 50.0)
     };
-    let mut nodes: Vec<(String, String, f64)> = per_node.into_iter().map(|(n, o, mut v)| (n, o, median(&mut v))).collect();
+    let mut nodes: Vec<(String, String, f64)> = per_node
+        .into_iter()
+        .map(|(n, o, mut v)| (n, o, median(&mut v)))
+        .collect();
     let total: f64 = nodes.iter().map(|n| n.2).sum();
     let mut by_op: BTreeMap<String, (usize, f64)> = BTreeMap::new();
     for (_, op, ms) in &nodes {
@@ -137,14 +169,26 @@ pub fn run(args: ProfileArgs) -> Result<ExitCode> {
     }
     let mut shares: Vec<OpShare> = by_op
         .into_iter()
-        .map(|(op, (n, ms))| OpShare { op, nodes: n, ms, share: ms / total })
+        .map(|(op, (n, ms))| OpShare {
+            op,
+            nodes: n,
+            ms,
+            share: ms / total,
+        })
         .collect();
     shares.sort_by(|a, b| b.ms.partial_cmp(&a.ms).expect("finite"));
     nodes.sort_by(|a, b| b.2.partial_cmp(&a.2).expect("finite"));
 
     if args.json {
-        let top: Vec<_> = nodes.iter().take(args.top).map(|(n, o, ms)| serde_json::json!({"node": n, "op": o, "ms": ms})).collect();
-        println!("{}", serde_json::json!({"model": format!("{:?}", args.model), "total_ms": total, "by_op": shares, "top_nodes": top}));
+        let top: Vec<_> = nodes
+            .iter()
+            .take(args.top)
+            .map(|(n, o, ms)| serde_json::json!({"node": n, "op": o, "ms": ms}))
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({"model": format!("{:?}", args.model), "total_ms": total, "by_op": shares, "top_nodes": top})
+        );
         return Ok(ExitCode::SUCCESS);
     }
     totals.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
@@ -158,9 +202,18 @@ pub fn run(args: ProfileArgs) -> Result<ExitCode> {
         percentile(&totals, 50.0),
         total
     );
-    println!("  {:<28} {:>6} {:>10} {:>7}", "operator", "nodes", "ms", "share");
+    println!(
+        "  {:<28} {:>6} {:>10} {:>7}",
+        "operator", "nodes", "ms", "share"
+    );
     for s in &shares {
-        println!("  {:<28} {:>6} {:>10.2} {:>6.1}%", s.op, s.nodes, s.ms, s.share * 100.0);
+        println!(
+            "  {:<28} {:>6} {:>10.2} {:>6.1}%",
+            s.op,
+            s.nodes,
+            s.ms,
+            s.share * 100.0
+        );
     }
     println!("  slowest nodes:");
     for (name, op, ms) in nodes.iter().take(args.top) {

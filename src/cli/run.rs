@@ -16,7 +16,9 @@ use serde::Serialize;
 
 use super::EngineArgs;
 use super::segment::LoopArgs;
-use crate::agent::{Agent, LoopOptions, LoopResult, PointRecord, PolicyChooser, StageTimes, StopReason, WarmStart};
+use crate::agent::{
+    Agent, LoopOptions, LoopResult, PointRecord, PolicyChooser, StageTimes, StopReason, WarmStart,
+};
 use crate::pipeline::{self, FrameReport, Pipeline, PipelineOptions, StopFlag};
 use crate::sink::{overlay, write_mask_png};
 use crate::source::{Frame, SourceOptions, open_source};
@@ -81,8 +83,14 @@ pub struct RunArgs {
 }
 
 fn parse_size(s: &str) -> std::result::Result<(u32, u32), String> {
-    let (w, h) = s.split_once(['x', 'X']).ok_or_else(|| format!("size '{s}' should be WIDTHxHEIGHT"))?;
-    let num = |v: &str| v.trim().parse::<u32>().map_err(|_| format!("'{v}' in size '{s}' is not a number"));
+    let (w, h) = s
+        .split_once(['x', 'X'])
+        .ok_or_else(|| format!("size '{s}' should be WIDTHxHEIGHT"))?;
+    let num = |v: &str| {
+        v.trim()
+            .parse::<u32>()
+            .map_err(|_| format!("'{v}' in size '{s}' is not a number"))
+    };
     Ok((num(w)?, num(h)?))
 }
 
@@ -128,19 +136,34 @@ pub struct StreamSegmenter<'a> {
 impl<'a> StreamSegmenter<'a> {
     /// A segmenter; `reuse` is the number of points to carry over, or `None` for cold starts.
     pub fn new(agent: &'a Agent, options: LoopOptions, reuse: Option<usize>) -> Self {
-        StreamSegmenter { agent, options, reuse, previous: None }
+        StreamSegmenter {
+            agent,
+            options,
+            reuse,
+            previous: None,
+        }
     }
 
     /// Segments one frame; returns the result and whether it was warm-started. A frame of
     /// another size than the previous one starts cold.
     pub fn segment(&mut self, image: &image::RgbImage) -> Result<(LoopResult, bool)> {
-        let policy = self.agent.policy.as_ref().expect("Agent::load requires a policy");
+        let policy = self
+            .agent
+            .policy
+            .as_ref()
+            .expect("Agent::load requires a policy");
         let warm = match &self.previous {
             Some((w, dims)) if *dims == image.dimensions() => Some(w),
             _ => None,
         };
         let warm_start = warm.is_some();
-        let result = self.agent.segment_with(image, &self.options, None, warm, &mut PolicyChooser(policy))?;
+        let result = self.agent.segment_with(
+            image,
+            &self.options,
+            None,
+            warm,
+            &mut PolicyChooser(policy),
+        )?;
         if let Some(k) = self.reuse {
             self.previous = Some((WarmStart::from_result(&result, k), image.dimensions()));
         }
@@ -158,7 +181,10 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     let backend = args.engine.backend()?;
     let agent = Agent::load(&bundle, backend.as_ref())?;
     if agent.srm.needs_semantic() {
-        bail!("{}: the SRM is the explicit branch, which `run` does not feed yet", bundle.dir.display());
+        bail!(
+            "{}: the SRM is the explicit branch, which `run` does not feed yet",
+            bundle.dir.display()
+        );
     }
     let source_options = SourceOptions {
         fps: args.fps,
@@ -173,18 +199,25 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     if let Some(dir) = &args.out {
         for sub in ["masks", "overlays"] {
             let d = dir.join(sub);
-            std::fs::create_dir_all(&d).with_context(|| format!("{}: cannot create", d.display()))?;
+            std::fs::create_dir_all(&d)
+                .with_context(|| format!("{}: cannot create", d.display()))?;
         }
     }
     let mut json: Box<dyn Write> = match &args.json {
-        Some(p) => Box::new(BufWriter::new(File::create(p).with_context(|| format!("{}: cannot create", p.display()))?)),
+        Some(p) => Box::new(BufWriter::new(
+            File::create(p).with_context(|| format!("{}: cannot create", p.display()))?,
+        )),
         None => Box::new(std::io::stdout()),
     };
 
     let stop = StopFlag::new();
     pipeline::install_ctrlc(stop.clone())?;
     let pipe = Pipeline::with_stop_flag(PipelineOptions::for_source(source.as_ref()), stop.clone());
-    let mut segmenter = StreamSegmenter::new(&agent, options, args.reuse.reuse.then_some(args.reuse.reuse_points));
+    let mut segmenter = StreamSegmenter::new(
+        &agent,
+        options,
+        args.reuse.reuse.then_some(args.reuse.reuse_points),
+    );
     let mut processed = 0u64;
     let mut failed = 0u64;
     let summary = pipe.run(
@@ -205,7 +238,11 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
                     failed += 1;
                     let msg = format!("{e:#}");
                     eprintln!("error: frame {}: {msg}", report.index);
-                    let line = ErrorLine { frame: report.index, captured_unix_s: report.captured_unix(), error: &msg };
+                    let line = ErrorLine {
+                        frame: report.index,
+                        captured_unix_s: report.captured_unix(),
+                        error: &msg,
+                    };
                     serde_json::to_writer(&mut json, &line)?;
                     json.write_all(b"\n")?;
                     return Ok(());
@@ -217,9 +254,13 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
                 && args.save_every > 0
                 && (processed - 1).is_multiple_of(args.save_every)
             {
-                let m = dir.join("masks").join(format!("frame{:06}.png", report.index));
+                let m = dir
+                    .join("masks")
+                    .join(format!("frame{:06}.png", report.index));
                 write_mask_png(&m, &result.mask, w, h)?;
-                let o = dir.join("overlays").join(format!("frame{:06}.png", report.index));
+                let o = dir
+                    .join("overlays")
+                    .join(format!("frame{:06}.png", report.index));
                 overlay(image, &result.mask, &result.points)
                     .save(&o)
                     .map_err(|e| anyhow::anyhow!("{}: cannot write overlay: {e}", o.display()))?;
@@ -258,7 +299,8 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     }
     if let Some(dir) = &args.out {
         let p = dir.join("summary.json");
-        std::fs::write(&p, serde_json::to_string_pretty(&summary)?).with_context(|| format!("{}: cannot write", p.display()))?;
+        std::fs::write(&p, serde_json::to_string_pretty(&summary)?)
+            .with_context(|| format!("{}: cannot write", p.display()))?;
     }
     let code = summary.exit_code();
     if code == pipeline::EXIT_OK && failed > 0 {

@@ -99,7 +99,10 @@ fn output_stems(paths: &[PathBuf]) -> Vec<String> {
     paths
         .iter()
         .map(|p| {
-            let stem = p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "image".into());
+            let stem = p
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "image".into());
             let n = seen.entry(stem.clone()).or_insert(0);
             *n += 1;
             if *n == 1 { stem } else { format!("{stem}-{n}") }
@@ -113,8 +116,14 @@ pub fn load_semantic(dir: &Path, stem: &str, size: (usize, usize)) -> Result<Map
     let img = image::open(&path)
         .map_err(|e| anyhow::anyhow!("{}: cannot read the semantic map: {e}", path.display()))?
         .to_luma32f();
-    let map = Map { height: img.height() as usize, width: img.width() as usize, data: img.into_raw() };
-    Ok(crate::sam::postprocess::resize_bilinear(&map, size.0, size.1))
+    let map = Map {
+        height: img.height() as usize,
+        width: img.width() as usize,
+        data: img.into_raw(),
+    };
+    Ok(crate::sam::postprocess::resize_bilinear(
+        &map, size.0, size.1,
+    ))
 }
 
 struct Outputs {
@@ -124,13 +133,22 @@ struct Outputs {
     json: Box<dyn Write>,
 }
 
-fn process_one(agent: &Agent, args: &SegmentArgs, options: &LoopOptions, path: &Path, stem: &str, out: &mut Outputs) -> Result<()> {
+fn process_one(
+    agent: &Agent,
+    args: &SegmentArgs,
+    options: &LoopOptions,
+    path: &Path,
+    stem: &str,
+    out: &mut Outputs,
+) -> Result<()> {
     let image = load_rgb(path)?;
     let semantic = match &args.semantic_dir {
         Some(dir) => Some(load_semantic(dir, stem, out.embedding_hw)?),
         None => None,
     };
-    let result = agent.segment(&image, options, semantic.as_ref()).with_context(|| format!("{}", path.display()))?;
+    let result = agent
+        .segment(&image, options, semantic.as_ref())
+        .with_context(|| format!("{}", path.display()))?;
     let (h, w) = result.geometry.original;
     let mask_path = out.masks.join(format!("{stem}.png"));
     write_mask_png(&mask_path, &result.mask, w, h)?;
@@ -160,34 +178,52 @@ pub fn run(args: SegmentArgs, quiet: bool) -> Result<ExitCode> {
     let backend = args.engine.backend()?;
     let agent = Agent::load(&bundle, backend.as_ref())?;
     if agent.srm.needs_semantic() && args.semantic_dir.is_none() {
-        bail!("{}: the SRM is the explicit branch; pass --semantic-dir with a similarity map per image", bundle.dir.display());
+        bail!(
+            "{}: the SRM is the explicit branch; pass --semantic-dir with a similarity map per image",
+            bundle.dir.display()
+        );
     }
 
     let masks = args.out.join("masks");
-    std::fs::create_dir_all(&masks).with_context(|| format!("{}: cannot create", masks.display()))?;
+    std::fs::create_dir_all(&masks)
+        .with_context(|| format!("{}: cannot create", masks.display()))?;
     let overlays = (!args.no_overlays).then(|| args.out.join("overlays"));
     if let Some(dir) = &overlays {
-        std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("{}: cannot create", dir.display()))?;
     }
     let json: Box<dyn Write> = match &args.json {
-        Some(p) => Box::new(BufWriter::new(File::create(p).with_context(|| format!("{}: cannot create", p.display()))?)),
+        Some(p) => Box::new(BufWriter::new(
+            File::create(p).with_context(|| format!("{}: cannot create", p.display()))?,
+        )),
         None => Box::new(std::io::stdout()),
     };
     let [_, eh, ew] = bundle.manifest.embedding.shape;
-    let mut out = Outputs { embedding_hw: (eh, ew), masks, overlays, json };
+    let mut out = Outputs {
+        embedding_hw: (eh, ew),
+        masks,
+        overlays,
+        json,
+    };
 
     let bar = if quiet || args.no_progress || paths.len() < 2 {
         ProgressBar::hidden()
     } else {
         ProgressBar::new(paths.len() as u64).with_style(
-            ProgressStyle::with_template("{bar:30} {pos}/{len} images, {elapsed} elapsed, ~{eta} left  {msg}")
-                .expect("valid template"),
+            ProgressStyle::with_template(
+                "{bar:30} {pos}/{len} images, {elapsed} elapsed, ~{eta} left  {msg}",
+            )
+            .expect("valid template"),
         )
     };
     let stems = output_stems(&paths);
     let mut failed = 0usize;
     for (path, stem) in paths.iter().zip(&stems) {
-        bar.set_message(path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
+        bar.set_message(
+            path.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        );
         if let Err(e) = bar.suspend(|| process_one(&agent, &args, &options, path, stem, &mut out)) {
             failed += 1;
             bar.suspend(|| eprintln!("error: {e:#}"));
@@ -197,10 +233,17 @@ pub fn run(args: SegmentArgs, quiet: bool) -> Result<ExitCode> {
     bar.finish_and_clear();
     out.json.flush()?;
     if failed > 0 {
-        eprintln!("error: {failed} of {} images failed (see the errors above)", paths.len());
+        eprintln!(
+            "error: {failed} of {} images failed (see the errors above)",
+            paths.len()
+        );
         return Ok(ExitCode::from(EXIT_PARTIAL));
     }
-    log::info!("segmented {} images into {}", paths.len(), args.out.display());
+    log::info!(
+        "segmented {} images into {}",
+        paths.len(),
+        args.out.display()
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -210,7 +253,10 @@ mod tests {
 
     #[test]
     fn stems_are_unique() {
-        let paths: Vec<PathBuf> = ["a/img.png", "b/img.jpg", "c/other.png", "d/img.png"].iter().map(PathBuf::from).collect();
+        let paths: Vec<PathBuf> = ["a/img.png", "b/img.jpg", "c/other.png", "d/img.png"]
+            .iter()
+            .map(PathBuf::from)
+            .collect();
         assert_eq!(output_stems(&paths), ["img", "img-2", "other", "img-3"]);
     }
 }

@@ -50,7 +50,7 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 1e-4)]
     pub lr: f64,
     /// The SRM's Adam learning rate.
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(long, default_value_t = 1e-4)]
     pub srm_lr: f64,
     /// PPO epochs K after each episode.
     #[arg(long, default_value_t = 20)]
@@ -67,6 +67,12 @@ pub struct TrainArgs {
     /// Weight of the entropy bonus.
     #[arg(long, default_value_t = 0.01)]
     pub entropy_coef: f32,
+    /// Clip the policy's gradient to this global norm (0: no clipping).
+    #[arg(long, default_value_t = 0.5)]
+    pub max_grad_norm: f32,
+    /// Use raw advantages (return - value) instead of dividing them by their running RMS.
+    #[arg(long)]
+    pub raw_advantages: bool,
     /// SRM updates q per state.
     #[arg(long, default_value_t = 1)]
     pub srm_updates: usize,
@@ -83,10 +89,10 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 4)]
     pub srm_pool: usize,
     /// Channels of the networks' first layer.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 16)]
     pub width: usize,
     /// Hidden units of the policy's and the critic's fully connected layer.
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 64)]
     pub hidden: usize,
     /// After training, measure hit rates and SRM IoU on this split through the exported bundle,
     /// beside random-patch, centre-patch and constant-map baselines.
@@ -111,9 +117,37 @@ fn bar(len: usize, what: &str, hidden: bool) -> ProgressBar {
         return ProgressBar::hidden();
     }
     ProgressBar::new(len as u64).with_style(
-        ProgressStyle::with_template(&format!("{{bar:30}} {{pos}}/{{len}} {what}, {{elapsed}} elapsed, ~{{eta}} left  {{msg}}"))
-            .expect("valid template"),
+        ProgressStyle::with_template(&format!(
+            "{{bar:30}} {{pos}}/{{len}} {what}, {{elapsed}} elapsed, ~{{eta}} left  {{msg}}"
+        ))
+        .expect("valid template"),
     )
+}
+
+/// The run's options from the command line.
+fn config(args: &TrainArgs, episodes: usize, bundle_steps: usize) -> TrainConfig {
+    let mut config = TrainConfig::new(args.seed, episodes);
+    config.steps = args.steps.unwrap_or(bundle_steps);
+    config.teacher_labels = args.teacher_labels;
+    config.lr = args.lr;
+    config.srm_lr = args.srm_lr;
+    config.srm_updates = args.srm_updates;
+    config.ppo = PpoConfig {
+        gamma: args.gamma,
+        clip: args.clip,
+        epochs: args.epochs,
+        value_coef: args.value_coef,
+        entropy_coef: args.entropy_coef,
+        max_grad_norm: args.max_grad_norm,
+        scale_advantages: !args.raw_advantages,
+    };
+    config.repeat_penalty = args.repeat_penalty;
+    config.iou_bonus = args.iou_bonus;
+    config.policy_pool = args.policy_pool;
+    config.srm_pool = args.srm_pool;
+    config.width = args.width;
+    config.hidden = args.hidden;
+    config
 }
 
 /// Runs `alignsam train`.
@@ -143,26 +177,10 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
         }
         None => None,
     };
-    let episodes = args.episodes.unwrap_or(train::DEFAULT_PASSES * dataset.len());
-    let mut config = TrainConfig::new(args.seed, episodes);
-    config.steps = args.steps.unwrap_or(bundle.manifest.agent.max_steps);
-    config.teacher_labels = args.teacher_labels;
-    config.lr = args.lr;
-    config.srm_lr = args.srm_lr;
-    config.srm_updates = args.srm_updates;
-    config.ppo = PpoConfig {
-        gamma: args.gamma,
-        clip: args.clip,
-        epochs: args.epochs,
-        value_coef: args.value_coef,
-        entropy_coef: args.entropy_coef,
-    };
-    config.repeat_penalty = args.repeat_penalty;
-    config.iou_bonus = args.iou_bonus;
-    config.policy_pool = args.policy_pool;
-    config.srm_pool = args.srm_pool;
-    config.width = args.width;
-    config.hidden = args.hidden;
+    let episodes = args
+        .episodes
+        .unwrap_or(train::DEFAULT_PASSES * dataset.len());
+    let config = config(&args, episodes, bundle.manifest.agent.max_steps);
 
     let backend = args.engine.backend()?;
     let job = TrainJob {
@@ -192,7 +210,9 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
             let hit = tail_mean(records, 50, |r| r.hit_rate);
             let srm = tail_mean(records, 50, |r| r.srm_iou);
             let reward = tail_mean(records, 50, |r| r.reward);
-            current.set_message(format!("last 50: hit {hit:.3}, reward {reward:.2}, SRM IoU {srm:.3}"));
+            current.set_message(format!(
+                "last 50: hit {hit:.3}, reward {reward:.2}, SRM IoU {srm:.3}"
+            ));
         }
         Progress::Done(_) => current.finish_and_clear(),
         Progress::Note(line) => current.suspend(|| eprintln!("{line}")),
@@ -209,7 +229,13 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
     println!("trained {} into {}", report.source_name, args.out.display());
     println!(
         "time: cache fill {:.1} s ({} computed), training {:.1} s ({} episodes, {:.2} s each), preparation {:.1} s, export and checks {:.1} s",
-        t.cache_fill_s, t.cache_computed, t.training_s, report.config.episodes, t.episode_s, t.prepare_s, t.export_s
+        t.cache_fill_s,
+        t.cache_computed,
+        t.training_s,
+        report.config.episodes,
+        t.episode_s,
+        t.prepare_s,
+        t.export_s
     );
     let ph = &t.phases;
     println!(
@@ -224,7 +250,11 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
         "last {} episodes:  hit rate {:.3}, reward {:.2}, SRM IoU {:.3}, label accuracy {:.3}",
         last.episodes, last.hit_rate, last.reward, last.srm_iou, last.label_accuracy
     );
-    println!("export check (candle vs {}): max |difference| {:.2e}", backend.name(), report.export_check.max());
+    println!(
+        "export check (candle vs {}): max |difference| {:.2e}",
+        backend.name(),
+        report.export_check.max()
+    );
     if let Some(h) = &report.holdout {
         println!(
             "held out ({} images, {} steps, {:.1} s): hit rate policy {:.3}, random {:.3}, centre {:.3}; SRM IoU {:.3}, constant map {:.3}{}",
@@ -236,8 +266,28 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
             h.centre.hit_rate,
             h.srm_iou,
             h.constant_iou,
-            h.prior_iou.map(|p| format!(", training mean map {p:.3}")).unwrap_or_default()
+            h.prior_iou
+                .map(|p| format!(", training mean map {p:.3}"))
+                .unwrap_or_default()
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Wrapper {
+        #[command(flatten)]
+        args: TrainArgs,
+    }
+
+    #[test]
+    fn command_line_defaults_are_the_library_defaults() {
+        let w = Wrapper::parse_from(["train", "--bundle", "b", "--data", "d", "--out", "o"]);
+        assert_eq!(config(&w.args, 400, 15), TrainConfig::new(0, 400));
+    }
 }

@@ -57,7 +57,13 @@ fn value_info(name: &str, shape: &[usize]) -> pb::ValueInfoProto {
 impl GraphBuilder {
     /// An empty graph called `name`.
     pub fn new(name: &str) -> Self {
-        GraphBuilder { graph: pb::GraphProto { name: name.into(), ..Default::default() }, counter: 0 }
+        GraphBuilder {
+            graph: pb::GraphProto {
+                name: name.into(),
+                ..Default::default()
+            },
+            counter: 0,
+        }
     }
 
     /// Declares a float input.
@@ -76,7 +82,11 @@ impl GraphBuilder {
 
     /// Adds a float initialiser (weights) and returns its name.
     pub fn constant(&mut self, name: &str, shape: &[usize], data: &[f32]) -> String {
-        assert_eq!(shape.iter().product::<usize>(), data.len(), "initialiser {name}: shape and data disagree");
+        assert_eq!(
+            shape.iter().product::<usize>(),
+            data.len(),
+            "initialiser {name}: shape and data disagree"
+        );
         self.graph.initializer.push(pb::TensorProto {
             name: name.into(),
             dims: shape.iter().map(|&d| d as i64).collect(),
@@ -105,7 +115,10 @@ impl GraphBuilder {
             .iter()
             .map(|(name, a)| {
                 use pb::attribute_proto::AttributeType as T;
-                let mut p = pb::AttributeProto { name: (*name).into(), ..Default::default() };
+                let mut p = pb::AttributeProto {
+                    name: (*name).into(),
+                    ..Default::default()
+                };
                 match a {
                     Attr::Int(i) => {
                         p.i = *i;
@@ -149,7 +162,10 @@ impl GraphBuilder {
     pub fn into_model(self, producer: &str) -> pb::ModelProto {
         pb::ModelProto {
             ir_version: 8,
-            opset_import: vec![pb::OperatorSetIdProto { domain: String::new(), version: OPSET }],
+            opset_import: vec![pb::OperatorSetIdProto {
+                domain: String::new(),
+                version: OPSET,
+            }],
             producer_name: producer.into(),
             producer_version: env!("CARGO_PKG_VERSION").into(),
             graph: Some(self.graph),
@@ -160,7 +176,8 @@ impl GraphBuilder {
     /// Encodes the model and writes it to `path`.
     pub fn save(self, path: &Path, producer: &str) -> Result<()> {
         let bytes = self.into_model(producer).encode_to_vec();
-        std::fs::write(path, bytes).with_context(|| format!("{}: cannot write model", path.display()))
+        std::fs::write(path, bytes)
+            .with_context(|| format!("{}: cannot write model", path.display()))
     }
 }
 
@@ -201,9 +218,15 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("c.onnx");
         let values: Vec<f32> = (0..6).map(|v| v as f32 * 0.5).collect();
-        constant_model(&[("state", &[1, 2, 3, 3])], ("out", &[1, 6]), &values).save(&path, "test").unwrap();
-        let backend = BackendKind::Tract.create(&EngineOptions { threads: 1 }).unwrap();
-        let spec = ModelSpec::new("test").input("state", fixed(&[1, 2, 3, 3])).output("out", fixed(&[1, 6]));
+        constant_model(&[("state", &[1, 2, 3, 3])], ("out", &[1, 6]), &values)
+            .save(&path, "test")
+            .unwrap();
+        let backend = BackendKind::Tract
+            .create(&EngineOptions { threads: 1 })
+            .unwrap();
+        let spec = ModelSpec::new("test")
+            .input("state", fixed(&[1, 2, 3, 3]))
+            .output("out", fixed(&[1, 6]));
         let model = backend.load(&path, &spec).unwrap();
         let x = Tensor::new(vec![1, 2, 3, 3], (0..18).map(|v| v as f32).collect()).unwrap();
         let out = model.run(&[x.view()]).unwrap();

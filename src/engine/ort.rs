@@ -31,7 +31,8 @@ pub struct OrtBackend {
 }
 
 fn environment() -> Result<&'static ort::environment::Environment> {
-    static ENV: OnceLock<std::result::Result<ort::environment::Environment, String>> = OnceLock::new();
+    static ENV: OnceLock<std::result::Result<ort::environment::Environment, String>> =
+        OnceLock::new();
     ENV.get_or_init(|| {
         let path = std::env::var_os("ORT_DYLIB_PATH").ok_or_else(|| {
             "the ort backend loads ONNX Runtime at run time: set ORT_DYLIB_PATH to libonnxruntime.so \
@@ -58,10 +59,15 @@ impl OrtBackend {
             .collect::<Vec<_>>();
         for p in &providers {
             if !["cpu", "cuda", "tensorrt"].contains(&p.as_str()) {
-                bail!("ALIGNSAM_ORT_PROVIDERS: unknown execution provider '{p}' (known: tensorrt, cuda, cpu)");
+                bail!(
+                    "ALIGNSAM_ORT_PROVIDERS: unknown execution provider '{p}' (known: tensorrt, cuda, cpu)"
+                );
             }
         }
-        Ok(OrtBackend { threads: options.resolved_threads(), providers })
+        Ok(OrtBackend {
+            threads: options.resolved_threads(),
+            providers,
+        })
     }
 
     fn dispatch(&self) -> Vec<ExecutionProviderDispatch> {
@@ -72,7 +78,12 @@ impl OrtBackend {
                 // start fast, and FP16 is what Jetson boards are for.
                 "tensorrt" => ep::TensorRT::default()
                     .with_engine_cache(true)
-                    .with_engine_cache_path(std::env::temp_dir().join("alignsam-trt").display().to_string())
+                    .with_engine_cache_path(
+                        std::env::temp_dir()
+                            .join("alignsam-trt")
+                            .display()
+                            .to_string(),
+                    )
                     .with_fp16(true)
                     .build(),
                 "cuda" => ep::CUDA::default().build(),
@@ -105,10 +116,12 @@ impl Backend for OrtBackend {
         let start = Instant::now();
         let p = path.display();
         let configure = || -> ort::Result<_> {
-            Ok(Session::builder(environment().map_err(|e| ort::Error::new(e.to_string()))?)?
-                .with_intra_threads(self.threads)?
-                .with_optimization_level(GraphOptimizationLevel::Level3)?
-                .with_execution_providers(self.dispatch())?)
+            Ok(
+                Session::builder(environment().map_err(|e| ort::Error::new(e.to_string()))?)?
+                    .with_intra_threads(self.threads)?
+                    .with_optimization_level(GraphOptimizationLevel::Level3)?
+                    .with_execution_providers(self.dispatch())?,
+            )
         };
         let session = configure()
             .map_err(|e| anyhow!("{p}: cannot configure an ONNX Runtime session: {e}"))?
@@ -123,7 +136,10 @@ impl Backend for OrtBackend {
             path: path.to_path_buf(),
             spec: spec.clone(),
             declared,
-            timings: LoadTimings { parse, optimise: start.elapsed() },
+            timings: LoadTimings {
+                parse,
+                optimise: start.elapsed(),
+            },
             present,
             session: Mutex::new(session),
         }))
@@ -165,8 +181,13 @@ impl Model for OrtModel {
         for o in &self.spec.outputs {
             selector = selector.with(o.name.clone());
         }
-        let options = RunOptions::new().map_err(|e| anyhow!("{e}"))?.with_outputs(selector);
-        let mut session = self.session.lock().map_err(|_| anyhow!("{p}: session poisoned"))?;
+        let options = RunOptions::new()
+            .map_err(|e| anyhow!("{e}"))?
+            .with_outputs(selector);
+        let mut session = self
+            .session
+            .lock()
+            .map_err(|_| anyhow!("{p}: session poisoned"))?;
         let outputs = session
             .run_with_options(values, &options)
             .map_err(|e| anyhow!("{p}: running the {}: {e}", self.spec.role))?;
@@ -174,7 +195,9 @@ impl Model for OrtModel {
             .outputs
             .iter()
             .map(|o| {
-                let value = outputs.get(&o.name).with_context(|| format!("{p}: no output '{}'", o.name))?;
+                let value = outputs
+                    .get(&o.name)
+                    .with_context(|| format!("{p}: no output '{}'", o.name))?;
                 let (shape, data) = value
                     .try_extract_tensor::<f32>()
                     .map_err(|e| anyhow!("{p}: output '{}': {e}", o.name))?;

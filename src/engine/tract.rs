@@ -195,16 +195,29 @@ impl Model for TractModel {
     fn profile(&self, inputs: &[TensorView<'_>]) -> Result<Option<Vec<NodeTime>>> {
         let values = self.values(inputs)?;
         let mut times = vec![];
-        let mut state = self.state.lock().map_err(|_| anyhow!("model state poisoned"))?;
+        let mut state = self
+            .state
+            .lock()
+            .map_err(|_| anyhow!("model state poisoned"))?;
         // The same evaluation hook tract's own profiler uses: time each node as the plan runs it.
         state
             .run_plan_with_eval(values, |ctx, op_state, node, node_inputs| {
                 let t = Instant::now();
                 let out = tract_onnx::tract_core::plan::eval(ctx, op_state, node, node_inputs);
-                times.push(NodeTime { name: node.name.clone(), op: node.op.name().to_string(), time: t.elapsed() });
+                times.push(NodeTime {
+                    name: node.name.clone(),
+                    op: node.op.name().to_string(),
+                    time: t.elapsed(),
+                });
                 out
             })
-            .map_err(|e| anyhow!("{}: profiling the {}: {e:#}", self.path.display(), self.spec.role))?;
+            .map_err(|e| {
+                anyhow!(
+                    "{}: profiling the {}: {e:#}",
+                    self.path.display(),
+                    self.spec.role
+                )
+            })?;
         Ok(Some(times))
     }
 

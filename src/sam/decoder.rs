@@ -99,11 +99,20 @@ pub struct PromptInputs {
 
 impl PromptInputs {
     /// Builds the inputs for a prompt; `low_res` is the side of `mask_input` (256 for SAM).
-    pub fn new(points: &[PromptPoint], mask_input: Option<&Map>, geometry: &FrameGeometry, low_res: usize) -> Result<Self> {
+    pub fn new(
+        points: &[PromptPoint],
+        mask_input: Option<&Map>,
+        geometry: &FrameGeometry,
+        low_res: usize,
+    ) -> Result<Self> {
         let (coords, labels) = point_tensors(points, geometry);
         let mask = match mask_input {
             Some(map) if (map.height, map.width) != (low_res, low_res) => {
-                bail!("mask_input must be {low_res}x{low_res}, got {}x{}", map.height, map.width)
+                bail!(
+                    "mask_input must be {low_res}x{low_res}, got {}x{}",
+                    map.height,
+                    map.width
+                )
             }
             Some(map) => Tensor::new(vec![1, 1, low_res, low_res], map.data.clone())?,
             None => Tensor::zeros(vec![1, 1, low_res, low_res]),
@@ -133,7 +142,14 @@ impl PromptInputs {
 
 /// The decoder's two low-resolution outputs as a [`LowResMask`].
 fn low_res_output(out: &[Tensor], side: usize) -> LowResMask {
-    LowResMask { iou: out[0].data()[0], logits: Map { height: side, width: side, data: out[1].data().to_vec() } }
+    LowResMask {
+        iou: out[0].data()[0],
+        logits: Map {
+            height: side,
+            width: side,
+            data: out[1].data().to_vec(),
+        },
+    }
 }
 
 fn decoder_spec(manifest: &Manifest, role: &str) -> ModelSpec {
@@ -258,7 +274,10 @@ impl<'a> FullResDecoder<'a> {
         let key = geometry.original;
         let mut cache = self.by_size.lock().expect("decoder cache");
         if let std::collections::hash_map::Entry::Vacant(slot) = cache.entry(key) {
-            slot.insert(self.backend.load(&self.path, &Self::spec_for(&self.manifest, key.0, key.1))?);
+            slot.insert(
+                self.backend
+                    .load(&self.path, &Self::spec_for(&self.manifest, key.0, key.1))?,
+            );
         }
         Ok(())
     }
@@ -278,7 +297,11 @@ impl<'a> FullResDecoder<'a> {
         let inputs = PromptInputs::new(points, mask_input, geometry, m)?;
         let out = model.run(&inputs.with(&embedding.0))?;
         let (h, w) = geometry.original;
-        let full = Map { height: h, width: w, data: out[2].data().to_vec() };
+        let full = Map {
+            height: h,
+            width: w,
+            data: out[2].data().to_vec(),
+        };
         let low = low_res_output(&out, m);
         Ok((low, full))
     }

@@ -58,7 +58,10 @@ pub fn draw_text(img: &mut RgbImage, text: &str, x: f32, y: f32, size: f32, colo
         for ch in text.chars() {
             let glyph = scaled.scaled_glyph(ch);
             let advance = scaled.h_advance(glyph.id);
-            let glyph = ab_glyph::Glyph { position: ab_glyph::point(caret, y + offset.1 + scaled.ascent()), ..glyph };
+            let glyph = ab_glyph::Glyph {
+                position: ab_glyph::point(caret, y + offset.1 + scaled.ascent()),
+                ..glyph
+            };
             if let Some(outlined) = font.outline_glyph(glyph) {
                 let b = outlined.px_bounds();
                 outlined.draw(|gx, gy, cov| {
@@ -84,10 +87,16 @@ pub fn overlay(image: &RgbImage, mask: &[bool], points: &[PointRecord]) -> RgbIm
             if !mask[y * w + x] {
                 continue;
             }
-            let edge = [(0i64, -1i64), (0, 1), (-1, 0), (1, 0)].iter().any(|(dx, dy)| {
-                let (nx, ny) = (x as i64 + dx, y as i64 + dy);
-                nx < 0 || ny < 0 || nx >= w as i64 || ny >= h as i64 || !mask[ny as usize * w + nx as usize]
-            });
+            let edge = [(0i64, -1i64), (0, 1), (-1, 0), (1, 0)]
+                .iter()
+                .any(|(dx, dy)| {
+                    let (nx, ny) = (x as i64 + dx, y as i64 + dy);
+                    nx < 0
+                        || ny < 0
+                        || nx >= w as i64
+                        || ny >= h as i64
+                        || !mask[ny as usize * w + nx as usize]
+                });
             let p = out.get_pixel_mut(x as u32, y as u32);
             if edge {
                 *p = Rgb(MASK_TINT);
@@ -101,7 +110,11 @@ pub fn overlay(image: &RgbImage, mask: &[bool], points: &[PointRecord]) -> RgbIm
     // A patch chosen several times gets one disc (the latest label) and one tag ("3,5" or "2-9").
     let mut placed: Vec<(f64, f64, PointLabel, Vec<String>)> = vec![];
     for p in points {
-        let tag = if p.origin == PointOrigin::Step { p.step.to_string() } else { "s".into() };
+        let tag = if p.origin == PointOrigin::Step {
+            p.step.to_string()
+        } else {
+            "s".into()
+        };
         match placed.iter_mut().find(|q| q.0 == p.x && q.1 == p.y) {
             Some(q) => {
                 q.2 = p.label;
@@ -111,14 +124,25 @@ pub fn overlay(image: &RgbImage, mask: &[bool], points: &[PointRecord]) -> RgbIm
         }
     }
     for (x, y, label, tags) in placed {
-        let colour = if label == PointLabel::Positive { POSITIVE } else { NEGATIVE };
+        let colour = if label == PointLabel::Positive {
+            POSITIVE
+        } else {
+            NEGATIVE
+        };
         draw_disc(&mut out, x, y, radius, colour);
         let tag = if tags.len() > 3 {
             format!("{}-{}", tags[0], tags[tags.len() - 1])
         } else {
             tags.join(",")
         };
-        draw_text(&mut out, &tag, (x + radius + 2.0) as f32, (y - text as f64 / 2.0) as f32, text, [255, 255, 255]);
+        draw_text(
+            &mut out,
+            &tag,
+            (x + radius + 2.0) as f32,
+            (y - text as f64 / 2.0) as f32,
+            text,
+            [255, 255, 255],
+        );
     }
     out
 }
@@ -147,8 +171,16 @@ mod tests {
             iou_prediction: 0.5,
         }];
         let out = overlay(&img, &mask, &pts);
-        assert_eq!(out.get_pixel(0, 0).0, [100, 100, 100], "background untouched");
-        assert_ne!(out.get_pixel(10, 10).0, [100, 100, 100], "mask interior tinted");
+        assert_eq!(
+            out.get_pixel(0, 0).0,
+            [100, 100, 100],
+            "background untouched"
+        );
+        assert_ne!(
+            out.get_pixel(10, 10).0,
+            [100, 100, 100],
+            "mask interior tinted"
+        );
         assert_eq!(out.get_pixel(5, 10).0, MASK_TINT, "mask outline solid");
         assert_eq!(out.get_pixel(30, 15).0, NEGATIVE, "negative point in red");
     }

@@ -39,7 +39,8 @@ impl<'a> ImageRecord<'a> {
     /// The record of a loop result.
     pub fn new(image: &'a Path, result: &'a LoopResult) -> Self {
         let (height, width) = result.geometry.original;
-        let fg = result.mask.iter().filter(|&&m| m).count() as f64 / result.mask.len().max(1) as f64;
+        let fg =
+            result.mask.iter().filter(|&&m| m).count() as f64 / result.mask.len().max(1) as f64;
         ImageRecord {
             image,
             width,

@@ -1,0 +1,99 @@
+//! The learning curves as a PNG (`curves.png`): one panel per logged quantity, the per-episode
+//! values in a light colour and their moving average over it.
+
+use std::path::Path;
+use std::sync::OnceLock;
+
+use anyhow::{Result, anyhow};
+use plotters::prelude::*;
+use plotters::style::{FontStyle, register_font};
+
+use super::log::{EpisodeRecord, moving_average};
+
+/// DejaVu Sans Mono Bold, subset to printable ASCII (the same file as the overlays').
+const FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSansMono-Bold-subset.ttf");
+const FONT_NAME: &str = "alignsam-dejavu";
+
+fn font_ready() -> Result<()> {
+    static DONE: OnceLock<bool> = OnceLock::new();
+    let ok = *DONE.get_or_init(|| register_font(FONT_NAME, FontStyle::Normal, FONT).is_ok());
+    if ok {
+        Ok(())
+    } else {
+        Err(anyhow!(
+            "the bundled font cannot be registered with plotters"
+        ))
+    }
+}
+
+/// The panels: title and field.
+type Panel = (&'static str, fn(&EpisodeRecord) -> f32);
+
+const PANELS: [Panel; 6] = [
+    ("episode reward", |r| r.reward),
+    ("hit rate", |r| r.hit_rate),
+    ("SRM loss (Dice + BCE)", |r| r.srm_loss),
+    ("SRM map IoU", |r| r.srm_iou),
+    ("label accuracy", |r| r.label_accuracy),
+    ("mask IoU (end of episode)", |r| r.mask_iou),
+];
+
+/// Draws the curves of `records` into a `width x height` PNG, with a moving average over
+/// `window` episodes.
+pub fn draw_curves(
+    path: &Path,
+    records: &[EpisodeRecord],
+    window: usize,
+    title: &str,
+) -> Result<()> {
+    font_ready()?;
+    let err = |e: &dyn std::fmt::Display| {
+        anyhow!("{}: cannot draw the learning curves: {e}", path.display())
+    };
+    let root = BitMapBackend::new(path, (1200, 960)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let root = root.titled(title, (FONT_NAME, 20)).map_err(|e| err(&e))?;
+    let n = records.len().max(2);
+    for (area, (name, field)) in root.split_evenly((3, 2)).iter().zip(PANELS) {
+        let raw: Vec<f32> = records.iter().map(field).collect();
+        let avg = moving_average(&raw, window);
+        let finite = raw.iter().copied().filter(|v| v.is_finite());
+        let (lo, hi) = finite.fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), v| {
+            (a.min(v), b.max(v))
+        });
+        let (lo, hi) = if lo.is_finite() { (lo, hi) } else { (0.0, 1.0) };
+        let pad = ((hi - lo) * 0.05).max(1e-3);
+        let mut chart = ChartBuilder::on(area)
+            .caption(
+                format!("{name} (moving average over {window})"),
+                (FONT_NAME, 15),
+            )
+            .margin(8)
+            .x_label_area_size(28)
+            .y_label_area_size(48)
+            .build_cartesian_2d(0f32..(n - 1) as f32, (lo - pad)..(hi + pad))
+            .map_err(|e| err(&e))?;
+        chart
+            .configure_mesh()
+            .x_desc("episode")
+            .label_style((FONT_NAME, 12))
+            .axis_desc_style((FONT_NAME, 12))
+            .draw()
+            .map_err(|e| err(&e))?;
+        let light = RGBColor(160, 190, 230);
+        chart
+            .draw_series(LineSeries::new(
+                raw.iter().enumerate().map(|(i, &v)| (i as f32, v)),
+                light,
+            ))
+            .map_err(|e| err(&e))?;
+        chart
+            .draw_series(LineSeries::new(
+                avg.iter().enumerate().map(|(i, &v)| (i as f32, v)),
+                BLUE.stroke_width(2),
+            ))
+            .map_err(|e| err(&e))?;
+    }
+    root.present().map_err(|e| err(&e))?;
+    Ok(())
+}
