@@ -7,8 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use alignsam::agent::{Agent, LoopOptions, PointOrigin, StopReason};
-use alignsam::bundle::{Bundle, InferOptions, OpenOptions, write_bundle};
-use alignsam::engine::onnx_build::constant_model;
+use alignsam::bundle::{Bundle, OpenOptions};
 use alignsam::engine::{BackendKind, EngineOptions};
 use alignsam::sam::PointLabel;
 use image::RgbImage;
@@ -31,27 +30,7 @@ fn srm_map() -> Vec<f32> {
 /// A copy of the tiny bundle whose policy always prefers `patch` (logit 5, others 0) and whose
 /// SRM outputs `srm_map()`.
 fn bundle_with(tmp: &Path, patch: usize) -> PathBuf {
-    let models = tmp.join("models");
-    std::fs::create_dir_all(&models).unwrap();
-    let tiny = common::tiny_bundle();
-    std::fs::copy(tiny.join("encoder.onnx"), models.join("encoder.onnx")).unwrap();
-    std::fs::copy(
-        tiny.join("decoder_lowres.onnx"),
-        models.join("decoder.onnx"),
-    )
-    .unwrap();
-    let state: &[usize] = &[1, 32, 64, 64];
-    let mut logits = vec![0f32; G * G];
-    logits[patch] = 5.0;
-    constant_model(&[("state", state)], ("logits", &[1, G * G]), &logits)
-        .save(&models.join("policy.onnx"), "test")
-        .unwrap();
-    constant_model(&[("state", state)], ("fg_prob", &[1, 1, G, G]), &srm_map())
-        .save(&models.join("srm.onnx"), "test")
-        .unwrap();
-    let out = tmp.join("bundle");
-    write_bundle(&models, &out, &InferOptions::default()).unwrap();
-    out
+    common::constant_agent_bundle(tmp, G, patch, &srm_map())
 }
 
 fn agent(bundle: &Path) -> Agent {

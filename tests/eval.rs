@@ -8,9 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use alignsam::agent::{Agent, LoopOptions, PointOrigin};
-use alignsam::bundle::{Bundle, InferOptions, OpenOptions, write_bundle};
+use alignsam::bundle::{Bundle, OpenOptions};
 use alignsam::dataset::Mask;
-use alignsam::engine::onnx_build::constant_model;
 use alignsam::engine::{BackendKind, EngineOptions};
 use alignsam::eval::montage::{CAPTION_HEIGHT, GAP, TILE_HEIGHT, tile_width};
 use alignsam::eval::{Method, run_methods, srm_scores};
@@ -178,30 +177,10 @@ fn report_value(report: &str, method: &str, column: &str) -> f64 {
 /// A copy of the tiny SAM whose policy always prefers patch `patch` and whose SRM says 0.9 in
 /// the top-left 3x3 cells and 0.1 elsewhere.
 fn hand_built_bundle(dir: &Path, patch: usize) -> PathBuf {
-    let models = dir.join("models");
-    std::fs::create_dir_all(&models).unwrap();
-    let tiny = common::tiny_bundle();
-    std::fs::copy(tiny.join("encoder.onnx"), models.join("encoder.onnx")).unwrap();
-    std::fs::copy(
-        tiny.join("decoder_lowres.onnx"),
-        models.join("decoder.onnx"),
-    )
-    .unwrap();
-    let state: &[usize] = &[1, 32, 64, 64];
-    let mut logits = vec![0f32; G * G];
-    logits[patch] = 5.0;
-    constant_model(&[("state", state)], ("logits", &[1, G * G]), &logits)
-        .save(&models.join("policy.onnx"), "test")
-        .unwrap();
     let srm: Vec<f32> = (0..G * G)
         .map(|i| if i / G < 3 && i % G < 3 { 0.9 } else { 0.1 })
         .collect();
-    constant_model(&[("state", state)], ("fg_prob", &[1, 1, G, G]), &srm)
-        .save(&models.join("srm.onnx"), "test")
-        .unwrap();
-    let out = dir.join("bundle");
-    write_bundle(&models, &out, &InferOptions::default()).unwrap();
-    out
+    common::constant_agent_bundle(dir, G, patch, &srm)
 }
 
 #[test]

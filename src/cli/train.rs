@@ -73,6 +73,11 @@ pub struct TrainArgs {
     /// Use raw advantages (return - value) instead of dividing them by their running RMS.
     #[arg(long)]
     pub raw_advantages: bool,
+    /// Subtract each episode's mean advantage (before the RMS scaling), as PPO implementations
+    /// often do. Off by default: on Kvasir-SEG (200 episodes) it raised the sampled hit rate
+    /// during training but not the greedy policy's on the eval split.
+    #[arg(long)]
+    pub centre_advantages: bool,
     /// SRM updates q per state.
     #[arg(long, default_value_t = 1)]
     pub srm_updates: usize,
@@ -140,6 +145,7 @@ fn config(args: &TrainArgs, episodes: usize, bundle_steps: usize) -> TrainConfig
         entropy_coef: args.entropy_coef,
         max_grad_norm: args.max_grad_norm,
         scale_advantages: !args.raw_advantages,
+        centre_advantages: args.centre_advantages,
     };
     config.repeat_penalty = args.repeat_penalty;
     config.iou_bonus = args.iou_bonus;

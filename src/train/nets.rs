@@ -16,7 +16,7 @@
 //!         Conv1x1(W -> 1), + position bias [1,1,16,16], Sigmoid       = fg_prob [1,1,16,16]
 //! ```
 //!
-//! Why these shapes (W = 32, H = 128 by default):
+//! Why these shapes (W = 16, H = 64 by default):
 //! - The cost is in the first layer, over `C` = 256 channels at every pooled cell: candle's
 //!   backward also computes the gradient of a matmul's constant input, so that layer costs about
 //!   three times its forward pass at each of PPO's K = 20 epochs. Pooling the policy's input to

@@ -36,6 +36,8 @@ pub struct PpoConfig {
     pub max_grad_norm: f32,
     /// Divide advantages by their running root mean square ([`AdvantageScale`]).
     pub scale_advantages: bool,
+    /// Subtract each episode's mean advantage first ([`centre`]).
+    pub centre_advantages: bool,
 }
 
 /// A running root mean square of the advantages, over episodes (exponential average, decay
@@ -91,6 +93,18 @@ pub fn discounted_returns(rewards: &[f32], bootstrap: f32, gamma: f32) -> Vec<f3
 /// `A_t = R_t - V(s_t)`.
 pub fn advantages(returns: &[f32], values: &[f32]) -> Vec<f32> {
     returns.iter().zip(values).map(|(r, v)| r - v).collect()
+}
+
+/// Subtracts the mean: advantages relative to the episode's other steps, on the same image.
+/// A critic that lags behind the returns (it starts at 0 while returns sit near -10 on datasets
+/// with small objects) adds the same offset to every advantage; the offset cancels in expectation
+/// but its noise swamps the +-1 reward that tells one patch from another.
+pub fn centre(advantages: &[f32]) -> Vec<f32> {
+    if advantages.is_empty() {
+        return vec![];
+    }
+    let mean = advantages.iter().sum::<f32>() / advantages.len() as f32;
+    advantages.iter().map(|a| a - mean).collect()
 }
 
 /// The clipped surrogate per sample: `min(ratio * A, clip(ratio, 1 - eps, 1 + eps) * A)`.
@@ -252,6 +266,13 @@ mod tests {
         );
         assert_eq!(advantages(&[1.25, 0.5], &[1.0, 1.0]), vec![0.25, -0.5]);
         assert!(discounted_returns(&[], 1.0, 0.9).is_empty());
+    }
+
+    #[test]
+    fn centring_removes_the_common_offset() {
+        // A critic 10 too high on every step: the same ordering, mean 0.
+        assert_eq!(centre(&[-9.0, -11.0, -10.0]), vec![1.0, -1.0, 0.0]);
+        assert!(centre(&[]).is_empty());
     }
 
     #[test]

@@ -91,6 +91,7 @@ impl TrainConfig {
                 entropy_coef: 0.01,
                 max_grad_norm: 0.5,
                 scale_advantages: true,
+                centre_advantages: false,
             },
             repeat_penalty: 0.0,
             iou_bonus: 0.0,
@@ -442,6 +443,9 @@ impl<'a> Trainer<'a> {
         self.times.policy_s += t.elapsed().as_secs_f64();
         let returns = ppo::discounted_returns(&rewards, bootstrap, self.config.ppo.gamma);
         let mut adv = ppo::advantages(&returns, &values_old);
+        if self.config.ppo.centre_advantages {
+            adv = ppo::centre(&adv);
+        }
         if self.config.ppo.scale_advantages {
             adv = self.adv_scale.apply(&adv);
         }

@@ -3,6 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
+use alignsam::bundle::{InferOptions, write_bundle};
+use alignsam::engine::onnx_build::constant_model;
 use safetensors::{Dtype, SafeTensors};
 
 /// The repository root.
@@ -19,6 +21,34 @@ pub fn shared() -> Option<PathBuf> {
 /// The committed tiny bundle.
 pub fn tiny_bundle() -> PathBuf {
     root().join("models").join("tiny")
+}
+
+/// A bundle in `dir/bundle` with the tiny SAM (low-res decoder) and hand-built agent networks
+/// that ignore their input: a policy whose logits are 5 at `patch` and 0 elsewhere, and an SRM
+/// whose `grid x grid` map is `srm`. The loop's choices and labels can then be computed by hand.
+pub fn constant_agent_bundle(dir: &Path, grid: usize, patch: usize, srm: &[f32]) -> PathBuf {
+    assert_eq!(srm.len(), grid * grid);
+    let models = dir.join("models");
+    std::fs::create_dir_all(&models).unwrap();
+    let tiny = tiny_bundle();
+    std::fs::copy(tiny.join("encoder.onnx"), models.join("encoder.onnx")).unwrap();
+    std::fs::copy(
+        tiny.join("decoder_lowres.onnx"),
+        models.join("decoder.onnx"),
+    )
+    .unwrap();
+    let state: &[usize] = &[1, 32, 64, 64];
+    let mut logits = vec![0f32; grid * grid];
+    logits[patch] = 5.0;
+    constant_model(&[("state", state)], ("logits", &[1, grid * grid]), &logits)
+        .save(&models.join("policy.onnx"), "test")
+        .unwrap();
+    constant_model(&[("state", state)], ("fg_prob", &[1, 1, grid, grid]), srm)
+        .save(&models.join("srm.onnx"), "test")
+        .unwrap();
+    let out = dir.join("bundle");
+    write_bundle(&models, &out, &InferOptions::default()).unwrap();
+    out
 }
 
 /// A fixture file's tensors, owned.
