@@ -5,7 +5,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use alignsam::agent::{Agent, LoopOptions, PointOrigin};
 use alignsam::bundle::{Bundle, OpenOptions};
@@ -70,7 +70,7 @@ impl Data {
 
 /// Runs the built binary's `eval` on `data` with `bundle`, writing to `out`.
 fn eval(bundle: &Path, data: &Data, out: &Path, extra: &[&str]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_alignsam"));
+    let mut cmd = common::alignsam();
     cmd.arg("eval")
         .arg("--bundle")
         .arg(bundle)

@@ -3,7 +3,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use alignsam::bundle::{Bundle, OpenOptions};
 use alignsam::engine::{BackendKind, EngineOptions, Tensor};
@@ -175,7 +174,7 @@ fn wrong_tensor_shape_at_run_time() {
 fn cli_reports_one_line_and_fails() {
     let (_tmp, dir) = bundle_copy();
     std::fs::write(dir.join("encoder.onnx"), b"garbage").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_alignsam"))
+    let out = common::alignsam()
         .args(["info", "--no-verify"])
         .arg(&dir)
         .output()
@@ -195,11 +194,7 @@ fn cli_reports_one_line_and_fails() {
 fn malformed_manifest_via_cli() {
     let (_tmp, dir) = bundle_copy();
     edit_manifest(&dir, "[agent]", "[agent\n");
-    let out = Command::new(env!("CARGO_BIN_EXE_alignsam"))
-        .arg("info")
-        .arg(&dir)
-        .output()
-        .unwrap();
+    let out = common::alignsam().arg("info").arg(&dir).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

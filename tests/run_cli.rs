@@ -5,7 +5,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
 use alignsam::source::pixel::Chroma;
 use alignsam::source::y4m::{Y4mHeader, Y4mWriter};
@@ -41,7 +40,7 @@ struct Run {
 }
 
 fn run(input: &str, extra: &[&str], out: &Path) -> Run {
-    let output = Command::new(env!("CARGO_BIN_EXE_alignsam"))
+    let output = common::alignsam()
         .args(["run", "--bundle"])
         .arg(common::tiny_bundle())
         .args(["--input", input, "--threads", "1", "--out"])
@@ -180,7 +179,7 @@ fn max_frames_stops_and_counts_the_rest_as_dropped() {
 #[test]
 fn missing_camera_is_a_clear_error() {
     let tmp = tempfile::tempdir().unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_alignsam"))
+    let output = common::alignsam()
         .args(["run", "--bundle"])
         .arg(common::tiny_bundle())
         .args(["--input", "/dev/video77"])

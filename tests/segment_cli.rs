@@ -3,10 +3,10 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 fn segment(bundle: &Path, args: &[&str], out: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_alignsam"))
+    common::alignsam()
         .args(["segment", "--bundle"])
         .arg(bundle)
         .arg("--out")

@@ -8,7 +8,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use alignsam::agent::{Agent, LoopOptions};
 use alignsam::bundle::{Bundle, OpenOptions};
@@ -246,10 +245,7 @@ fn same_seed_same_curves_and_the_bundle_segments() {
 }
 
 fn cli(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_alignsam"))
-        .args(args)
-        .output()
-        .unwrap()
+    common::alignsam().args(args).output().unwrap()
 }
 
 #[test]

@@ -18,6 +18,23 @@ pub fn shared() -> Option<PathBuf> {
     p.is_dir().then_some(p)
 }
 
+/// A command that runs the `alignsam` binary under test. When the tests run for another
+/// architecture under an emulator (`.ci/test` sets `ALIGNSAM_TEST_RUNNER` to the qemu command
+/// line, as cargo's target runner), the binary is started through it too: without binfmt_misc the
+/// kernel cannot execute it directly.
+pub fn alignsam() -> std::process::Command {
+    let exe = env!("CARGO_BIN_EXE_alignsam");
+    match std::env::var("ALIGNSAM_TEST_RUNNER") {
+        Ok(runner) if !runner.trim().is_empty() => {
+            let mut parts = runner.split_whitespace();
+            let mut cmd = std::process::Command::new(parts.next().expect("not empty"));
+            cmd.args(parts).arg(exe);
+            cmd
+        }
+        _ => std::process::Command::new(exe),
+    }
+}
+
 /// The committed tiny bundle.
 pub fn tiny_bundle() -> PathBuf {
     root().join("models").join("tiny")
