@@ -66,12 +66,21 @@ pub fn frame_target(gt: &Mask, geometry: &FrameGeometry, size: usize) -> FrameTa
 /// IoU of the SRM's map and the target, both thresholded at 0.5, over valid cells (1.0 when
 /// both are empty).
 pub fn map_iou(prob: &Map, target: &FrameTarget) -> f32 {
+    binary_iou(
+        prob.data
+            .iter()
+            .zip(&target.map.data)
+            .zip(&target.valid)
+            .filter(|&(_, &valid)| valid)
+            .map(|((&p, &t), _)| (p >= 0.5, t >= 0.5)),
+    )
+}
+
+/// IoU of two binary masks given as pairs of cells (1.0 when both are empty): the one count
+/// behind the SRM map IoU, the loop's convergence test and training's mask IoU.
+pub fn binary_iou(cells: impl IntoIterator<Item = (bool, bool)>) -> f32 {
     let (mut inter, mut union) = (0usize, 0usize);
-    for ((&p, &t), &v) in prob.data.iter().zip(&target.map.data).zip(&target.valid) {
-        if !v {
-            continue;
-        }
-        let (a, b) = (p >= 0.5, t >= 0.5);
+    for (a, b) in cells {
         inter += (a && b) as usize;
         union += (a || b) as usize;
     }

@@ -274,19 +274,9 @@ pub fn low_res_iou(a: &Map, b: &Map, geometry: &FrameGeometry) -> f32 {
     let cols = (geometry.resized.1 * a.width)
         .div_ceil(geometry.frame)
         .min(a.width);
-    let (mut inter, mut union) = (0usize, 0usize);
-    for y in 0..rows {
-        for x in 0..cols {
-            let (p, q) = (a.at(y, x) > 0.0, b.at(y, x) > 0.0);
-            inter += (p && q) as usize;
-            union += (p || q) as usize;
-        }
-    }
-    if union == 0 {
-        1.0
-    } else {
-        inter as f32 / union as f32
-    }
+    super::ground_truth::binary_iou(
+        (0..rows).flat_map(|y| (0..cols).map(move |x| (a.at(y, x) > 0.0, b.at(y, x) > 0.0))),
+    )
 }
 
 fn ms(d: Duration) -> f64 {

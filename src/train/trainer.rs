@@ -314,19 +314,15 @@ impl<'a> Trainer<'a> {
         let Some(t) = &self.low_res_targets[image] else {
             return 0.0;
         };
-        let (mut inter, mut union) = (0usize, 0usize);
-        for ((&l, &g), &ok) in logits.data.iter().zip(&t.map.data).zip(&t.valid) {
-            if ok {
-                let (a, b) = (l > 0.0, g >= 0.5);
-                inter += (a && b) as usize;
-                union += (a || b) as usize;
-            }
-        }
-        if union == 0 {
-            1.0
-        } else {
-            inter as f32 / union as f32
-        }
+        crate::agent::ground_truth::binary_iou(
+            logits
+                .data
+                .iter()
+                .zip(&t.map.data)
+                .zip(&t.valid)
+                .filter(|&(_, &valid)| valid)
+                .map(|((&l, &g), _)| (l > 0.0, g >= 0.5)),
+        )
     }
 
     /// Runs one episode and the updates after it.
