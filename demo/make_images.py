@@ -1,5 +1,7 @@
 """Draws the demo images in demo/images: simple synthetic scenes the project owns (no dataset
-images), one object each, in three sizes and aspect ratios.
+images), one object each, in three sizes and aspect ratios, and each object's true mask in
+demo/masks (0 background, 255 object; the shadow under the ball is background). The masks let a
+test score a bundle on the demo images (tests/demo_quality.rs).
 
     python demo/make_images.py   # needs Pillow and numpy (models/requirements.txt)
 """
@@ -10,12 +12,40 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 OUT = Path(__file__).resolve().parent / "images"
+MASKS = Path(__file__).resolve().parent / "masks"
 
 
 def gradient(w, h, top, bottom):
     t = np.linspace(0.0, 1.0, h)[:, None, None]
     rows = (1 - t) * np.array(top, float) + t * np.array(bottom, float)
     return Image.fromarray(np.repeat(rows, w, axis=1).astype(np.uint8), "RGB")
+
+
+def ball_mask():
+    m = Image.new("L", (640, 480), 0)
+    # The largest disc of the shaded sphere; the smaller ones lie inside it.
+    ImageDraw.Draw(m).ellipse((300 - 45, 180 - 45, 300 + 90 + 45, 180 + 90 + 45), fill=255)
+    return m
+
+
+def mug_mask():
+    m = Image.new("L", (480, 640), 0)
+    d = ImageDraw.Draw(m)
+    d.ellipse((300, 260, 400, 400), outline=255, width=22)
+    d.rounded_rectangle((120, 220, 330, 470), radius=30, fill=255)
+    d.ellipse((120, 200, 330, 250), fill=255)
+    return m
+
+
+def leaf_mask():
+    m = Image.new("L", (800, 500), 0)
+    d = ImageDraw.Draw(m)
+    d.polygon([(150, 260), (330, 110), (620, 170), (690, 250), (560, 360), (300, 390)], fill=255)
+    d.line((150, 260, 690, 250), fill=255, width=6)
+    for x in range(240, 640, 70):
+        d.line((x, 255, x + 60, 160), fill=255, width=3)
+        d.line((x, 255, x + 50, 350), fill=255, width=3)
+    return m
 
 
 def ball():
@@ -52,6 +82,8 @@ def leaf():
 
 if __name__ == "__main__":
     OUT.mkdir(parents=True, exist_ok=True)
-    for name, make in [("ball", ball), ("mug", mug), ("leaf", leaf)]:
+    MASKS.mkdir(parents=True, exist_ok=True)
+    for name, make, mask in [("ball", ball, ball_mask), ("mug", mug, mug_mask), ("leaf", leaf, leaf_mask)]:
         make().save(OUT / f"{name}.png", optimize=True)
-        print("wrote", OUT / f"{name}.png")
+        mask().save(MASKS / f"{name}.png", optimize=True)
+        print("wrote", OUT / f"{name}.png", "and", MASKS / f"{name}.png")

@@ -663,6 +663,18 @@ def export_agent_random(
 # bundle.toml
 
 
+def external_data_files(path: Path) -> list[str]:
+    """The external data files (relative locations) a model's initialisers point at, each once:
+    the manifest lists them with their checksums, so every byte a model needs is verified."""
+    model = onnx.load(str(path), load_external_data=False)
+    out: list[str] = []
+    for t in model.graph.initializer:
+        for kv in t.external_data:
+            if kv.key == "location" and kv.value not in out:
+                out.append(kv.value)
+    return out
+
+
 def _toml_str(s: str) -> str:
     # A JSON string (ASCII, \uXXXX escapes) is a valid TOML basic string.
     return json.dumps(s, ensure_ascii=True)
@@ -723,6 +735,14 @@ def write_bundle(
         "[models.encoder]",
         f"file = {_toml_str(enc.name)}",
         f"sha256 = {_toml_str(sha256_file(enc))}",
+    ]
+    data_files = external_data_files(enc)
+    if data_files:
+        entries = ", ".join(
+            f"{{ file = {_toml_str(f)}, sha256 = {_toml_str(sha256_file(d / f))} }}" for f in data_files
+        )
+        lines_models.append(f"data = [{entries}]")
+    lines_models += [
         "",
         "[models.decoder]",
         f"file = {_toml_str(dec.name)}",

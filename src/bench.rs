@@ -40,7 +40,7 @@ impl Stats {
     /// Statistics of the samples (NaN fields when there are none).
     pub fn of(samples: &[f64]) -> Stats {
         let mut v: Vec<f64> = samples.iter().copied().filter(|x| x.is_finite()).collect();
-        v.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
+        crate::util::sort_floats(&mut v);
         if v.is_empty() {
             return Stats {
                 n: 0,

@@ -80,8 +80,8 @@ impl EmbeddingCache {
     }
 
     fn entry_path(&self, image: &Path) -> Result<PathBuf> {
-        let bytes = std::fs::read(image)
-            .map_err(|e| anyhow::anyhow!("{}: cannot read image: {e}", image.display()))?;
+        let limit = crate::source::limits::limits().max_file_bytes;
+        let bytes = crate::source::limits::read_regular(image, "image", limit)?;
         Ok(self
             .dir
             .join(format!("{}.safetensors", hex(&Sha256::digest(&bytes)))))
@@ -123,7 +123,7 @@ impl EmbeddingCache {
                 .and_then(|v| v.parse().ok())
                 .with_context(|| format!("metadata {k} missing"))
         };
-        let geometry = FrameGeometry::new(size("height")?, size("width")?, self.frame);
+        let geometry = FrameGeometry::checked(size("height")?, size("width")?, self.frame)?;
         Ok((Embedding(Tensor::new(vec![1, c, h, w], data)?), geometry))
     }
 

@@ -23,6 +23,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Result, anyhow, bail};
 use image::{ColorType, DynamicImage, ImageDecoder, RgbImage};
 
+use crate::source::limits::{decode_image, limits, read_regular, regular_file};
+
 /// Image extensions tried for each id, in this order (then the same in upper case).
 pub const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "bmp"];
 
@@ -247,18 +249,8 @@ pub fn available_splits(dir: &Path) -> Vec<String> {
 /// than a guess, since colour masks are usually label maps (one colour per class) that a
 /// brightness threshold would silently get wrong. Float images are refused.
 pub fn load_mask(path: &Path) -> Result<Mask> {
-    let bytes = std::fs::read(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => anyhow!("{}: mask not found", path.display()),
-        std::io::ErrorKind::IsADirectory => {
-            anyhow!("{}: is a directory, not a mask", path.display())
-        }
-        _ => anyhow!("{}: cannot read mask: {e}", path.display()),
-    })?;
-    let img = image::ImageReader::new(std::io::Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| anyhow!("{}: cannot read mask: {e}", path.display()))?
-        .decode()
-        .map_err(|e| anyhow!("{}: corrupt or unsupported mask: {e}", path.display()))?;
+    let bytes = read_regular(path, "mask", limits().max_file_bytes)?;
+    let img = decode_image(bytes, path, "mask")?;
     let (width, height) = (img.width() as usize, img.height() as usize);
     if width == 0 || height == 0 {
         bail!("{}: mask has no pixels", path.display());
@@ -352,7 +344,7 @@ fn read_split(dir: &Path, split: &str, path: &Path) -> Result<Vec<(usize, String
     if split.is_empty() || split.contains(['/', '\\']) {
         bail!("'{split}': not a split name (use e.g. train or eval)");
     }
-    let text = std::fs::read_to_string(path).map_err(|e| match e.kind() {
+    std::fs::metadata(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => {
             let splits = available_splits(dir);
             if splits.is_empty() {
@@ -371,6 +363,9 @@ fn read_split(dir: &Path, split: &str, path: &Path) -> Result<Vec<(usize, String
         }
         _ => anyhow!("{}: cannot read split file: {e}", path.display()),
     })?;
+    // Present: only a regular file of sane size is read (a FIFO would block, /dev/zero never end).
+    let text = String::from_utf8(read_regular(path, "split file", limits().max_file_bytes)?)
+        .map_err(|_| anyhow!("{}: split file is not UTF-8 text", path.display()))?;
     let mut ids = vec![];
     let mut seen: HashMap<String, usize> = HashMap::new();
     for (i, line) in text.lines().enumerate() {
@@ -400,6 +395,9 @@ fn read_split(dir: &Path, split: &str, path: &Path) -> Result<Vec<(usize, String
 
 /// Header-only checks of one pair.
 fn validate_pair(sample: &Sample) -> Result<()> {
+    // Before opening: a FIFO would block the open itself.
+    regular_file(&sample.image_path, "image")?;
+    regular_file(&sample.mask_path, "mask")?;
     let image_size = image::ImageReader::open(&sample.image_path)
         .and_then(|r| r.with_guessed_format())
         .map_err(|e| anyhow!("{}: cannot read image: {e}", sample.image_path.display()))?

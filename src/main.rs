@@ -5,14 +5,18 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    // Die quietly on a closed pipe (`alignsam info ... | head`) like other Unix tools, instead of
-    // panicking in println!.
-    #[cfg(unix)]
-    // SAFETY: called before any thread starts; SIG_DFL is a valid handler for SIGPIPE.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
     let cli = alignsam::cli::Cli::parse();
+    // `segment` and `run` notice a closed stdout (`alignsam run ... | head -1`) themselves and
+    // wind down cleanly (the summary of `run` is still written), as ripgrep does. The other
+    // commands die quietly on a closed pipe like other Unix tools, instead of panicking in
+    // println!.
+    #[cfg(unix)]
+    if !cli.command.handles_closed_stdout() {
+        // SAFETY: called before any thread starts; SIG_DFL is a valid handler for SIGPIPE.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     cli.init_logging();
     match alignsam::cli::run(cli) {
         Ok(code) => code,

@@ -12,7 +12,7 @@ use alignsam::bundle::{Bundle, OpenOptions};
 use alignsam::dataset::Mask;
 use alignsam::engine::{BackendKind, EngineOptions};
 use alignsam::eval::montage::{CAPTION_HEIGHT, GAP, TILE_HEIGHT, tile_width};
-use alignsam::eval::{Method, run_methods, srm_scores};
+use alignsam::eval::{Method, MethodRunner, srm_scores};
 use image::{GrayImage, Luma, RgbImage};
 
 const G: usize = 10;
@@ -207,6 +207,17 @@ fn hand_built_agent_gives_hand_computed_figures() {
     assert_eq!(report_value(&report, "centre", "label acc"), 1.0);
     // Random: the SRM is right everywhere on this image, whatever the patch.
     assert_eq!(report_value(&report, "random", "label acc"), 1.0);
+    // SRM only: the four most confident free patches, 0, 1, 2 and 10, all on the object.
+    assert_eq!(report_value(&report, "srm-only", "hit"), 1.0);
+    assert_eq!(report_value(&report, "srm-only", "patches"), 4.0);
+    // The oracle: as many clicks as the loop's points, its curve under the table and in a CSV.
+    assert_eq!(report_value(&report, "oracle", "steps"), 4.0);
+    assert!(report.contains("oracle clicks: mIoU @1 "), "{report}");
+    let curve = std::fs::read_to_string(out.join("oracle_curve.csv")).unwrap();
+    let lines: Vec<&str> = curve.lines().collect();
+    assert_eq!(lines.len(), 1 + 3, "{curve}");
+    assert!(lines[0].starts_with("id,iou@1,iou@2,") && lines[0].ends_with(",iou@20"));
+    assert!(lines[1..].iter().all(|l| l.split(',').count() == 21));
     // Start points: the first 0.9 cell (0, on the object) and the first 0.1 cell (3, background).
     for m in ["policy", "random", "centre"] {
         assert_eq!(report_value(&report, m, "start hit"), 1.0, "{m}");
@@ -229,7 +240,7 @@ fn hand_built_agent_gives_hand_computed_figures() {
     assert!(!out.join("montage.png").exists(), "--montage 0 writes none");
 
     let csv = Csv::read(&out.join("per_image.csv"));
-    assert_eq!(csv.rows.len(), 3 * 3);
+    assert_eq!(csv.rows.len(), 5 * 3, "five methods by default");
     for r in &csv.rows {
         assert_eq!(
             (csv.num(r, "srm_iou"), csv.num(r, "all_foreground_iou")),
@@ -288,7 +299,7 @@ fn random_tiny_bundle_end_to_end() {
         "the note on random SAM weights"
     );
     let csv = Csv::read(&out.join("per_image.csv"));
-    assert_eq!(csv.rows.len(), 3 * 3);
+    assert_eq!(csv.rows.len(), 5 * 3, "five methods by default");
     for m in ["policy", "random", "centre"] {
         let rows = csv.method(m);
         assert_eq!(rows.len(), 3, "{m}");
@@ -316,13 +327,13 @@ fn random_tiny_bundle_end_to_end() {
         assert_eq!(csv.num(r, "distinct_patches"), 1.0);
     }
 
-    // Two rows of four tiles (GT and three methods) of the 64x48 images.
+    // Two rows of six tiles (GT and five methods) of the 64x48 images.
     let montage = image::open(out.join("montage.png")).unwrap();
     let tw = tile_width(64, 48);
     assert_eq!(
         (montage.width(), montage.height()),
         (
-            GAP + 4 * (tw + GAP),
+            GAP + 6 * (tw + GAP),
             GAP + 2 * (CAPTION_HEIGHT + TILE_HEIGHT + GAP)
         )
     );
@@ -363,8 +374,47 @@ fn baselines_click_where_they_should() {
         stop_iou: None,
         ..LoopOptions::default()
     };
-    let results = run_methods(&agent, &embedding, &geometry, &options, 3, "img").unwrap();
+    // The ground truth only matters to the oracle: the left half of the image.
+    let half = Mask {
+        width: 90,
+        height: 60,
+        data: (0..90 * 60).map(|i| i % 90 < 45).collect(),
+    };
+    let run = |seed| {
+        let runner = MethodRunner {
+            agent: &agent,
+            options: &options,
+            methods: &Method::ALL,
+            seed,
+        };
+        let r = runner.run("img", &embedding, &geometry, &half).unwrap();
+        let oracle = r.oracle.expect("the oracle ran");
+        let results: Vec<_> = r.results.into_iter().map(|(_, r)| r).collect();
+        (results, oracle)
+    };
+    let (results, oracle) = run(3);
     assert_eq!(results.len(), Method::ALL.len());
+    // The oracle clicks 20 times, keeps the mask after the loop's 2 + 6 points, and its first
+    // click is the object's deepest point, positive.
+    assert_eq!(oracle.ious.len(), 20);
+    assert_eq!(results[4].points.len(), 8);
+    assert_eq!(results[4].mask, oracle.kept_mask);
+    let first = oracle.points[0];
+    assert_eq!(first.label, alignsam::sam::PointLabel::Positive);
+    // (x 22 is 23 pixels from both sides of the half; rows 22..=37 are all that deep: the first.)
+    assert_eq!((first.x, first.y), (22.5, 22.5), "{first:?}");
+    // The SRM-only baseline never clicks the same patch twice.
+    let srm_patches: Vec<usize> = results[3]
+        .points
+        .iter()
+        .filter(|p| p.origin == PointOrigin::Step)
+        .map(|p| p.patch)
+        .collect();
+    assert_eq!(srm_patches.len(), 6);
+    let mut distinct = srm_patches.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 6, "{srm_patches:?}");
 
     let centre = G / 2 * G + G / 2;
     let (cx, cy) = agent.grid.centre(centre, 60, 90);
@@ -379,8 +429,8 @@ fn baselines_click_where_they_should() {
     for p in steps(2) {
         assert_eq!((p.patch, p.x, p.y), (centre, cx, cy), "the centre baseline");
     }
-    // Every method starts from the same SRM start points, on the same embedding.
-    for r in &results[1..] {
+    // Every loop method starts from the same SRM start points, on the same embedding.
+    for r in &results[1..4] {
         assert_eq!(
             r.points[..2].iter().map(|p| (p.x, p.y)).collect::<Vec<_>>(),
             results[0].points[..2]
@@ -393,9 +443,9 @@ fn baselines_click_where_they_should() {
     let patches = |rs: &[alignsam::agent::LoopResult]| {
         rs[1].points.iter().map(|p| p.patch).collect::<Vec<_>>()
     };
-    let same = run_methods(&agent, &embedding, &geometry, &options, 3, "img").unwrap();
+    let (same, _) = run(3);
     assert_eq!(patches(&results), patches(&same));
-    let other = run_methods(&agent, &embedding, &geometry, &options, 4, "img").unwrap();
+    let (other, _) = run(4);
     assert_ne!(patches(&results), patches(&other));
 
     // The SRM's constant-map figures on a hand-checkable mask: left 30% of a square image.
@@ -488,7 +538,8 @@ fn a_bad_image_among_many_is_reported_and_skipped() {
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(err.contains(&path.display().to_string()), "{err}");
     assert!(err.contains("1 of 3 images failed"), "{err}");
-    assert_eq!(Csv::read(&out.join("per_image.csv")).rows.len(), 2 * 3);
+    // 2 evaluated images x the 5 default methods
+    assert_eq!(Csv::read(&out.join("per_image.csv")).rows.len(), 2 * 5);
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(
         report.contains("3 taken, 2 evaluated, 1 failed") && report.contains("## Failed images"),

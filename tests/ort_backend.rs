@@ -4,7 +4,7 @@
 
 mod common;
 
-use alignsam::agent::{Agent, LoopOptions};
+use alignsam::agent::{Agent, ImageOptions, LoopOptions};
 use alignsam::bundle::{Bundle, OpenOptions};
 use alignsam::engine::{BackendKind, EngineOptions};
 use common::rel_err;
@@ -51,10 +51,10 @@ fn ort_and_tract_agree_through_the_whole_loop() {
             &ea,
             &ga,
             &opts,
-            None,
-            None,
-            &mut alignsam::agent::PolicyChooser(a.policy.as_ref().unwrap()),
-            now,
+            ImageOptions {
+                started: Some(now),
+                ..ImageOptions::default()
+            },
         )
         .unwrap();
     let rb = b
@@ -62,10 +62,10 @@ fn ort_and_tract_agree_through_the_whole_loop() {
             &ea,
             &ga,
             &opts,
-            None,
-            None,
-            &mut alignsam::agent::PolicyChooser(b.policy.as_ref().unwrap()),
-            now,
+            ImageOptions {
+                started: Some(now),
+                ..ImageOptions::default()
+            },
         )
         .unwrap();
     let pa: Vec<usize> = ra.points.iter().map(|p| p.patch).collect();

@@ -146,7 +146,7 @@ fn tiny_bundle_matches_the_pytorch_reference() {
         let name = path.file_stem().unwrap().to_string_lossy().into_owned();
         let image = alignsam::source::load_rgb(&image_for(&path)).unwrap();
 
-        let (input, geometry) = sam::preprocess::preprocess(&image, &sam.preprocess);
+        let (input, geometry) = sam::preprocess::preprocess(&image, &sam.preprocess).unwrap();
         let sum: f64 = input.data().iter().map(|&v| v as f64).sum();
         let abs_sum: f64 = input.data().iter().map(|&v| v.abs() as f64).sum();
         let (_, sum_ref) = fx.f32("preprocessed_sum");

@@ -10,12 +10,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use alignsam::pipeline::{
-    EXIT_INTERRUPTED, EXIT_OK, EXIT_SOURCE_FAILED, Overflow, Pipeline, PipelineOptions, StopCause,
-    StopReason, install_ctrlc,
+    EXIT_INTERRUPTED, EXIT_OK, EXIT_SOURCE_FAILED, Overflow, Pipeline, PipelineOptions, RunEnd,
+    StopCause, install_ctrlc,
 };
 use alignsam::source::pixel::{Chroma, Range};
 use alignsam::source::y4m::{Y4mHeader, Y4mSource, Y4mWriter};
-use alignsam::source::{FrameError, FrameSource, SourceOptions, load_rgb, open_source, paths};
+use alignsam::source::{FrameSource, SourceOptions, load_rgb, open_source, paths};
 use image::RgbImage;
 
 /// The first `n` frames of a DAVIS sequence, or `None` (with a message) without `../shared`.
@@ -156,7 +156,7 @@ fn truncated_y4m_file_ends_with_an_error_after_its_whole_frames() {
         },
     );
     assert_eq!(processed, [0, 1]);
-    assert_eq!(summary.stop, StopReason::SourceFailed);
+    assert_eq!(summary.stop, RunEnd::SourceFailed);
     assert_eq!(summary.exit_code(), EXIT_SOURCE_FAILED);
     let e = summary.source_error.unwrap();
     assert!(
@@ -192,10 +192,8 @@ fn image_sequence_with_a_corrupt_file_in_the_middle() {
             Ok(Some(frame)) => got.push(Ok((frame.index, frame.image))),
             Ok(None) => break,
             Err(e) => {
-                let fe = e
-                    .downcast_ref::<FrameError>()
-                    .expect("only a per-frame error");
-                got.push(Err((fe.index, fe.message.clone())));
+                let index = e.frame_index().expect("only a per-frame error");
+                got.push(Err((index, e.to_string())));
             }
         }
     }
@@ -225,7 +223,7 @@ fn image_sequence_with_a_corrupt_file_in_the_middle() {
     let source = open_source(&spec, &SourceOptions::default()).unwrap();
     let pipeline = Pipeline::new(PipelineOptions::for_source(source.as_ref()));
     let summary = pipeline.run(source, |f| f.index, |_| Ok(()));
-    assert_eq!(summary.stop, StopReason::EndOfStream);
+    assert_eq!(summary.stop, RunEnd::EndOfStream);
     assert_eq!(
         (
             summary.frames_read,
@@ -272,7 +270,7 @@ fn paced_sequence_with_slow_processing_drops_and_counts_add_up() {
             Ok(())
         },
     );
-    assert_eq!(summary.stop, StopReason::Interrupted);
+    assert_eq!(summary.stop, RunEnd::Interrupted);
     assert_eq!(summary.exit_code(), EXIT_INTERRUPTED);
     assert!(summary.frames_dropped > 0, "{summary}");
     assert_eq!(
@@ -352,7 +350,7 @@ fn sigterm_stops_the_run_after_the_current_frame() {
         },
     );
     assert_eq!(flag.cause(), Some(StopCause::Signal));
-    assert_eq!(summary.stop, StopReason::Interrupted);
+    assert_eq!(summary.stop, RunEnd::Interrupted);
     assert_eq!(summary.exit_code(), EXIT_INTERRUPTED);
     assert!(summary.counts_add_up(), "{summary}");
     // The flag is seen before the next frame (or the one after, as the handler runs on its own

@@ -238,7 +238,6 @@ fn same_seed_same_curves_and_the_bundle_segments() {
                 stop_iou: None,
                 ..LoopOptions::default()
             },
-            None,
         )
         .unwrap();
     assert_eq!((r.points.len(), r.mask.len()), (2 + 4, 96 * 64));

@@ -76,19 +76,56 @@ pub fn map_iou(prob: &Map, target: &FrameTarget) -> f32 {
     )
 }
 
-/// IoU of two binary masks given as pairs of cells (1.0 when both are empty): the one count
-/// behind the SRM map IoU, the loop's convergence test and training's mask IoU.
+/// Intersection and union of two binary masks: the one count behind every IoU in the crate
+/// (the SRM map IoU, the loop's convergence test, training's mask IoU, the evaluation's IoU, the
+/// agreement of warm and cold masks).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Overlap {
+    /// Cells set in both.
+    pub intersection: u64,
+    /// Cells set in either.
+    pub union: u64,
+}
+
+impl Overlap {
+    /// Counts pairs of cells.
+    pub fn of(cells: impl IntoIterator<Item = (bool, bool)>) -> Self {
+        let mut o = Overlap::default();
+        for (a, b) in cells {
+            o.intersection += (a && b) as u64;
+            o.union += (a || b) as u64;
+        }
+        o
+    }
+
+    /// IoU, 1.0 when both masks are empty (nothing to find, nothing found).
+    pub fn iou(&self) -> f64 {
+        if self.union == 0 {
+            1.0
+        } else {
+            self.intersection as f64 / self.union as f64
+        }
+    }
+
+    /// The same in single precision, for the networks' own figures.
+    pub fn iou_f32(&self) -> f32 {
+        if self.union == 0 {
+            1.0
+        } else {
+            self.intersection as f32 / self.union as f32
+        }
+    }
+}
+
+/// IoU of two binary masks given as pairs of cells (1.0 when both are empty).
 pub fn binary_iou(cells: impl IntoIterator<Item = (bool, bool)>) -> f32 {
-    let (mut inter, mut union) = (0usize, 0usize);
-    for (a, b) in cells {
-        inter += (a && b) as usize;
-        union += (a || b) as usize;
-    }
-    if union == 0 {
-        1.0
-    } else {
-        inter as f32 / union as f32
-    }
+    Overlap::of(cells).iou_f32()
+}
+
+/// IoU of two equally long masks (1.0 when both are empty).
+pub fn mask_iou(a: &[bool], b: &[bool]) -> f64 {
+    debug_assert_eq!(a.len(), b.len(), "masks of different sizes");
+    Overlap::of(a.iter().copied().zip(b.iter().copied())).iou()
 }
 
 #[cfg(test)]

@@ -2,19 +2,26 @@
 //! click is on the object, driving a frozen SAM through a bounded prompting loop.
 //!
 //! [`grid`] is the action space, [`state`] the agent's view `E * M`, [`policy`] and [`srm`] the
-//! two networks (ONNX, through the same engine as SAM), [`prompt_loop`] the loop itself.
+//! two networks (ONNX, through the same engine as SAM), [`chooser`] who picks the patch (the
+//! policy or a baseline), [`prompt_loop`] the loop itself, [`record`] what it returns and
+//! [`stream`] the loop over the frames of a video, warm-starting each from the previous one.
 
+pub mod chooser;
 pub mod grid;
 pub mod ground_truth;
 pub mod policy;
 pub mod prompt_loop;
+pub mod record;
 pub mod srm;
 pub mod state;
+pub mod stream;
 
+pub use chooser::{CentreChooser, PatchChooser, PolicyChooser, RandomChooser, SrmChooser};
 pub use grid::{FrameMap, PatchGrid};
 pub use policy::Policy;
-pub use prompt_loop::{
-    Agent, CentreChooser, LoopOptions, LoopResult, PatchChooser, PointOrigin, PointRecord,
-    PolicyChooser, RandomChooser, StageTimes, StepTimes, StopReason, WarmStart,
+pub use prompt_loop::{Agent, Encoded, Episode, ImageOptions, LoopOptions, StepOutcome};
+pub use record::{
+    LoopResult, PointOrigin, PointRecord, StageTimes, StepTimes, StopReason, WarmStart,
 };
 pub use srm::Srm;
+pub use stream::StreamSegmenter;

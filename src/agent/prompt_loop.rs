@@ -1,174 +1,37 @@
-//! The bounded prompting loop, per image or frame:
+//! The bounded prompting loop, per image or frame, in the paper's phases:
 //!
 //! ```text
-//! encode once -> SRM(s_0) -> start points (+ at its highest score, - at its lowest) -> decode
-//! for t in 1..=T:  s_t = E * M_{t-1} -> choose a patch -> SRM(s_t) labels its centre
-//!                  -> decode all points (previous low-res logits as mask_input) -> M_t
-//! upscale the last low-res logits to the image size, once.
+//! encode once                      Agent::encode
+//! start: SRM(s_0) -> start points  Agent::start   (+ at its highest score, - at its lowest;
+//!        -> decode                                 or the previous frame's points, warm)
+//! for t in 1..=T:                  Agent::step
+//!     s_t = E * M_{t-1} -> choose a patch -> SRM(s_t) labels its centre
+//!     -> decode all points (previous low-res logits as mask_input) -> M_t
+//! upscale the last logits once     Agent::finish
 //! ```
 //!
-//! Three bounds stop the loop: the step limit, a time budget per frame (a step is not started
-//! when the running mean step time says it would overrun), and convergence (IoU between
-//! successive masks at or above a tolerance). The result records every point, why the loop
-//! stopped and the time of every stage.
+//! [`Agent::run_on_embedding`] runs the phases with the three bounds that stop the loop: the
+//! step limit, a time budget per frame (a step is not started when the running mean step time
+//! says it would overrun), and convergence (IoU between successive masks at or above a
+//! tolerance). The result records every point, why the loop stopped and the time of every stage.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use image::RgbImage;
-use rand::rngs::StdRng;
-use rand::{RngExt, SeedableRng};
-use serde::Serialize;
 
+use super::chooser::{PatchChooser, PolicyChooser};
 use super::grid::PatchGrid;
-use super::policy::{Policy, greedy};
+use super::policy::Policy;
+use super::record::{
+    LoopResult, PointOrigin, PointRecord, StageTimes, StepTimes, StopReason, WarmStart, prompt_of,
+};
 use super::srm::{Srm, start_points};
 use super::state::{mask_probability, state};
-use crate::engine::Tensor;
 use crate::sam::{
-    Embedding, FrameGeometry, Map, PointLabel, PromptPoint, Sam, postprocess, preprocess,
+    Embedding, FrameGeometry, LowResMask, Map, PointLabel, Sam, postprocess, preprocess,
 };
-
-/// Why the loop ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum StopReason {
-    /// It ran the maximum number of steps.
-    StepLimit,
-    /// The next step would have overrun the frame's time budget.
-    TimeBudget,
-    /// The mask stopped changing (IoU with the previous mask at or above the tolerance).
-    Converged,
-    /// Every patch was used and repeats are forbidden.
-    NoActionLeft,
-}
-
-/// Where a point came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PointOrigin {
-    /// The SRM's most (positive) or least (negative) confident cell.
-    SrmStart,
-    /// Carried over from the previous frame (temporal reuse), relabelled by the SRM.
-    PreviousFrame,
-    /// Chosen by the policy (or a baseline chooser) at a step.
-    Step,
-}
-
-/// One prompt point and what happened when it was added.
-#[derive(Clone, Debug, Serialize)]
-pub struct PointRecord {
-    /// 0 for start points, then 1..=T.
-    pub step: usize,
-    /// Column in image pixels.
-    pub x: f64,
-    /// Row in image pixels.
-    pub y: f64,
-    /// The label the SRM gave it.
-    pub label: PointLabel,
-    /// The patch of the grid it lies in.
-    pub patch: usize,
-    /// Where it came from.
-    pub origin: PointOrigin,
-    /// The SRM's foreground probability at the point.
-    pub srm_prob: f32,
-    /// The decoder's IoU prediction for the mask after this point was added.
-    pub iou_prediction: f32,
-}
-
-/// Milliseconds of each part of one step.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct StepTimes {
-    /// Building `s_t = E * M_{t-1}`.
-    pub state_ms: f64,
-    /// The chooser (policy network, or a baseline).
-    pub policy_ms: f64,
-    /// The SRM.
-    pub srm_ms: f64,
-    /// The decoder with all points so far.
-    pub decoder_ms: f64,
-    /// The whole step.
-    pub total_ms: f64,
-}
-
-/// Milliseconds of every stage of one frame.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct StageTimes {
-    /// Resize, normalise, pad.
-    pub preprocess_ms: f64,
-    /// The image encoder.
-    pub encoder_ms: f64,
-    /// SRM on `s_0` and the first decode with the two start points.
-    pub start_ms: f64,
-    /// The SRM part of `start_ms`.
-    pub start_srm_ms: f64,
-    /// The decoder part of `start_ms`.
-    pub start_decoder_ms: f64,
-    /// Each step.
-    pub steps: Vec<StepTimes>,
-    /// Upscaling the final logits to the image size and thresholding.
-    pub postprocess_ms: f64,
-    /// The whole frame.
-    pub total_ms: f64,
-}
-
-/// What the loop produced for one image.
-#[derive(Clone, Debug)]
-pub struct LoopResult {
-    /// All points, start points first.
-    pub points: Vec<PointRecord>,
-    /// Steps run after the start points.
-    pub steps: usize,
-    /// Why it stopped.
-    pub stop: StopReason,
-    /// Stage timings.
-    pub times: StageTimes,
-    /// The last low-resolution logits.
-    pub low_res: Map,
-    /// The decoder's IoU prediction for the final mask.
-    pub iou_prediction: f32,
-    /// The final mask at the image size, row-major (true = object).
-    pub mask: Vec<bool>,
-    /// Where the image sat in the encoder frame.
-    pub geometry: FrameGeometry,
-}
-
-impl LoopResult {
-    /// The prompt points as the decoder saw them.
-    pub fn prompt(&self) -> Vec<PromptPoint> {
-        self.points
-            .iter()
-            .map(|p| PromptPoint {
-                x: p.x,
-                y: p.y,
-                label: p.label,
-            })
-            .collect()
-    }
-}
-
-/// What carries over from the previous frame of a video (temporal reuse, beyond the paper).
-#[derive(Clone, Debug)]
-pub struct WarmStart {
-    /// The previous frame's final points (image coordinates; same frame size required).
-    pub points: Vec<PromptPoint>,
-    /// The previous frame's final low-resolution logits.
-    pub low_res: Map,
-}
-
-impl WarmStart {
-    /// The warm start that a finished frame hands to the next one: its last `max_points` points
-    /// (the most recent are the most refined; without a cap, points would pile up frame after
-    /// frame) and its final low-resolution logits.
-    pub fn from_result(result: &LoopResult, max_points: usize) -> Self {
-        let prompt = result.prompt();
-        let keep = prompt.len().min(max_points.max(1));
-        WarmStart {
-            points: prompt[prompt.len() - keep..].to_vec(),
-            low_res: result.low_res.clone(),
-        }
-    }
-}
+use crate::util::ms;
 
 /// Bounds and switches of the loop.
 #[derive(Clone, Debug)]
@@ -198,71 +61,86 @@ impl Default for LoopOptions {
     }
 }
 
-/// Chooses the next patch from a state: the policy, or one of the evaluation baselines.
-pub trait PatchChooser {
-    /// Returns the chosen patch index, given which patches are allowed (`None`: all).
-    fn choose(&mut self, state: &Tensor, allowed: Option<&[bool]>) -> Result<Option<usize>>;
+/// What one image brings beside its pixels; every field is optional ([`ImageOptions::default`]
+/// is a cold start, no semantic map, the agent's policy, the clock starting at the call).
+#[derive(Default)]
+pub struct ImageOptions<'a> {
+    /// Start from the previous frame's points and mask instead of the SRM's start points.
+    pub warm: Option<&'a WarmStart>,
+    /// The text-image similarity map an explicit-branch SRM needs.
+    pub semantic: Option<&'a Map>,
+    /// Who picks the patches (`None`: the agent's policy, greedy).
+    pub chooser: Option<&'a mut dyn PatchChooser>,
+    /// When the frame's clock started, for the time budget (`None`: when the loop starts).
+    pub started: Option<Instant>,
 }
 
-/// The greedy policy: the patch with the largest logit.
-pub struct PolicyChooser<'a>(pub &'a Policy);
+/// An encoded image: the embedding, where the image sits in the encoder frame, and what it cost.
+pub struct Encoded {
+    /// The image embedding `E`.
+    pub embedding: Embedding,
+    /// The image's place in the encoder frame.
+    pub geometry: FrameGeometry,
+    /// Preprocessing milliseconds.
+    pub preprocess_ms: f64,
+    /// Encoder milliseconds.
+    pub encoder_ms: f64,
+    /// When preprocessing started (the frame's clock).
+    pub started: Instant,
+}
 
-impl PatchChooser for PolicyChooser<'_> {
-    fn choose(&mut self, state: &Tensor, allowed: Option<&[bool]>) -> Result<Option<usize>> {
-        Ok(greedy(&self.0.logits(state)?, allowed))
+/// One image's loop in progress: the points so far and the current mask. Made by
+/// [`Agent::start`], advanced by [`Agent::step`], closed by [`Agent::finish`].
+pub struct Episode<'e> {
+    embedding: &'e Embedding,
+    geometry: FrameGeometry,
+    semantic: Option<&'e Map>,
+    points: Vec<PointRecord>,
+    current: LowResMask,
+    used: Vec<bool>,
+    times: StageTimes,
+    start_phase: Duration,
+    step_total: Duration,
+}
+
+impl Episode<'_> {
+    /// Steps taken so far (start points excluded).
+    pub fn steps(&self) -> usize {
+        self.times.steps.len()
     }
-}
 
-/// Uniformly random patches: the paper's "w/o RL" baseline (labels still come from the SRM).
-pub struct RandomChooser {
-    rng: StdRng,
-    actions: usize,
-}
-
-impl RandomChooser {
-    /// A seeded random chooser over `actions` patches.
-    pub fn new(actions: usize, seed: u64) -> Self {
-        RandomChooser {
-            rng: StdRng::seed_from_u64(seed),
-            actions,
-        }
+    /// The points so far, start points first.
+    pub fn points(&self) -> &[PointRecord] {
+        &self.points
     }
-}
 
-impl PatchChooser for RandomChooser {
-    fn choose(&mut self, _state: &Tensor, allowed: Option<&[bool]>) -> Result<Option<usize>> {
-        let candidates: Vec<usize> = (0..self.actions)
-            .filter(|&i| allowed.is_none_or(|a| a[i]))
-            .collect();
-        if candidates.is_empty() {
-            return Ok(None);
-        }
-        Ok(Some(candidates[self.rng.random_range(0..candidates.len())]))
+    /// The current low-resolution mask.
+    pub fn current(&self) -> &LowResMask {
+        &self.current
     }
-}
 
-/// Always the patch at the centre of the grid (the "click the middle" baseline).
-pub struct CentreChooser(pub PatchGrid);
-
-impl PatchChooser for CentreChooser {
-    fn choose(&mut self, _state: &Tensor, allowed: Option<&[bool]>) -> Result<Option<usize>> {
-        let g = self.0.size;
-        let centre = (g / 2) * g + g / 2;
-        if allowed.is_none_or(|a| a[centre]) {
-            return Ok(Some(centre));
-        }
-        // Nearest allowed patch to the centre, so that `forbid_repeats` still has a meaning.
-        let dist = |i: usize| {
-            let (r, c) = (
-                (i / g) as i64 - (g / 2) as i64,
-                (i % g) as i64 - (g / 2) as i64,
-            );
-            r * r + c * c
+    /// Whether one more step would overrun `budget`, counted from `started`: the running mean
+    /// step time is the estimate (before the first step, the start phase's time, one SRM and one
+    /// decoder run, is the best one).
+    pub fn would_overrun(&self, budget: Option<Duration>, started: Instant) -> bool {
+        let Some(budget) = budget else { return false };
+        let estimate = match self.steps() {
+            0 => self.start_phase,
+            n => self.step_total / n as u32,
         };
-        Ok((0..g * g)
-            .filter(|&i| allowed.is_none_or(|a| a[i]))
-            .min_by_key(|&i| (dist(i), i)))
+        started.elapsed() + estimate > budget
     }
+}
+
+/// What a step did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StepOutcome {
+    /// A point was added and the mask changed (or convergence is not checked).
+    Continue,
+    /// A point was added and the mask stopped changing.
+    Converged,
+    /// The chooser had no patch left (every patch used, repeats forbidden); nothing was added.
+    NoActionLeft,
 }
 
 /// IoU of the binary masks (logits > 0) of two low-resolution maps, over the cells that cover
@@ -279,18 +157,14 @@ pub fn low_res_iou(a: &Map, b: &Map, geometry: &FrameGeometry) -> f32 {
     )
 }
 
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
-/// The AlignSAM agent: SAM plus the SRM and a patch chooser.
+/// The AlignSAM agent: SAM plus the SRM and the policy.
 pub struct Agent {
     /// Encoder and decoder.
     pub sam: Sam,
     /// The SRM.
     pub srm: Srm,
-    /// The policy (absent in bundles made for baselines only).
-    pub policy: Option<Policy>,
+    /// The policy.
+    pub policy: Policy,
     /// The action grid.
     pub grid: PatchGrid,
 }
@@ -302,233 +176,310 @@ impl Agent {
         backend: &dyn crate::engine::Backend,
     ) -> Result<Self> {
         let m = &bundle.manifest;
-        let Some(srm_entry) = &m.models.srm else {
-            bail!(
-                "{}: the bundle has no [models.srm]; the prompting loop needs a policy and an SRM (see models/README.md)",
+        let missing = |what: &str| {
+            anyhow::anyhow!(
+                "{}: the bundle has no [models.{what}]; the prompting loop needs a policy and an SRM (see models/README.md)",
                 bundle.dir.display()
             )
         };
-        let Some(policy_entry) = &m.models.policy else {
-            bail!(
-                "{}: the bundle has no [models.policy]; the prompting loop needs a policy and an SRM (see models/README.md)",
-                bundle.dir.display()
-            )
-        };
+        let srm_entry = m.models.srm.as_ref().ok_or_else(|| missing("srm"))?;
+        let policy_entry = m.models.policy.as_ref().ok_or_else(|| missing("policy"))?;
         Ok(Agent {
             sam: Sam::load(bundle, backend)?,
             srm: Srm::load(backend, &bundle.path(&srm_entry.file), m)?,
-            policy: Some(Policy::load(backend, &bundle.path(&policy_entry.file), m)?),
+            policy: Policy::load(backend, &bundle.path(&policy_entry.file), m)?,
             grid: PatchGrid::new(m.agent.grid),
         })
     }
 
     /// Segments one image with the greedy policy.
-    pub fn segment(
-        &self,
-        image: &RgbImage,
-        options: &LoopOptions,
-        semantic: Option<&Map>,
-    ) -> Result<LoopResult> {
-        let policy = self.policy.as_ref().expect("Agent::load requires a policy");
-        self.segment_with(image, options, semantic, None, &mut PolicyChooser(policy))
+    pub fn segment(&self, image: &RgbImage, options: &LoopOptions) -> Result<LoopResult> {
+        self.segment_with(image, options, ImageOptions::default())
     }
 
-    /// Segments one image with any chooser, optionally warm-started from the previous frame.
+    /// Segments one image: [`Agent::encode`], then [`Agent::run_on_embedding`].
     pub fn segment_with(
         &self,
         image: &RgbImage,
         options: &LoopOptions,
-        semantic: Option<&Map>,
-        warm: Option<&WarmStart>,
-        chooser: &mut dyn PatchChooser,
+        per_image: ImageOptions<'_>,
     ) -> Result<LoopResult> {
-        let start = Instant::now();
-        let (input, geometry) = preprocess::preprocess(image, &self.sam.preprocess);
-        let t_pre = start.elapsed();
-        let t = Instant::now();
-        let embedding = self.sam.encoder.encode(&input)?;
-        let t_enc = t.elapsed();
-        drop(input);
-        let mut result = self.run_on_embedding(
-            &embedding, &geometry, options, semantic, warm, chooser, start,
-        )?;
-        result.times.preprocess_ms = ms(t_pre);
-        result.times.encoder_ms = ms(t_enc);
+        let encoded = self.encode(image)?;
+        let per_image = ImageOptions {
+            started: per_image.started.or(Some(encoded.started)),
+            ..per_image
+        };
+        let mut result =
+            self.run_on_embedding(&encoded.embedding, &encoded.geometry, options, per_image)?;
+        result.times.preprocess_ms = encoded.preprocess_ms;
+        result.times.encoder_ms = encoded.encoder_ms;
         Ok(result)
     }
 
-    /// The loop on an image that is already encoded (cached embeddings, evaluation). `frame_start`
-    /// is when the frame's clock started, for the time budget.
-    #[allow(clippy::too_many_arguments)]
+    /// Preprocesses and encodes an image, once: the loop's later steps only read the embedding.
+    pub fn encode(&self, image: &RgbImage) -> Result<Encoded> {
+        let started = Instant::now();
+        let (input, geometry) = preprocess::preprocess(image, &self.sam.preprocess)?;
+        let preprocess_ms = ms(started.elapsed());
+        let t = Instant::now();
+        let embedding = self.sam.encoder.encode(&input)?;
+        Ok(Encoded {
+            embedding,
+            geometry,
+            preprocess_ms,
+            encoder_ms: ms(t.elapsed()),
+            started,
+        })
+    }
+
+    /// The loop on an image that is already encoded (cached embeddings, evaluation).
     pub fn run_on_embedding(
         &self,
         embedding: &Embedding,
         geometry: &FrameGeometry,
         options: &LoopOptions,
-        semantic: Option<&Map>,
-        warm: Option<&WarmStart>,
-        chooser: &mut dyn PatchChooser,
-        frame_start: Instant,
+        per_image: ImageOptions<'_>,
     ) -> Result<LoopResult> {
-        let (_, eh, ew) = embedding.chw();
-        let (h, w) = geometry.original;
-        let decoder = &self.sam.decoder;
-        let mut times = StageTimes::default();
-
-        // Start points: from the SRM on s_0, or carried over from the previous frame.
-        let t = Instant::now();
-        let mut points: Vec<PointRecord> = vec![];
-        let first = match warm {
-            None => {
-                let t_srm = Instant::now();
-                let prob = self.srm.predict(&state(embedding, None), semantic)?;
-                times.start_srm_ms = ms(t_srm.elapsed());
-                let Some((pos, neg)) = start_points(&prob, self.srm.frame_map(), geometry) else {
-                    bail!("the SRM map has no cell inside the {w}x{h} image");
-                };
-                for (sp, label) in [(pos, PointLabel::Positive), (neg, PointLabel::Negative)] {
-                    let (x, y, p) = (sp.x, sp.y, sp.prob);
-                    let patch = self.grid.patch_at(x, y, h, w);
-                    points.push(PointRecord {
-                        step: 0,
-                        x,
-                        y,
-                        label,
-                        patch,
-                        origin: PointOrigin::SrmStart,
-                        srm_prob: p,
-                        iou_prediction: f32::NAN,
-                    });
-                }
-                let t_dec = Instant::now();
-                let out = decoder.decode(embedding, &prompt_of(&points), None, geometry)?;
-                times.start_decoder_ms = ms(t_dec.elapsed());
-                out
+        let started = per_image.started.unwrap_or_else(Instant::now);
+        let mut policy = PolicyChooser(&self.policy);
+        let chooser: &mut dyn PatchChooser = match per_image.chooser {
+            Some(c) => c,
+            None => &mut policy,
+        };
+        let mut episode = self.start(
+            embedding,
+            geometry,
+            per_image.warm,
+            per_image.semantic,
+            options,
+        )?;
+        let stop = loop {
+            if episode.steps() == options.max_steps {
+                break StopReason::StepLimit;
             }
-            Some(prev) => {
-                if prev.points.is_empty() {
-                    bail!("a warm start needs the previous frame's points");
-                }
-                let t_srm = Instant::now();
-                let m = mask_probability(&prev.low_res, eh, ew);
-                let prob = self.srm.predict(&state(embedding, Some(&m)), semantic)?;
-                times.start_srm_ms = ms(t_srm.elapsed());
-                for p in &prev.points {
-                    let (x, y) = (
-                        p.x.clamp(0.0, w as f64 - 0.5),
-                        p.y.clamp(0.0, h as f64 - 0.5),
-                    );
-                    let (srm_prob, label) = self.srm.label_at(&prob, x, y, geometry);
-                    let patch = self.grid.patch_at(x, y, h, w);
-                    points.push(PointRecord {
-                        step: 0,
-                        x,
-                        y,
-                        label,
-                        patch,
-                        origin: PointOrigin::PreviousFrame,
-                        srm_prob,
-                        iou_prediction: f32::NAN,
-                    });
-                }
-                let mask_input = options.feed_mask.then_some(&prev.low_res);
-                let t_dec = Instant::now();
-                let out = decoder.decode(embedding, &prompt_of(&points), mask_input, geometry)?;
-                times.start_decoder_ms = ms(t_dec.elapsed());
-                out
+            if episode.would_overrun(options.budget, started) {
+                break StopReason::TimeBudget;
+            }
+            match self.step(&mut episode, chooser, options)? {
+                StepOutcome::Continue => {}
+                StepOutcome::Converged => break StopReason::Converged,
+                StepOutcome::NoActionLeft => break StopReason::NoActionLeft,
             }
         };
+        Ok(self.finish(episode, stop, started))
+    }
+
+    /// The start phase: the start points (the SRM's most and least confident cells on `s_0 = E`,
+    /// or the previous frame's points relabelled by the SRM) and the first decode.
+    pub fn start<'e>(
+        &self,
+        embedding: &'e Embedding,
+        geometry: &FrameGeometry,
+        warm: Option<&WarmStart>,
+        semantic: Option<&'e Map>,
+        options: &LoopOptions,
+    ) -> Result<Episode<'e>> {
+        let t = Instant::now();
+        let mut times = StageTimes::default();
+        let (mut points, mask_input) = match warm {
+            None => (
+                self.srm_start(embedding, geometry, semantic, &mut times)?,
+                None,
+            ),
+            Some(prev) => {
+                let points = self.warm_start(embedding, geometry, prev, semantic, &mut times)?;
+                (points, options.feed_mask.then_some(&prev.low_res))
+            }
+        };
+        let t_dec = Instant::now();
+        let first =
+            self.sam
+                .decoder
+                .decode(embedding, &prompt_of(&points), mask_input, geometry)?;
+        times.start_decoder_ms = ms(t_dec.elapsed());
         for p in points.iter_mut() {
             p.iou_prediction = first.iou;
         }
-        let mut current = first;
-        let start_phase = t.elapsed();
-        times.start_ms = ms(start_phase);
-
         let mut used = vec![false; self.grid.len()];
         for p in &points {
             used[p.patch] = true;
         }
-        let mut stop = StopReason::StepLimit;
-        let mut step_total = Duration::ZERO;
-        for step in 1..=options.max_steps {
-            if let Some(budget) = options.budget {
-                // Before the first step, the start phase (one SRM and one decoder run) is the
-                // best estimate of a step's cost.
-                let estimate = if step == 1 {
-                    start_phase
-                } else {
-                    step_total / (step as u32 - 1)
-                };
-                if frame_start.elapsed() + estimate > budget {
-                    stop = StopReason::TimeBudget;
-                    break;
-                }
-            }
-            let step_start = Instant::now();
-            let mut st = StepTimes::default();
+        let start_phase = t.elapsed();
+        times.start_ms = ms(start_phase);
+        Ok(Episode {
+            embedding,
+            geometry: *geometry,
+            semantic,
+            points,
+            current: first,
+            used,
+            times,
+            start_phase,
+            step_total: Duration::ZERO,
+        })
+    }
 
-            let t = Instant::now();
-            let m = mask_probability(&current.logits, eh, ew);
-            let s = state(embedding, Some(&m));
-            st.state_ms = ms(t.elapsed());
-
-            let t = Instant::now();
-            let free: Vec<bool>;
-            let allowed = if options.forbid_repeats {
-                free = used.iter().map(|u| !u).collect();
-                Some(free.as_slice())
-            } else {
-                None
-            };
-            let Some(patch) = chooser.choose(&s, allowed)? else {
-                stop = StopReason::NoActionLeft;
-                break;
-            };
-            st.policy_ms = ms(t.elapsed());
-
-            let t = Instant::now();
-            let prob = self.srm.predict(&s, semantic)?;
-            let (x, y) = self.grid.centre(patch, h, w);
-            let (srm_prob, label) = self.srm.label_at(&prob, x, y, geometry);
-            st.srm_ms = ms(t.elapsed());
-            points.push(PointRecord {
-                step,
-                x,
-                y,
+    /// Cold start: a positive point at the SRM's highest score on `s_0`, a negative one at its
+    /// lowest.
+    fn srm_start(
+        &self,
+        embedding: &Embedding,
+        geometry: &FrameGeometry,
+        semantic: Option<&Map>,
+        times: &mut StageTimes,
+    ) -> Result<Vec<PointRecord>> {
+        let t = Instant::now();
+        let prob = self.srm.predict(&state(embedding, None), semantic)?;
+        times.start_srm_ms = ms(t.elapsed());
+        let Some((pos, neg)) = start_points(&prob, self.srm.frame_map(), geometry) else {
+            let (h, w) = geometry.original;
+            bail!("the SRM map has no cell inside the {w}x{h} image");
+        };
+        let (h, w) = geometry.original;
+        Ok([(pos, PointLabel::Positive), (neg, PointLabel::Negative)]
+            .into_iter()
+            .map(|(sp, label)| PointRecord {
+                step: 0,
+                x: sp.x,
+                y: sp.y,
                 label,
-                patch,
-                origin: PointOrigin::Step,
-                srm_prob,
+                patch: self.grid.patch_at(sp.x, sp.y, h, w),
+                origin: PointOrigin::SrmStart,
+                srm_prob: sp.prob,
                 iou_prediction: f32::NAN,
-            });
-            used[patch] = true;
+            })
+            .collect())
+    }
 
-            let t = Instant::now();
-            let mask_input = options.feed_mask.then_some(&current.logits);
-            let next = decoder.decode(embedding, &prompt_of(&points), mask_input, geometry)?;
-            st.decoder_ms = ms(t.elapsed());
-            points.last_mut().expect("just pushed").iou_prediction = next.iou;
-
-            let converged = options
-                .stop_iou
-                .is_some_and(|tol| low_res_iou(&current.logits, &next.logits, geometry) >= tol);
-            current = next;
-            let elapsed = step_start.elapsed();
-            step_total += elapsed;
-            st.total_ms = ms(elapsed);
-            times.steps.push(st);
-            if converged {
-                stop = StopReason::Converged;
-                break;
-            }
+    /// Warm start: the previous frame's points, relabelled by the SRM on `E * M_prev`.
+    fn warm_start(
+        &self,
+        embedding: &Embedding,
+        geometry: &FrameGeometry,
+        prev: &WarmStart,
+        semantic: Option<&Map>,
+        times: &mut StageTimes,
+    ) -> Result<Vec<PointRecord>> {
+        if prev.points.is_empty() {
+            bail!("a warm start needs the previous frame's points");
         }
+        let (_, eh, ew) = embedding.chw();
+        let (h, w) = geometry.original;
+        let t = Instant::now();
+        let m = mask_probability(&prev.low_res, eh, ew);
+        let prob = self.srm.predict(&state(embedding, Some(&m)), semantic)?;
+        times.start_srm_ms = ms(t.elapsed());
+        Ok(prev
+            .points
+            .iter()
+            .map(|p| {
+                let (x, y) = (
+                    p.x.clamp(0.0, w as f64 - 0.5),
+                    p.y.clamp(0.0, h as f64 - 0.5),
+                );
+                let (srm_prob, label) = self.srm.label_at(&prob, x, y, geometry);
+                PointRecord {
+                    step: 0,
+                    x,
+                    y,
+                    label,
+                    patch: self.grid.patch_at(x, y, h, w),
+                    origin: PointOrigin::PreviousFrame,
+                    srm_prob,
+                    iou_prediction: f32::NAN,
+                }
+            })
+            .collect())
+    }
+
+    /// One step: `s_t = E * M_{t-1}`, the chooser picks a patch, the SRM labels its centre, the
+    /// decoder runs on every point so far (the previous logits as `mask_input`).
+    pub fn step(
+        &self,
+        episode: &mut Episode<'_>,
+        chooser: &mut dyn PatchChooser,
+        options: &LoopOptions,
+    ) -> Result<StepOutcome> {
+        let step_start = Instant::now();
+        let mut st = StepTimes::default();
+        let (_, eh, ew) = episode.embedding.chw();
+        let (h, w) = episode.geometry.original;
 
         let t = Instant::now();
-        let mask = postprocess::threshold(&postprocess::upscale_logits(&current.logits, geometry));
+        let m = mask_probability(&episode.current.logits, eh, ew);
+        let s = state(episode.embedding, Some(&m));
+        st.state_ms = ms(t.elapsed());
+
+        let t = Instant::now();
+        let free: Option<Vec<bool>> = options
+            .forbid_repeats
+            .then(|| episode.used.iter().map(|u| !u).collect());
+        let Some(patch) = chooser.choose(&s, free.as_deref())? else {
+            return Ok(StepOutcome::NoActionLeft);
+        };
+        st.policy_ms = ms(t.elapsed());
+
+        let t = Instant::now();
+        let prob = self.srm.predict(&s, episode.semantic)?;
+        let (x, y) = self.grid.centre(patch, h, w);
+        let (srm_prob, label) = self.srm.label_at(&prob, x, y, &episode.geometry);
+        st.srm_ms = ms(t.elapsed());
+        episode.points.push(PointRecord {
+            step: episode.steps() + 1,
+            x,
+            y,
+            label,
+            patch,
+            origin: PointOrigin::Step,
+            srm_prob,
+            iou_prediction: f32::NAN,
+        });
+        episode.used[patch] = true;
+
+        let t = Instant::now();
+        let mask_input = options.feed_mask.then_some(&episode.current.logits);
+        let next = self.sam.decoder.decode(
+            episode.embedding,
+            &prompt_of(&episode.points),
+            mask_input,
+            &episode.geometry,
+        )?;
+        st.decoder_ms = ms(t.elapsed());
+        episode
+            .points
+            .last_mut()
+            .expect("just pushed")
+            .iou_prediction = next.iou;
+
+        let converged = options.stop_iou.is_some_and(|tol| {
+            low_res_iou(&episode.current.logits, &next.logits, &episode.geometry) >= tol
+        });
+        episode.current = next;
+        let elapsed = step_start.elapsed();
+        episode.step_total += elapsed;
+        st.total_ms = ms(elapsed);
+        episode.times.steps.push(st);
+        Ok(if converged {
+            StepOutcome::Converged
+        } else {
+            StepOutcome::Continue
+        })
+    }
+
+    /// Closes an episode: the last logits upscaled to the image size and thresholded, once.
+    pub fn finish(&self, episode: Episode<'_>, stop: StopReason, started: Instant) -> LoopResult {
+        let Episode {
+            geometry,
+            points,
+            current,
+            mut times,
+            ..
+        } = episode;
+        let t = Instant::now();
+        let mask = postprocess::threshold(&postprocess::upscale_logits(&current.logits, &geometry));
         times.postprocess_ms = ms(t.elapsed());
-        times.total_ms = ms(frame_start.elapsed());
-        Ok(LoopResult {
+        times.total_ms = ms(started.elapsed());
+        LoopResult {
             steps: times.steps.len(),
             points,
             stop,
@@ -536,20 +487,9 @@ impl Agent {
             iou_prediction: current.iou,
             low_res: current.logits,
             mask,
-            geometry: *geometry,
-        })
+            geometry,
+        }
     }
-}
-
-fn prompt_of(points: &[PointRecord]) -> Vec<PromptPoint> {
-    points
-        .iter()
-        .map(|p| PromptPoint {
-            x: p.x,
-            y: p.y,
-            label: p.label,
-        })
-        .collect()
 }
 
 #[cfg(test)]
@@ -570,32 +510,5 @@ mod tests {
         assert_eq!(low_res_iou(&a, &b, &geo), 1.0);
         b.data[0] = -1.0; // one of 8 image cells lost
         assert!((low_res_iou(&a, &b, &geo) - 7.0 / 8.0).abs() < 1e-6);
-    }
-
-    #[test]
-    fn centre_chooser_falls_back_to_the_nearest_free_patch() {
-        let mut c = CentreChooser(PatchGrid::new(3));
-        let s = Tensor::zeros(vec![1]);
-        assert_eq!(c.choose(&s, None).unwrap(), Some(4));
-        let mut allowed = vec![true; 9];
-        allowed[4] = false;
-        assert_eq!(c.choose(&s, Some(&allowed)).unwrap(), Some(1));
-    }
-
-    #[test]
-    fn random_chooser_is_seeded_and_respects_the_mask() {
-        let s = Tensor::zeros(vec![1]);
-        let picks = |seed| {
-            let mut c = RandomChooser::new(100, seed);
-            (0..20)
-                .map(|_| c.choose(&s, None).unwrap().unwrap())
-                .collect::<Vec<_>>()
-        };
-        assert_eq!(picks(7), picks(7));
-        assert_ne!(picks(7), picks(8));
-        let mut allowed = vec![false; 100];
-        allowed[42] = true;
-        let mut c = RandomChooser::new(100, 1);
-        assert_eq!(c.choose(&s, Some(&allowed)).unwrap(), Some(42));
     }
 }

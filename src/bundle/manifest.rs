@@ -103,6 +103,20 @@ pub struct ModelEntry {
     pub file: String,
     /// Lower-case hex SHA-256 of the file.
     pub sha256: String,
+    /// The external data files the model's weights are in (SAM ViT-H's encoder is over
+    /// protobuf's 2 GiB limit), each with its checksum: every byte the model needs is verified.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub data: Vec<DataFile>,
+}
+
+/// An external data file of a model, and its checksum.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataFile {
+    /// Path, relative to the manifest's directory (or absolute).
+    pub file: String,
+    /// Lower-case hex SHA-256 of the file.
+    pub sha256: String,
 }
 
 /// Which outputs a decoder export has.
@@ -174,12 +188,10 @@ impl Manifest {
 
     /// Reads and parses a manifest file.
     pub fn read(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => {
-                anyhow::anyhow!("{}: manifest not found", path.display())
-            }
-            _ => anyhow::anyhow!("{}: cannot read manifest: {e}", path.display()),
-        })?;
+        // Manifests are a few hundred bytes; 1 MiB is generous and keeps /dev/zero out.
+        let bytes = crate::source::limits::read_regular(path, "manifest", 1 << 20)?;
+        let text = String::from_utf8(bytes)
+            .map_err(|_| anyhow::anyhow!("{}: manifest is not UTF-8 text", path.display()))?;
         Self::parse(&text, path)
     }
 
@@ -245,21 +257,22 @@ impl Manifest {
         Ok(())
     }
 
-    /// (role, file, sha256) for every model in the manifest.
+    /// (role, file, sha256) for every file in the manifest: models and their external data.
     pub fn files(&self) -> Vec<(&'static str, &str, &str)> {
         let m = &self.models;
-        let mut v = vec![
-            (
-                "encoder",
-                m.encoder.file.as_str(),
-                m.encoder.sha256.as_str(),
-            ),
-            (
-                "decoder",
-                m.decoder.file.as_str(),
-                m.decoder.sha256.as_str(),
-            ),
-        ];
+        let mut v = vec![(
+            "encoder",
+            m.encoder.file.as_str(),
+            m.encoder.sha256.as_str(),
+        )];
+        for d in &m.encoder.data {
+            v.push(("encoder data", d.file.as_str(), d.sha256.as_str()));
+        }
+        v.extend([(
+            "decoder",
+            m.decoder.file.as_str(),
+            m.decoder.sha256.as_str(),
+        )]);
         if let Some(p) = &m.policy {
             v.push(("policy", p.file.as_str(), p.sha256.as_str()));
         }

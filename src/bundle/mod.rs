@@ -16,8 +16,8 @@ use sha2::{Digest, Sha256};
 
 use crate::engine::{Dim, onnx_io};
 pub use manifest::{
-    AgentSection, DecoderEntry, DecoderForm, EmbeddingSection, ImageSection, MANIFEST_FILE,
-    Manifest, ModelEntry, ModelsSection, PolicyEntry, SrmEntry,
+    AgentSection, DataFile, DecoderEntry, DecoderForm, EmbeddingSection, ImageSection,
+    MANIFEST_FILE, Manifest, ModelEntry, ModelsSection, PolicyEntry, SrmEntry,
 };
 
 /// An opened bundle: its manifest and where its files are.
@@ -95,6 +95,44 @@ impl Bundle {
                 );
             }
         }
+        self.check_external_data_listed()
+    }
+
+    /// Every external data file a model reads must be listed in the manifest, with its checksum:
+    /// otherwise garbage in it would pass "checksums verified" unseen.
+    fn check_external_data_listed(&self) -> Result<()> {
+        for (role, file, _) in self.manifest.files() {
+            if role.ends_with(" data") {
+                continue;
+            }
+            let path = self.path(file);
+            let (proto, _) = onnx_io::read_proto(&path)?;
+            let listed: Vec<PathBuf> = match role {
+                "encoder" => self
+                    .manifest
+                    .models
+                    .encoder
+                    .data
+                    .iter()
+                    .map(|d| self.path(&d.file))
+                    .collect(),
+                _ => vec![],
+            };
+            let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
+                (Ok(a), Ok(b)) => a == b,
+                _ => a == b,
+            };
+            for location in onnx_io::external_data_files(&proto) {
+                let data = path.parent().unwrap_or(Path::new(".")).join(&location);
+                if !listed.iter().any(|l| same(l, &data)) {
+                    bail!(
+                        "{}: the {role}'s weights are in the external data file {}, which the manifest does not list with a checksum (so it could not be verified); rewrite the manifest with `alignsam bundle`",
+                        path.display(),
+                        data.display()
+                    );
+                }
+            }
+        }
         Ok(())
     }
 
@@ -111,6 +149,7 @@ impl Bundle {
 
 /// The SHA-256 of a file, as lower-case hex. Errors name the file.
 pub fn sha256_file(path: &Path) -> Result<String> {
+    crate::source::limits::regular_file(path, "file")?;
     let mut file = std::fs::File::open(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => anyhow::anyhow!("{}: file not found", path.display()),
         _ => anyhow::anyhow!("{}: cannot open: {e}", path.display()),
@@ -217,7 +256,14 @@ fn pick(
 /// computed, and (when the directory has a `SHA256SUMS` file) checked against it.
 pub fn infer_manifest(dir: &Path, options: &InferOptions) -> Result<Manifest> {
     let encoder_file = pick(dir, &options.encoder, "encoder.onnx", true)?.unwrap_or_default();
-    let decoder_file = pick(dir, &options.decoder, "decoder.onnx", true)?.unwrap_or_default();
+    // As models/export.py's `write_bundle`: the low-res form when the directory has both (the loop
+    // only reads the low-res outputs; tests/bundle_writers.rs checks the two writers agree).
+    let decoder_default = if options.decoder.is_none() && dir.join("decoder_lowres.onnx").exists() {
+        "decoder_lowres.onnx"
+    } else {
+        "decoder.onnx"
+    };
+    let decoder_file = pick(dir, &options.decoder, decoder_default, true)?.unwrap_or_default();
     let policy_file = pick(dir, &options.policy, "policy.onnx", false)?;
     let srm_file = pick(dir, &options.srm, "srm.onnx", false)?;
 
@@ -241,6 +287,21 @@ pub fn infer_manifest(dir: &Path, options: &InferOptions) -> Result<Manifest> {
 
     let (enc_proto, enc_bytes) = onnx_io::read_proto(&dir.join(&encoder_file))?;
     let enc = onnx_io::declared_io(&enc_proto, enc_bytes);
+    let encoder_data = onnx_io::external_data_files(&enc_proto)
+        .into_iter()
+        .map(|location| {
+            let file = Path::new(&encoder_file)
+                .parent()
+                .unwrap_or(Path::new(""))
+                .join(location)
+                .to_string_lossy()
+                .into_owned();
+            Ok(DataFile {
+                sha256: checksum(&file)?,
+                file,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
     drop(enc_proto);
     let enc_in = enc.inputs.first().and_then(fixed_dims);
     let size = match enc_in.as_deref() {
@@ -328,6 +389,7 @@ pub fn infer_manifest(dir: &Path, options: &InferOptions) -> Result<Manifest> {
             encoder: ModelEntry {
                 sha256: checksum(&encoder_file)?,
                 file: encoder_file,
+                data: encoder_data,
             },
             decoder: DecoderEntry {
                 sha256: checksum(&decoder_file)?,

@@ -7,7 +7,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Result, bail};
 use clap::Args;
@@ -15,11 +15,12 @@ use image::RgbImage;
 use serde::Serialize;
 
 use super::EngineArgs;
-use crate::agent::{Agent, LoopOptions, LoopResult, PolicyChooser};
+use crate::agent::{Agent, LoopOptions, LoopResult};
 use crate::bench::{Stats, peak_rss_bytes};
 use crate::bundle::DecoderForm;
 use crate::sam::{Decoder, FullResDecoder, preprocess};
 use crate::source::{expand_inputs, load_rgb};
+use crate::util::ms;
 
 /// Arguments of `alignsam bench`.
 #[derive(Debug, Args)]
@@ -28,13 +29,13 @@ pub struct BenchArgs {
     #[arg(long)]
     pub bundle: PathBuf,
     /// Step counts to measure, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "1,5,15")]
+    #[arg(long, value_delimiter = ',', default_value = "1,5,15", value_parser = super::validate::count(0, 10_000))]
     pub steps: Vec<usize>,
     /// Measured frames per step count.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = super::validate::count(1, 1_000_000))]
     pub frames: usize,
     /// Unmeasured frames before each step count.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, value_parser = super::validate::count(0, 1_000_000))]
     pub warmup: usize,
     /// Images to use as frames, cycled (default: a generated 640x480 test image).
     #[arg(long)]
@@ -49,6 +50,7 @@ pub struct BenchArgs {
     /// Print the report as JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Backend, threads and checksum verification.
     #[command(flatten)]
     pub engine: EngineArgs,
 }
@@ -127,10 +129,6 @@ pub fn synthetic_frame() -> RgbImage {
     })
 }
 
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
 fn collect(steps: usize, results: &[LoopResult]) -> StepCountReport {
     let mut srm = vec![];
     let mut policy = vec![];
@@ -183,10 +181,6 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     let t = Instant::now();
     let agent = Agent::load(&bundle, backend.as_ref())?;
     let load_ms = ms(t.elapsed());
-    let policy = agent
-        .policy
-        .as_ref()
-        .expect("Agent::load requires a policy");
 
     let mut runs = vec![];
     let mut last_results = vec![];
@@ -201,7 +195,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         let mut results = vec![];
         for i in 0..args.warmup + args.frames {
             let frame = &frames[i % frames.len()];
-            let r = agent.segment_with(frame, &options, None, None, &mut PolicyChooser(policy))?;
+            let r = agent.segment(frame, &options)?;
             if i >= args.warmup {
                 results.push(r);
             }
@@ -227,7 +221,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
             let (mut a, mut b) = (vec![], vec![]);
             for (i, r) in last_results.iter().enumerate() {
                 let image = &frames[(args.warmup + i) % frames.len()];
-                let (input, geometry) = preprocess::preprocess(image, &agent.sam.preprocess);
+                let (input, geometry) = preprocess::preprocess(image, &agent.sam.preprocess)?;
                 let embedding = agent.sam.encoder.encode(&input)?;
                 full.prepare(&geometry)?;
                 let prompt = r.prompt();

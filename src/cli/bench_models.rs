@@ -27,13 +27,13 @@ pub struct BenchModelsArgs {
     #[arg(long)]
     pub bundle: PathBuf,
     /// Backends to compare (the first is the reference for output agreement).
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "tract")]
+    #[arg(long, value_delimiter = ',', default_value = "tract", value_parser = super::backend_parser())]
     pub backends: Vec<BackendKind>,
     /// Measured runs per model and backend (after one warm-up run).
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = super::validate::count(1, 100_000))]
     pub runs: usize,
     /// Point counts for the decoder.
-    #[arg(long, value_delimiter = ',', default_value = "2,5")]
+    #[arg(long, value_delimiter = ',', default_value = "2,5", value_parser = super::validate::count(1, 10_000))]
     pub points: Vec<usize>,
     /// Image to encode (default: a generated 640x480 test image).
     #[arg(long)]
@@ -41,6 +41,7 @@ pub struct BenchModelsArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Backend, threads and checksum verification.
     #[command(flatten)]
     pub engine: EngineArgs,
 }
@@ -124,7 +125,7 @@ pub fn run(args: BenchModelsArgs) -> Result<ExitCode> {
         pixel_mean: m.image.pixel_mean,
         pixel_std: m.image.pixel_std,
     };
-    let (input, geometry) = preprocess::preprocess(&image, &config);
+    let (input, geometry) = preprocess::preprocess(&image, &config)?;
     let mut rows = vec![];
     let mut cases: Vec<Case> = vec![];
 

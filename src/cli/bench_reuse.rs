@@ -15,9 +15,11 @@ use serde::Serialize;
 use super::EngineArgs;
 use super::run::ReuseArgs;
 use super::segment::LoopArgs;
-use crate::agent::{Agent, PolicyChooser, WarmStart};
+use crate::agent::ground_truth::mask_iou;
+use crate::agent::{Agent, PolicyChooser, StreamSegmenter};
 use crate::bench::Stats;
 use crate::source::{load_rgb, paths};
+use crate::util::ms;
 
 /// Arguments of `alignsam bench-reuse`.
 #[derive(Debug, Args)]
@@ -30,15 +32,18 @@ pub struct BenchReuseArgs {
     #[arg(required = true)]
     pub sequences: Vec<PathBuf>,
     /// At most this many frames per sequence (from the start).
-    #[arg(long)]
+    #[arg(long, value_parser = super::validate::count(1, 100_000_000))]
     pub max_frames: Option<usize>,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Temporal reuse.
     #[command(flatten)]
     pub reuse: ReuseArgs,
+    /// The prompting loop's bounds and switches.
     #[command(flatten)]
     pub loop_args: LoopArgs,
+    /// Backend, threads and checksum verification.
     #[command(flatten)]
     pub engine: EngineArgs,
 }
@@ -60,16 +65,6 @@ pub struct ReuseRow {
     pub warm_frame_ms: Stats,
     /// Mean IoU between the warm and the cold final mask.
     pub agreement_iou: f64,
-}
-
-fn mask_iou(a: &[bool], b: &[bool]) -> f64 {
-    let inter = a.iter().zip(b).filter(|(x, y)| **x && **y).count();
-    let union = a.iter().zip(b).filter(|(x, y)| **x || **y).count();
-    if union == 0 {
-        1.0
-    } else {
-        inter as f64 / union as f64
-    }
 }
 
 /// Each given directory as a sequence, or its subdirectories when it has no images itself.
@@ -148,43 +143,25 @@ fn run_sequence(
     if let Some(m) = args.max_frames {
         frames.truncate(m);
     }
-    let policy = agent
-        .policy
-        .as_ref()
-        .expect("Agent::load requires a policy");
     let mut s = Samples::new();
-    let mut previous: Option<WarmStart> = None;
+    let mut cold_stream = StreamSegmenter::new(agent, options.clone(), None);
+    let mut warm_stream =
+        StreamSegmenter::new(agent, options.clone(), Some(args.reuse.reuse_points));
     for path in &frames {
         let image = load_rgb(path)?;
         let t = Instant::now();
         let (embedding, geometry) = agent.sam.embed(&image)?;
-        let embed_ms = t.elapsed().as_secs_f64() * 1e3;
+        let embed_ms = ms(t.elapsed());
 
-        let cold = agent.run_on_embedding(
-            &embedding,
-            &geometry,
-            options,
-            None,
-            None,
-            &mut PolicyChooser(policy),
-            Instant::now(),
-        )?;
-        let warm = agent.run_on_embedding(
-            &embedding,
-            &geometry,
-            options,
-            None,
-            previous.as_ref(),
-            &mut PolicyChooser(policy),
-            Instant::now(),
-        )?;
+        let mut policy = PolicyChooser(&agent.policy);
+        let (cold, _) = cold_stream.segment_embedding(&embedding, &geometry, &mut policy)?;
+        let (warm, _) = warm_stream.segment_embedding(&embedding, &geometry, &mut policy)?;
         s.cold_steps.push(cold.steps as f64);
         s.warm_steps.push(warm.steps as f64);
         // Each loop's clock started after the shared encoding: add it to both.
         s.cold_ms.push(embed_ms + cold.times.total_ms);
         s.warm_ms.push(embed_ms + warm.times.total_ms);
         s.iou.push(mask_iou(&warm.mask, &cold.mask));
-        previous = Some(WarmStart::from_result(&warm, args.reuse.reuse_points));
     }
     Ok(s)
 }

@@ -26,7 +26,8 @@ pub struct BundleArgs {
     /// Encoder file (default: MODELS/encoder.onnx).
     #[arg(long)]
     pub encoder: Option<PathBuf>,
-    /// Decoder file, standard or low-res form (default: MODELS/decoder.onnx).
+    /// Decoder file, standard or low-res form (default: MODELS/decoder_lowres.onnx if present,
+    /// else MODELS/decoder.onnx).
     #[arg(long)]
     pub decoder: Option<PathBuf>,
     /// Policy file (default: MODELS/policy.onnx if present).
@@ -36,10 +37,10 @@ pub struct BundleArgs {
     #[arg(long)]
     pub srm: Option<PathBuf>,
     /// Side of the agent's patch grid.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = super::validate::count(1, 4096))]
     pub grid: usize,
     /// Step limit of the prompting loop.
-    #[arg(long, default_value_t = 15)]
+    #[arg(long, default_value_t = 15, value_parser = super::validate::count(0, 10_000))]
     pub max_steps: usize,
 }
 

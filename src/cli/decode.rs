@@ -52,6 +52,7 @@ pub struct DecodeArgs {
     /// Where to write the binary mask PNG.
     #[arg(long, short = 'o', default_value = "mask.png")]
     pub out: PathBuf,
+    /// Backend, threads and checksum verification.
     #[command(flatten)]
     pub engine: EngineArgs,
 }

@@ -1,6 +1,7 @@
 //! `alignsam eval`: the prompting loop on a dataset split, the bundle's policy beside the
-//! random-patch and centre baselines on the same cached embeddings. Writes a table (stdout and
-//! `report.md`), `per_image.csv` and `montage.png`.
+//! baselines (random patches, the centre patch, the SRM alone) and the ground-truth oracle, on
+//! the same cached embeddings. Writes a table (stdout and `report.md`), `per_image.csv`,
+//! `oracle_curve.csv` (when the oracle runs) and `montage.png`.
 //!
 //! Two passes: first every embedding is made sure of in the cache (the encoder is the slow part,
 //! and a second run skips it), then every image runs the loop once per method.
@@ -13,15 +14,19 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
+
+use super::output::progress;
 
 use super::segment::LoopArgs;
 use super::{EXIT_PARTIAL, EngineArgs};
 use crate::agent::{Agent, LoopOptions};
 use crate::cache::{EmbeddingCache, default_dir};
 use crate::dataset::{Dataset, Sample, load_mask};
-use crate::eval::report::{CSV_HEADER, RunInfo, csv_rows, markdown, text_table};
-use crate::eval::{Evaluation, montage, run_methods, srm_scores};
+use crate::eval::report::{
+    CSV_HEADER, RunInfo, csv_rows, markdown, oracle_csv_header, oracle_csv_row, text_table,
+};
+use crate::eval::{Evaluation, Method, MethodRunner, NOC_CAP, montage, srm_scores};
 use crate::source::load_rgb;
 
 /// `LoopArgs`'s default `--stop-iou`, to tell whether one was given (eval ignores it without
@@ -41,7 +46,7 @@ pub struct EvalArgs {
     #[arg(long, default_value = "eval")]
     pub split: String,
     /// Evaluate only the first N images of the split (split-file order).
-    #[arg(long)]
+    #[arg(long, value_parser = super::validate::count(1, 100_000_000))]
     pub images: Option<usize>,
     /// Output directory for report.md, per_image.csv and montage.png.
     #[arg(long, short = 'o', default_value = "out/eval")]
@@ -49,18 +54,28 @@ pub struct EvalArgs {
     /// Embedding cache directory (default: $XDG_CACHE_HOME/alignsam/embeddings).
     #[arg(long)]
     pub cache: Option<PathBuf>,
+    /// Methods to run, comma-separated, in report order: policy, random, centre, srm-only,
+    /// oracle (clicks from the ground truth; `--methods oracle` checks any bundle's decoder).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "policy,random,centre,srm-only,oracle"
+    )]
+    pub methods: Vec<Method>,
     /// Seed of the random-patch baseline (mixed with each image id, so runs repeat).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Images in the montage, one row each (0: no montage).
-    #[arg(long, default_value_t = 6)]
+    #[arg(long, default_value_t = 6, value_parser = super::validate::count(0, 10_000))]
     pub montage: usize,
     /// Stop a loop when successive masks converge (at --stop-iou). Off by default in eval, so
     /// that every method gets the same number of points and hit rates compare per point.
     #[arg(long, conflicts_with = "no_early_stop")]
     pub early_stop: bool,
+    /// The prompting loop's bounds and switches.
     #[command(flatten)]
     pub loop_args: LoopArgs,
+    /// Backend, threads and checksum verification.
     #[command(flatten)]
     pub engine: EngineArgs,
     /// Hide the progress bars (also hidden when stderr is not a terminal).
@@ -101,16 +116,6 @@ fn command_line() -> String {
         .chain(std::env::args().skip(1).map(quote))
         .collect::<Vec<_>>()
         .join(" ")
-}
-
-fn progress(len: usize, hidden: bool, what: &str) -> ProgressBar {
-    if hidden || len < 2 {
-        return ProgressBar::hidden();
-    }
-    let template =
-        format!("{{bar:30}} {{pos}}/{{len}} {what}, {{elapsed}} elapsed, ~{{eta}} left  {{msg}}");
-    ProgressBar::new(len as u64)
-        .with_style(ProgressStyle::with_template(&template).expect("valid template"))
 }
 
 /// What the cache pass found.
@@ -171,17 +176,22 @@ fn fill_cache(
     f
 }
 
+/// One image's CSV lines: the per-method rows and, when the oracle ran, its curve.
+struct ImageRows {
+    methods: Vec<String>,
+    oracle: Option<String>,
+}
+
 /// Runs every method on one image and adds it to the totals; returns its CSV lines and, when
 /// asked, its montage row.
 fn evaluate_one(
-    agent: &Agent,
+    runner: &MethodRunner,
     cache: &EmbeddingCache,
     evaluation: &mut Evaluation,
     sample: &Sample,
-    options: &LoopOptions,
-    seed: u64,
     with_montage: bool,
-) -> Result<(Vec<String>, Option<Vec<image::RgbImage>>)> {
+) -> Result<(ImageRows, Option<Vec<image::RgbImage>>)> {
+    let agent = runner.agent;
     let gt = load_mask(&sample.mask_path)?;
     let (embedding, geometry, _) = cache.get_or_compute(&agent.sam, &sample.image_path)?;
     let (h, w) = geometry.original;
@@ -195,14 +205,33 @@ fn evaluate_one(
         );
     }
     let srm = srm_scores(&agent.srm, &embedding, &geometry, &gt)?;
-    let results = run_methods(agent, &embedding, &geometry, options, seed, &sample.id)?;
+    let results = runner.run(&sample.id, &embedding, &geometry, &gt)?;
     let eval = evaluation.add(&sample.id, &gt, srm, results)?;
     let row = if with_montage {
         Some(montage::row(&load_rgb(&sample.image_path)?, &gt, &eval))
     } else {
         None
     };
-    Ok((csv_rows(&eval), row))
+    let rows = ImageRows {
+        methods: csv_rows(&eval),
+        oracle: oracle_csv_row(&eval),
+    };
+    Ok((rows, row))
+}
+
+/// The methods in the order given, each once; an error for none or a repeat.
+fn distinct_methods(methods: &[Method]) -> Result<Vec<Method>> {
+    if methods.is_empty() {
+        bail!("--methods lists no method");
+    }
+    let mut out: Vec<Method> = vec![];
+    for &m in methods {
+        if out.contains(&m) {
+            bail!("--methods lists {m} twice");
+        }
+        out.push(m);
+    }
+    Ok(out)
 }
 
 fn create(path: &Path) -> Result<BufWriter<File>> {
@@ -216,6 +245,7 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
     if args.images == Some(0) {
         bail!("--images must be at least 1");
     }
+    let methods = distinct_methods(&args.methods)?;
     let bundle = args.engine.open_bundle(&args.bundle)?;
     let options = args.options(bundle.manifest.agent.max_steps)?;
     let full = Dataset::open(&args.data, &args.split)?;
@@ -250,7 +280,26 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
     let csv_path = args.out.join("per_image.csv");
     let mut csv = create(&csv_path)?;
     writeln!(csv, "{CSV_HEADER}")?;
-    let mut evaluation = Evaluation::new();
+    let oracle_path = args.out.join("oracle_curve.csv");
+    let mut oracle_csv = match methods.contains(&Method::Oracle) {
+        true => {
+            let mut f = create(&oracle_path)?;
+            writeln!(
+                f,
+                "{}",
+                oracle_csv_header(NOC_CAP.max(2 + options.max_steps))
+            )?;
+            Some(f)
+        }
+        false => None,
+    };
+    let runner = MethodRunner {
+        agent: &agent,
+        options: &options,
+        methods: &methods,
+        seed: args.seed,
+    };
+    let mut evaluation = Evaluation::new(&methods);
     let mut failed: Vec<String> = filled.errors.iter().flatten().cloned().collect();
     let mut rows = vec![];
     let bar = progress(samples.len() - failed.len(), args.no_progress, "images");
@@ -260,18 +309,13 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
         }
         bar.set_message(sample.id.clone());
         let with_montage = rows.len() < args.montage;
-        match evaluate_one(
-            &agent,
-            &cache,
-            &mut evaluation,
-            sample,
-            &options,
-            args.seed,
-            with_montage,
-        ) {
+        match evaluate_one(&runner, &cache, &mut evaluation, sample, with_montage) {
             Ok((lines, row)) => {
-                for line in lines {
+                for line in lines.methods {
                     writeln!(csv, "{line}")?;
+                }
+                if let (Some(f), Some(line)) = (oracle_csv.as_mut(), lines.oracle) {
+                    writeln!(f, "{line}")?;
                 }
                 rows.extend(row);
             }
@@ -286,6 +330,10 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
     bar.finish_and_clear();
     csv.flush()
         .with_context(|| format!("{}: cannot write", csv_path.display()))?;
+    if let Some(f) = oracle_csv.as_mut() {
+        f.flush()
+            .with_context(|| format!("{}: cannot write", oracle_path.display()))?;
+    }
     if evaluation.images() == 0 {
         bail!(
             "none of the {} images could be evaluated (see the errors above)",
@@ -324,6 +372,9 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
     std::fs::write(&report_path, markdown(&info, &summary))
         .with_context(|| format!("{}: cannot write", report_path.display()))?;
     let mut written = vec![report_path, csv_path];
+    if oracle_csv.is_some() {
+        written.push(oracle_path);
+    }
     if let Some(image) = montage::montage(&rows) {
         let path = args.out.join("montage.png");
         image

@@ -17,6 +17,7 @@ use crate::sam::{Decoder, Encoder};
 pub struct InfoArgs {
     /// Bundle directory (with bundle.toml, or with encoder.onnx and decoder.onnx).
     pub bundle: PathBuf,
+    /// Backend, threads and checksum verification.
     #[command(flatten)]
     pub engine: EngineArgs,
 }

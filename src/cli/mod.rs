@@ -10,11 +10,13 @@ mod decode;
 mod devices;
 pub mod eval;
 mod info;
+pub mod output;
 mod profile;
 pub mod run;
 pub mod segment;
 #[cfg(feature = "train")]
 pub mod train;
+mod validate;
 
 use std::process::ExitCode;
 
@@ -24,10 +26,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::bundle::{Bundle, OpenOptions};
 use crate::engine::{Backend, BackendKind, EngineOptions};
 
-/// Exit code for an error that stopped the command.
-pub const EXIT_ERROR: u8 = 1;
-/// Exit code when the command finished but some inputs failed (reported on stderr).
-pub const EXIT_PARTIAL: u8 = 2;
+pub use crate::exit::{EXIT_ERROR, EXIT_PARTIAL};
 
 /// AlignSAM on the edge: a learned prompting agent drives a frozen Segment Anything Model.
 #[derive(Debug, Parser)]
@@ -39,6 +38,13 @@ pub struct Cli {
     /// More log output (-v info, -vv debug); RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+    /// Largest input image or frame, in pixels: larger ones are refused from their header,
+    /// before any decoding (default 128 megapixels).
+    #[arg(long, global = true, env = "ALIGNSAM_MAX_PIXELS", value_parser = validate::count64(1, 10_000_000_000))]
+    pub max_pixels: Option<u64>,
+    /// Largest input image, mask or split file, in megabytes (default 1024).
+    #[arg(long, global = true, env = "ALIGNSAM_MAX_FILE_MB", value_parser = validate::count64(1, 1_000_000))]
+    pub max_file_mb: Option<u64>,
     /// The subcommand.
     #[command(subcommand)]
     pub command: Command,
@@ -63,14 +69,23 @@ impl Cli {
 #[derive(Debug, Clone, Args)]
 pub struct EngineArgs {
     /// Inference backend.
-    #[arg(long, value_enum, default_value = "tract", env = "ALIGNSAM_BACKEND")]
+    #[arg(long, default_value = "tract", env = "ALIGNSAM_BACKEND", value_parser = backend_parser())]
     pub backend: BackendKind,
     /// Threads per model run (0: all cores).
-    #[arg(long, default_value_t = 0, env = "ALIGNSAM_THREADS")]
+    #[arg(long, default_value_t = 0, env = "ALIGNSAM_THREADS", value_parser = validate::count(0, 1024))]
     pub threads: usize,
     /// Skip verifying the bundle's sha256 checksums (saves seconds on big encoders).
     #[arg(long)]
     pub no_verify: bool,
+}
+
+/// The backend names as clap's possible values (listed in `--help`), parsed into the library's
+/// [`BackendKind`]: the library knows nothing of clap.
+pub fn backend_parser() -> impl clap::builder::TypedValueParser<Value = BackendKind> {
+    use clap::builder::TypedValueParser;
+    let names: Vec<&'static str> = BackendKind::ALL.iter().map(|b| b.name()).collect();
+    clap::builder::PossibleValuesParser::new(names)
+        .map(|s| s.parse::<BackendKind>().expect("a possible value"))
 }
 
 impl EngineArgs {
@@ -122,9 +137,24 @@ pub enum Command {
     Eval(eval::EvalArgs),
 }
 
+impl Command {
+    /// Whether the command handles a closed stdout itself (it writes stdout only through
+    /// [`output::JsonLines`] and [`output::print_line`]).
+    pub fn handles_closed_stdout(&self) -> bool {
+        matches!(self, Command::Segment(_) | Command::Run(_))
+    }
+}
+
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<ExitCode> {
     let quiet = cli.quiet;
+    let defaults = crate::source::InputLimits::default();
+    crate::source::limits::set_limits(crate::source::InputLimits {
+        max_pixels: cli.max_pixels.unwrap_or(defaults.max_pixels),
+        max_file_bytes: cli
+            .max_file_mb
+            .map_or(defaults.max_file_bytes, |mb| mb.saturating_mul(1 << 20)),
+    });
     match cli.command {
         Command::Info(args) => info::run(args),
         Command::Bundle(args) => bundle_cmd::run(args),

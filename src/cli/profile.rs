@@ -41,13 +41,13 @@ pub struct ProfileArgs {
     #[arg(long, value_enum, default_value = "encoder")]
     pub model: Which,
     /// Prompt points for the decoder.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, value_parser = super::validate::count(1, 10_000))]
     pub points: usize,
     /// Profiled runs (after one warm-up run); node times are medians over them.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = super::validate::count(1, 100_000))]
     pub runs: usize,
     /// How many of the slowest nodes to list.
-    #[arg(long, default_value_t = 15)]
+    #[arg(long, default_value_t = 15, value_parser = super::validate::count(1, 1_000_000))]
     pub top: usize,
     /// Image to use (default: a generated 640x480 test image).
     #[arg(long)]
@@ -55,6 +55,7 @@ pub struct ProfileArgs {
     /// Print JSON instead of tables.
     #[arg(long)]
     pub json: bool,
+    /// Backend, threads and checksum verification.
     #[command(flatten)]
     pub engine: EngineArgs,
 }
@@ -92,7 +93,7 @@ pub fn run(args: ProfileArgs) -> Result<ExitCode> {
         pixel_mean: m.image.pixel_mean,
         pixel_std: m.image.pixel_std,
     };
-    let (input, geometry) = preprocess::preprocess(&image, &config);
+    let (input, geometry) = preprocess::preprocess(&image, &config)?;
     let encoder = backend.load(&bundle.encoder_path(), &Encoder::spec(m))?;
     let (model, inputs): (Box<dyn Model>, Vec<Tensor>) = match args.model {
         Which::Encoder => (encoder, vec![input]),
@@ -153,7 +154,7 @@ pub fn run(args: ProfileArgs) -> Result<ExitCode> {
         }
     }
     let median = |v: &mut Vec<f64>| {
-        v.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
+        crate::util::sort_floats(v);
         percentile(v, 50.0)
     };
     let mut nodes: Vec<(String, String, f64)> = per_node
@@ -176,8 +177,8 @@ pub fn run(args: ProfileArgs) -> Result<ExitCode> {
             share: ms / total,
         })
         .collect();
-    shares.sort_by(|a, b| b.ms.partial_cmp(&a.ms).expect("finite"));
-    nodes.sort_by(|a, b| b.2.partial_cmp(&a.2).expect("finite"));
+    shares.sort_by(|a, b| b.ms.total_cmp(&a.ms));
+    nodes.sort_by(|a, b| b.2.total_cmp(&a.2));
 
     if args.json {
         let top: Vec<_> = nodes
@@ -191,7 +192,7 @@ pub fn run(args: ProfileArgs) -> Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    totals.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
+    crate::util::sort_floats(&mut totals);
     println!(
         "alignsam profile: {:?} of {} ({}), {} nodes, median over {} runs: {:.1} ms (sum of node medians {:.1} ms)",
         args.model,

@@ -5,22 +5,20 @@
 //! each frame into a loop result, writes it, and optionally warm-starts each frame from the
 //! previous one (temporal reuse).
 
-use std::fs::File;
-use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use clap::Args;
 use serde::Serialize;
 
 use super::EngineArgs;
+use super::output::{JsonLines, MaskFiles, StdoutMode, human_line, print_line};
 use super::segment::LoopArgs;
-use crate::agent::{
-    Agent, LoopOptions, LoopResult, PointRecord, PolicyChooser, StageTimes, StopReason, WarmStart,
-};
+use crate::agent::{Agent, LoopResult, PointRecord, StageTimes, StopReason, StreamSegmenter};
 use crate::pipeline::{self, FrameReport, Pipeline, PipelineOptions, StopFlag};
-use crate::sink::{overlay, write_mask_png};
+use crate::sink::record::lossy_opt_path;
+use crate::sink::write_bytes_atomic;
 use crate::source::{Frame, SourceOptions, open_source};
 
 /// Temporal reuse options, shared with `bench-reuse`.
@@ -31,7 +29,7 @@ pub struct ReuseArgs {
     #[arg(long)]
     pub reuse: bool,
     /// With --reuse, how many of the previous frame's points to carry over (the most recent).
-    #[arg(long, default_value_t = 6)]
+    #[arg(long, default_value_t = 6, value_parser = super::validate::count(1, 10_000))]
     pub reuse_points: usize,
 }
 
@@ -48,7 +46,7 @@ pub struct RunArgs {
     pub input: String,
     /// Frame rate: what to ask a camera for; files and sequences are paced to it (default: as
     /// fast as processing goes, every frame processed).
-    #[arg(long)]
+    #[arg(long, value_parser = super::validate::positive(0.0, 1000.0).f64())]
     pub fps: Option<f64>,
     /// Camera frame width and height to ask for, e.g. 640x480.
     #[arg(long, value_parser = parse_size)]
@@ -60,24 +58,27 @@ pub struct RunArgs {
     #[arg(long = "loop")]
     pub looping: bool,
     /// Give up after this many reconnection attempts when a camera disappears (default: never).
-    #[arg(long)]
+    #[arg(long, value_parser = super::validate::count32(0, 1_000_000))]
     pub reconnect_attempts: Option<u32>,
     /// Stop after this many processed frames.
-    #[arg(long)]
+    #[arg(long, value_parser = super::validate::count64(1, 1_000_000_000_000))]
     pub max_frames: Option<u64>,
     /// Directory for mask and overlay PNGs and summary.json.
     #[arg(long, short = 'o')]
     pub out: Option<PathBuf>,
     /// Write mask and overlay PNGs every k-th processed frame (needs --out; 0: never).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = super::validate::count64(0, 1_000_000_000_000))]
     pub save_every: u64,
     /// Write the JSON lines to this file instead of stdout.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Temporal reuse.
     #[command(flatten)]
     pub reuse: ReuseArgs,
+    /// The prompting loop's bounds and switches.
     #[command(flatten)]
     pub loop_args: LoopArgs,
+    /// Backend, threads and checksum verification.
     #[command(flatten)]
     pub engine: EngineArgs,
 }
@@ -86,10 +87,10 @@ fn parse_size(s: &str) -> std::result::Result<(u32, u32), String> {
     let (w, h) = s
         .split_once(['x', 'X'])
         .ok_or_else(|| format!("size '{s}' should be WIDTHxHEIGHT"))?;
-    let num = |v: &str| {
-        v.trim()
-            .parse::<u32>()
-            .map_err(|_| format!("'{v}' in size '{s}' is not a number"))
+    let num = |v: &str| match v.trim().parse::<u32>() {
+        Ok(n) if (1..=16384).contains(&n) => Ok(n),
+        Ok(n) => Err(format!("{n} in size '{s}' is not between 1 and 16384")),
+        Err(_) => Err(format!("'{v}' in size '{s}' is not a number")),
     };
     Ok((num(w)?, num(h)?))
 }
@@ -111,9 +112,15 @@ struct FrameLine<'a> {
     latency_ms: f64,
     frames_read: u64,
     dropped_so_far: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "lossy_opt_path"
+    )]
     mask: Option<PathBuf>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "lossy_opt_path"
+    )]
     overlay: Option<PathBuf>,
 }
 
@@ -123,52 +130,6 @@ struct ErrorLine<'a> {
     frame: u64,
     captured_unix_s: f64,
     error: &'a str,
-}
-
-/// The loop applied to frames of a stream, carrying the warm start from frame to frame.
-pub struct StreamSegmenter<'a> {
-    agent: &'a Agent,
-    options: LoopOptions,
-    reuse: Option<usize>,
-    previous: Option<(WarmStart, (u32, u32))>,
-}
-
-impl<'a> StreamSegmenter<'a> {
-    /// A segmenter; `reuse` is the number of points to carry over, or `None` for cold starts.
-    pub fn new(agent: &'a Agent, options: LoopOptions, reuse: Option<usize>) -> Self {
-        StreamSegmenter {
-            agent,
-            options,
-            reuse,
-            previous: None,
-        }
-    }
-
-    /// Segments one frame; returns the result and whether it was warm-started. A frame of
-    /// another size than the previous one starts cold.
-    pub fn segment(&mut self, image: &image::RgbImage) -> Result<(LoopResult, bool)> {
-        let policy = self
-            .agent
-            .policy
-            .as_ref()
-            .expect("Agent::load requires a policy");
-        let warm = match &self.previous {
-            Some((w, dims)) if *dims == image.dimensions() => Some(w),
-            _ => None,
-        };
-        let warm_start = warm.is_some();
-        let result = self.agent.segment_with(
-            image,
-            &self.options,
-            None,
-            warm,
-            &mut PolicyChooser(policy),
-        )?;
-        if let Some(k) = self.reuse {
-            self.previous = Some((WarmStart::from_result(&result, k), image.dimensions()));
-        }
-        Ok((result, warm_start))
-    }
 }
 
 /// Runs `alignsam run`.
@@ -196,19 +157,17 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     };
     let source = open_source(&args.input, &source_options)?;
     log::info!("reading {}", source.describe());
-    if let Some(dir) = &args.out {
-        for sub in ["masks", "overlays"] {
-            let d = dir.join(sub);
-            std::fs::create_dir_all(&d)
-                .with_context(|| format!("{}: cannot create", d.display()))?;
-        }
-    }
-    let mut json: Box<dyn Write> = match &args.json {
-        Some(p) => Box::new(BufWriter::new(
-            File::create(p).with_context(|| format!("{}: cannot create", p.display()))?,
-        )),
-        None => Box::new(std::io::stdout()),
+    let files = match &args.out {
+        Some(dir) => Some(MaskFiles::create(dir, true)?),
+        None => None,
     };
+    let human = StdoutMode::detect() == StdoutMode::Human;
+    let mut json = match (&args.json, human) {
+        (Some(p), _) => JsonLines::open(Some(p))?,
+        (None, false) => JsonLines::stdout(),
+        (None, true) => JsonLines::none(),
+    };
+    let mut human_out = human;
 
     let stop = StopFlag::new();
     pipeline::install_ctrlc(stop.clone())?;
@@ -243,28 +202,18 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
                         captured_unix_s: report.captured_unix(),
                         error: &msg,
                     };
-                    serde_json::to_writer(&mut json, &line)?;
-                    json.write_all(b"\n")?;
+                    json.write(&line)?;
                     return Ok(());
                 }
             };
             let (h, w) = result.geometry.original;
             let (mut mask, mut over) = (None, None);
-            if let Some(dir) = &args.out
+            if let Some(files) = &files
                 && args.save_every > 0
                 && (processed - 1).is_multiple_of(args.save_every)
             {
-                let m = dir
-                    .join("masks")
-                    .join(format!("frame{:06}.png", report.index));
-                write_mask_png(&m, &result.mask, w, h)?;
-                let o = dir
-                    .join("overlays")
-                    .join(format!("frame{:06}.png", report.index));
-                overlay(image, &result.mask, &result.points)
-                    .save(&o)
-                    .map_err(|e| anyhow::anyhow!("{}: cannot write overlay: {e}", o.display()))?;
-                (mask, over) = (Some(m), Some(o));
+                let (m, o) = files.write(&format!("frame{:06}", report.index), image, result)?;
+                (mask, over) = (Some(m), o);
             }
             let line = FrameLine {
                 frame: report.index,
@@ -284,23 +233,25 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
                 mask,
                 overlay: over,
             };
-            serde_json::to_writer(&mut json, &line)?;
-            json.write_all(b"\n")?;
-            // Flush per frame: a supervisor tailing the output sees each frame as it is done,
-            // and a crash loses nothing already reported.
-            json.flush()?;
+            json.write(&line)?;
+            if human_out {
+                human_out = print_line(&human_line(&format!("frame {}", report.index), result));
+            }
+            if json.is_closed() || (human && !human_out) {
+                // The reader of stdout went away (`| head -1`): stop cleanly; the summary is
+                // still written.
+                stop.request_stop();
+            }
             Ok(())
         },
     );
-    json.flush()?;
     eprintln!("{summary}");
     if failed > 0 {
         eprintln!("error: {failed} frames could not be segmented (see above)");
     }
     if let Some(dir) = &args.out {
         let p = dir.join("summary.json");
-        std::fs::write(&p, serde_json::to_string_pretty(&summary)?)
-            .with_context(|| format!("{}: cannot write", p.display()))?;
+        write_bytes_atomic(&p, serde_json::to_string_pretty(&summary)?.as_bytes())?;
     }
     let code = summary.exit_code();
     if code == pipeline::EXIT_OK && failed > 0 {

@@ -1,34 +1,36 @@
 //! `alignsam segment`: the prompting loop over image files, writing masks, overlays and JSON.
 
-use std::collections::HashMap;
-use std::fs::File;
-use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
 
+use super::output::{
+    JsonLines, MaskFiles, StdoutMode, check_no_clobber, human_line, output_stems, print_line,
+    progress,
+};
 use super::{EXIT_PARTIAL, EngineArgs};
-use crate::agent::{Agent, LoopOptions};
+use crate::agent::{Agent, ImageOptions, LoopOptions};
+use crate::exit::EXIT_INTERRUPTED;
+use crate::pipeline::{StopFlag, install_ctrlc};
 use crate::sam::Map;
-use crate::sink::{ImageRecord, overlay, write_mask_png};
+use crate::sink::ImageRecord;
 use crate::source::{expand_inputs, load_rgb};
 
 /// Options of the prompting loop, shared by `segment`, `bench` and `run`.
 #[derive(Debug, Clone, Args)]
 pub struct LoopArgs {
     /// Steps after the two start points (default: the bundle's max_steps).
-    #[arg(long)]
+    #[arg(long, value_parser = super::validate::count(0, 10_000))]
     pub steps: Option<usize>,
     /// Time budget per frame in milliseconds (encoder included): the loop does not start a step
     /// that its running mean step time says would overrun.
-    #[arg(long)]
+    #[arg(long, value_parser = super::validate::positive(0.0, 86_400_000.0).f64())]
     pub budget_ms: Option<f64>,
     /// Stop early when the IoU between successive masks reaches this value.
-    #[arg(long, default_value_t = 0.99, conflicts_with = "no_early_stop")]
+    #[arg(long, default_value_t = 0.99, conflicts_with = "no_early_stop", value_parser = super::validate::real(0.0, 1.0).f32())]
     pub stop_iou: f32,
     /// Never stop early on convergence (run until the step limit or the budget).
     #[arg(long)]
@@ -84,8 +86,10 @@ pub struct SegmentArgs {
     /// image with the same file stem (any size; resized to the embedding grid, 255 = 1.0).
     #[arg(long)]
     pub semantic_dir: Option<PathBuf>,
+    /// The prompting loop's bounds and switches.
     #[command(flatten)]
     pub loop_args: LoopArgs,
+    /// Backend, threads and checksum verification.
     #[command(flatten)]
     pub engine: EngineArgs,
     /// Hide the progress bar (also hidden when stderr is not a terminal).
@@ -93,29 +97,12 @@ pub struct SegmentArgs {
     pub no_progress: bool,
 }
 
-/// Gives every input a unique output stem: `a/img.png` and `b/img.png` become `img` and `img-2`.
-fn output_stems(paths: &[PathBuf]) -> Vec<String> {
-    let mut seen: HashMap<String, usize> = HashMap::new();
-    paths
-        .iter()
-        .map(|p| {
-            let stem = p
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_else(|| "image".into());
-            let n = seen.entry(stem.clone()).or_insert(0);
-            *n += 1;
-            if *n == 1 { stem } else { format!("{stem}-{n}") }
-        })
-        .collect()
-}
-
 /// Loads a semantic map for the explicit SRM branch, resized to the embedding grid.
 pub fn load_semantic(dir: &Path, stem: &str, size: (usize, usize)) -> Result<Map> {
     let path = dir.join(format!("{stem}.png"));
-    let img = image::open(&path)
-        .map_err(|e| anyhow::anyhow!("{}: cannot read the semantic map: {e}", path.display()))?
-        .to_luma32f();
+    use crate::source::limits::{decode_image, limits, read_regular};
+    let bytes = read_regular(&path, "semantic map", limits().max_file_bytes)?;
+    let img = decode_image(bytes, &path, "semantic map")?.to_luma32f();
     let map = Map {
         height: img.height() as usize,
         width: img.width() as usize,
@@ -128,9 +115,9 @@ pub fn load_semantic(dir: &Path, stem: &str, size: (usize, usize)) -> Result<Map
 
 struct Outputs {
     embedding_hw: (usize, usize),
-    masks: PathBuf,
-    overlays: Option<PathBuf>,
-    json: Box<dyn Write>,
+    files: MaskFiles,
+    json: JsonLines,
+    human: bool,
 }
 
 fn process_one(
@@ -146,27 +133,21 @@ fn process_one(
         Some(dir) => Some(load_semantic(dir, stem, out.embedding_hw)?),
         None => None,
     };
-    let result = agent
-        .segment(&image, options, semantic.as_ref())
-        .with_context(|| format!("{}", path.display()))?;
-    let (h, w) = result.geometry.original;
-    let mask_path = out.masks.join(format!("{stem}.png"));
-    write_mask_png(&mask_path, &result.mask, w, h)?;
-    let overlay_path = match &out.overlays {
-        Some(dir) => {
-            let p = dir.join(format!("{stem}.png"));
-            overlay(&image, &result.mask, &result.points)
-                .save(&p)
-                .map_err(|e| anyhow::anyhow!("{}: cannot write overlay: {e}", p.display()))?;
-            Some(p)
-        }
-        None => None,
+    let per_image = ImageOptions {
+        semantic: semantic.as_ref(),
+        ..ImageOptions::default()
     };
+    let result = agent
+        .segment_with(&image, options, per_image)
+        .with_context(|| format!("{}", path.display()))?;
+    let (mask_path, overlay_path) = out.files.write(stem, &image, &result)?;
     let mut record = ImageRecord::new(path, &result);
     record.mask = Some(&mask_path);
     record.overlay = overlay_path.as_deref();
-    serde_json::to_writer(&mut out.json, &record)?;
-    out.json.write_all(b"\n")?;
+    out.json.write(&record)?;
+    if out.human && !print_line(&human_line(&path.display().to_string(), &result)) {
+        out.human = false;
+    }
     Ok(())
 }
 
@@ -184,38 +165,31 @@ pub fn run(args: SegmentArgs, quiet: bool) -> Result<ExitCode> {
         );
     }
 
-    let masks = args.out.join("masks");
-    std::fs::create_dir_all(&masks)
-        .with_context(|| format!("{}: cannot create", masks.display()))?;
-    let overlays = (!args.no_overlays).then(|| args.out.join("overlays"));
-    if let Some(dir) = &overlays {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("{}: cannot create", dir.display()))?;
+    let mut out_dirs = vec![args.out.join("masks")];
+    if !args.no_overlays {
+        out_dirs.push(args.out.join("overlays"));
     }
-    let json: Box<dyn Write> = match &args.json {
-        Some(p) => Box::new(BufWriter::new(
-            File::create(p).with_context(|| format!("{}: cannot create", p.display()))?,
-        )),
-        None => Box::new(std::io::stdout()),
+    let out_files: Vec<PathBuf> = args.json.iter().cloned().collect();
+    check_no_clobber(&paths, &out_files, &out_dirs)?;
+    let files = MaskFiles::create(&args.out, !args.no_overlays)?;
+    let human = StdoutMode::detect() == StdoutMode::Human;
+    let json = match (&args.json, human) {
+        (Some(p), _) => JsonLines::open(Some(p))?,
+        (None, false) => JsonLines::stdout(),
+        (None, true) => JsonLines::none(),
     };
     let [_, eh, ew] = bundle.manifest.embedding.shape;
     let mut out = Outputs {
         embedding_hw: (eh, ew),
-        masks,
-        overlays,
+        files,
         json,
+        human,
     };
 
-    let bar = if quiet || args.no_progress || paths.len() < 2 {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(paths.len() as u64).with_style(
-            ProgressStyle::with_template(
-                "{bar:30} {pos}/{len} images, {elapsed} elapsed, ~{eta} left  {msg}",
-            )
-            .expect("valid template"),
-        )
-    };
+    // Ctrl-C, SIGTERM: finish the image at hand (its files and JSON line whole), then stop.
+    let stop = StopFlag::new();
+    install_ctrlc(stop.clone())?;
+    let bar = progress(paths.len(), quiet || args.no_progress, "images");
     let stems = output_stems(&paths);
     let mut failed = 0usize;
     for (path, stem) in paths.iter().zip(&stems) {
@@ -229,9 +203,22 @@ pub fn run(args: SegmentArgs, quiet: bool) -> Result<ExitCode> {
             bar.suspend(|| eprintln!("error: {e:#}"));
         }
         bar.inc(1);
+        if stop.is_raised() {
+            bar.finish_and_clear();
+            eprintln!(
+                "interrupted after {} of {} images",
+                bar.position(),
+                paths.len()
+            );
+            return Ok(ExitCode::from(EXIT_INTERRUPTED));
+        }
+        if out.json.is_closed() {
+            // The reader of stdout went away (`| head`): stop quietly, as Unix tools do.
+            bar.finish_and_clear();
+            return Ok(ExitCode::SUCCESS);
+        }
     }
     bar.finish_and_clear();
-    out.json.flush()?;
     if failed > 0 {
         eprintln!(
             "error: {failed} of {} images failed (see the errors above)",
@@ -245,18 +232,4 @@ pub fn run(args: SegmentArgs, quiet: bool) -> Result<ExitCode> {
         args.out.display()
     );
     Ok(ExitCode::SUCCESS)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stems_are_unique() {
-        let paths: Vec<PathBuf> = ["a/img.png", "b/img.jpg", "c/other.png", "d/img.png"]
-            .iter()
-            .map(PathBuf::from)
-            .collect();
-        assert_eq!(output_stems(&paths), ["img", "img-2", "other", "img-3"]);
-    }
 }

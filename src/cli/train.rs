@@ -4,13 +4,15 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 
 use super::EngineArgs;
 use crate::dataset::Dataset;
-use crate::train::{self, Progress, Stage, TrainConfig, TrainJob, log::tail_mean, ppo::PpoConfig};
+use crate::train::{
+    self, Progress, Stage, TrainConfig, TrainJob, episode_log::tail_mean, ppo::PpoConfig,
+};
 
 /// Arguments of `alignsam train`.
 #[derive(Debug, Args)]
@@ -25,7 +27,7 @@ pub struct TrainArgs {
     #[arg(long, default_value = "train")]
     pub split: String,
     /// Train on the first N images of the split (default: all of them).
-    #[arg(long)]
+    #[arg(long, value_parser = super::validate::count(1, 100_000_000))]
     pub images: Option<usize>,
     /// Output bundle directory: policy.onnx, srm.onnx, bundle.toml, train_log.csv, curves.png,
     /// train_config.json (created if missing; those files are overwritten).
@@ -35,10 +37,10 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Episodes, one image each (default: 8 passes over the images).
-    #[arg(long)]
+    #[arg(long, value_parser = super::validate::count(1, 100_000_000))]
     pub episodes: Option<usize>,
     /// Steps per episode (default: the bundle's max_steps, the paper's 15).
-    #[arg(long)]
+    #[arg(long, value_parser = super::validate::count(1, 10_000))]
     pub steps: Option<usize>,
     /// Label the chosen points with the ground truth instead of the SRM.
     #[arg(long)]
@@ -47,28 +49,28 @@ pub struct TrainArgs {
     #[arg(long)]
     pub cache: Option<PathBuf>,
     /// The policy's Adam learning rate.
-    #[arg(long, default_value_t = 1e-4)]
+    #[arg(long, default_value_t = 1e-4, value_parser = super::validate::positive(0.0, 1.0).f64())]
     pub lr: f64,
     /// The SRM's Adam learning rate.
-    #[arg(long, default_value_t = 1e-4)]
+    #[arg(long, default_value_t = 1e-4, value_parser = super::validate::positive(0.0, 1.0).f64())]
     pub srm_lr: f64,
     /// PPO epochs K after each episode.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 20, value_parser = super::validate::count(1, 10_000))]
     pub epochs: usize,
     /// Discount.
-    #[arg(long, default_value_t = 0.99)]
+    #[arg(long, default_value_t = 0.99, value_parser = super::validate::real(0.0, 1.0).f32())]
     pub gamma: f32,
     /// PPO ratio clipping.
-    #[arg(long, default_value_t = 0.2)]
+    #[arg(long, default_value_t = 0.2, value_parser = super::validate::positive(0.0, 10.0).f32())]
     pub clip: f32,
     /// Weight of the critic's squared error.
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, default_value_t = 0.5, value_parser = super::validate::real(0.0, 1000.0).f32())]
     pub value_coef: f32,
     /// Weight of the entropy bonus.
-    #[arg(long, default_value_t = 0.01)]
+    #[arg(long, default_value_t = 0.01, value_parser = super::validate::real(0.0, 1000.0).f32())]
     pub entropy_coef: f32,
     /// Clip the policy's gradient to this global norm (0: no clipping).
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, default_value_t = 0.5, value_parser = super::validate::positive(0.0, 1.0e6).f32())]
     pub max_grad_norm: f32,
     /// Use raw advantages (return - value) instead of dividing them by their running RMS.
     #[arg(long)]
@@ -79,32 +81,32 @@ pub struct TrainArgs {
     #[arg(long)]
     pub centre_advantages: bool,
     /// SRM updates q per state.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = super::validate::count(1, 10_000))]
     pub srm_updates: usize,
     /// Reward shaping: subtracted when a patch is chosen again in an episode (paper: 0).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = super::validate::real(0.0, 1000.0).f32())]
     pub repeat_penalty: f32,
     /// Reward shaping: this times the step's gain in mask IoU is added (paper: 0).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = super::validate::real(0.0, 1000.0).f32())]
     pub iou_bonus: f32,
     /// Average pooling of the state before the policy.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = super::validate::count(1, 4096))]
     pub policy_pool: usize,
     /// Average pooling of the state before the SRM (its map has 64 / this cells per side).
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = super::validate::count(1, 4096))]
     pub srm_pool: usize,
     /// Channels of the networks' first layer.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = super::validate::count(1, 65_536))]
     pub width: usize,
     /// Hidden units of the policy's and the critic's fully connected layer.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = super::validate::count(1, 1_048_576))]
     pub hidden: usize,
     /// After training, measure hit rates and SRM IoU on this split through the exported bundle,
     /// beside random-patch, centre-patch and constant-map baselines.
     #[arg(long)]
     pub eval_split: Option<String>,
     /// Use the first N images of --eval-split (default: all).
-    #[arg(long)]
+    #[arg(long, value_parser = super::validate::count(1, 100_000_000))]
     pub eval_images: Option<usize>,
     /// Only fill the embedding cache (training images, and --eval-split's), then stop.
     #[arg(long)]
@@ -113,20 +115,9 @@ pub struct TrainArgs {
     #[arg(long)]
     pub no_progress: bool,
     /// Backend and threads.
+    /// Backend, threads and checksum verification.
     #[command(flatten)]
     pub engine: EngineArgs,
-}
-
-fn bar(len: usize, what: &str, hidden: bool) -> ProgressBar {
-    if hidden {
-        return ProgressBar::hidden();
-    }
-    ProgressBar::new(len as u64).with_style(
-        ProgressStyle::with_template(&format!(
-            "{{bar:30}} {{pos}}/{{len}} {what}, {{elapsed}} elapsed, ~{{eta}} left  {{msg}}"
-        ))
-        .expect("valid template"),
-    )
 }
 
 /// The run's options from the command line.
@@ -183,6 +174,9 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
         }
         None => None,
     };
+    if args.episodes == Some(0) {
+        bail!("--episodes must be at least 1");
+    }
     let episodes = args
         .episodes
         .unwrap_or(train::DEFAULT_PASSES * dataset.len());
@@ -209,7 +203,7 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
                 Stage::HoldoutCache => "held-out images encoded",
                 Stage::Holdout => "held-out images",
             };
-            current = bar(n, what, hidden);
+            current = super::output::progress(n, hidden, what);
         }
         Progress::Advance(_, i) => current.set_position(i as u64),
         Progress::Episode(records) => {

@@ -16,6 +16,8 @@ pub mod tract;
 
 #[cfg(feature = "ort")]
 pub mod ort;
+#[cfg(feature = "rten")]
+pub mod rten;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -230,15 +232,30 @@ pub trait Backend: Send + Sync {
 }
 
 /// Backends this build can use.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum BackendKind {
     /// tract, pure Rust (default).
     Tract,
     /// ONNX Runtime through the `ort` crate (needs the `ort` feature and ORT_DYLIB_PATH).
     Ort,
+    /// rten, pure Rust (needs the `rten` feature).
+    Rten,
 }
 
 impl BackendKind {
+    /// Every backend, built in or not (creating one this build lacks is an error that says how
+    /// to get it).
+    pub const ALL: [BackendKind; 3] = [BackendKind::Tract, BackendKind::Ort, BackendKind::Rten];
+
+    /// The name used on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::Tract => "tract",
+            BackendKind::Ort => "ort",
+            BackendKind::Rten => "rten",
+        }
+    }
+
     /// Creates the backend with the given options.
     pub fn create(self, options: &EngineOptions) -> Result<Box<dyn Backend>> {
         match self {
@@ -249,8 +266,48 @@ impl BackendKind {
             BackendKind::Ort => {
                 bail!("this build has no ONNX Runtime backend: rebuild with `--features ort`")
             }
+            #[cfg(feature = "rten")]
+            BackendKind::Rten => Ok(Box::new(rten::RtenBackend::new(options))),
+            #[cfg(not(feature = "rten"))]
+            BackendKind::Rten => {
+                bail!("this build has no rten backend: rebuild with `--features rten`")
+            }
         }
     }
+}
+
+impl std::fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for BackendKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        BackendKind::ALL
+            .into_iter()
+            .find(|b| b.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<_> = BackendKind::ALL.iter().map(|b| b.name()).collect();
+                format!("unknown backend '{s}' (known: {})", names.join(", "))
+            })
+    }
+}
+
+/// An error naming the model file when an output holds NaN or infinity: corrupt weights (or
+/// external data) give garbage that would otherwise flow on silently as a mask.
+pub fn check_finite(path: &Path, output: &str, data: &[f32]) -> Result<()> {
+    if let Some(i) = data.iter().position(|v| !v.is_finite()) {
+        let bad = data.iter().filter(|v| !v.is_finite()).count();
+        bail!(
+            "{}: output '{output}' has {bad} non-finite values (the first, at {i}, is {}): the model's weights are corrupt or it does not suit this input",
+            path.display(),
+            data[i]
+        );
+    }
+    Ok(())
 }
 
 /// Checks the tensors given to `run` against the spec: one per input, each of an admitted shape,

@@ -52,8 +52,27 @@ pub struct DeclaredIo {
     pub producer: String,
 }
 
+/// The external data files a model's initialisers point at (their `location`, relative to the
+/// model file's directory), each once, in order of first use. Models over protobuf's 2 GiB limit
+/// (SAM ViT-H's encoder) keep their weights there.
+pub fn external_data_files(proto: &pb::ModelProto) -> Vec<String> {
+    let mut out: Vec<String> = vec![];
+    let Some(graph) = &proto.graph else {
+        return out;
+    };
+    for t in &graph.initializer {
+        for kv in &t.external_data {
+            if kv.key == "location" && !out.contains(&kv.value) {
+                out.push(kv.value.clone());
+            }
+        }
+    }
+    out
+}
+
 /// Reads and decodes an ONNX file, with errors that say which file and what is wrong.
 pub fn read_proto(path: &Path) -> Result<(pb::ModelProto, u64)> {
+    crate::source::limits::regular_file(path, "model file")?;
     let bytes = std::fs::read(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => anyhow::anyhow!("{}: model file not found", path.display()),
         _ => anyhow::anyhow!("{}: cannot read model file: {e}", path.display()),

@@ -1,8 +1,9 @@
-//! One evaluation run: every [`Method`] on each image's cached embedding, scored against the
-//! ground truth, and the running totals that become the report.
+//! One evaluation run: every chosen [`Method`] on each image's cached embedding, scored against
+//! the ground truth, and the running totals that become the report.
 //!
-//! [`run_methods`] is the model side (the loops); [`Evaluation::add`] the bookkeeping (mask
-//! metrics, point counts, SRM scores), kept apart so that the totals can be tested without models.
+//! [`run_methods`] is the model side (the loops and the oracle); [`Evaluation::add`] the
+//! bookkeeping (mask metrics, point counts, SRM scores, the oracle's curve), kept apart so that
+//! the totals can be tested without models.
 
 use std::time::Instant;
 
@@ -11,38 +12,123 @@ use anyhow::{Context, Result, bail};
 use super::agent_stats::{PointStats, SrmScores};
 use super::method::{Method, image_seed};
 use super::metrics::{ImageMetrics, MetricAccumulator, MetricSummary};
-use crate::agent::{Agent, LoopOptions, LoopResult};
+use super::oracle::{NOC_CAP, OracleRun, run_oracle};
+use crate::agent::{
+    Agent, ImageOptions, LoopOptions, LoopResult, PointOrigin, PointRecord, StageTimes, StopReason,
+};
 use crate::dataset::Mask;
 use crate::sam::{Embedding, FrameGeometry};
+use crate::util::ms;
 
-/// Runs the loop once per method on the same embedding, in [`Method::ALL`] order. The random
-/// baseline's seed comes from `seed` and the image id (see [`image_seed`]). Each loop's clock
-/// starts when it does, so its times leave out the encoder (the embedding is cached).
-pub fn run_methods(
+/// What the methods produced on one image: one loop result per method (the oracle's as a loop
+/// result with its clicks as points), and the oracle's whole curve when it ran.
+pub struct MethodResults {
+    /// One per method, in the order asked for.
+    pub results: Vec<(Method, LoopResult)>,
+    /// The oracle's clicks and IoU after each (up to [`NOC_CAP`] or the loop's point count).
+    pub oracle: Option<OracleRun>,
+}
+
+/// Runs each method once on the same embedding. The random baseline's seed comes from `seed` and
+/// the image id (see [`image_seed`]). Each loop's clock starts when it does, so its times leave
+/// out the encoder (the embedding is cached). The oracle clicks `max(NOC_CAP, 2 + steps)` times
+/// and keeps the mask after `2 + steps` clicks, the loop's point count.
+pub struct MethodRunner<'a> {
+    /// The agent (SAM, SRM, policy).
+    pub agent: &'a Agent,
+    /// The loop options of every loop method.
+    pub options: &'a LoopOptions,
+    /// Which methods, in report order.
+    pub methods: &'a [Method],
+    /// The random baseline's seed.
+    pub seed: u64,
+}
+
+impl MethodRunner<'_> {
+    /// Every method on one image.
+    pub fn run(
+        &self,
+        id: &str,
+        embedding: &Embedding,
+        geometry: &FrameGeometry,
+        gt: &Mask,
+    ) -> Result<MethodResults> {
+        let (agent, options) = (self.agent, self.options);
+        let mut out = MethodResults {
+            results: vec![],
+            oracle: None,
+        };
+        for &method in self.methods {
+            let result = match method.chooser(agent, geometry, image_seed(self.seed, id)) {
+                Some(mut chooser) => {
+                    let per_image = ImageOptions {
+                        chooser: Some(chooser.as_mut()),
+                        ..ImageOptions::default()
+                    };
+                    agent.run_on_embedding(embedding, geometry, options, per_image)
+                }
+                None => oracle_result(agent, embedding, geometry, options, gt).map(|(r, run)| {
+                    out.oracle = Some(run);
+                    r
+                }),
+            }
+            .with_context(|| format!("{}: the {} method failed", id, method.name()))?;
+            out.results.push((method, result));
+        }
+        Ok(out)
+    }
+}
+
+/// The oracle's run, and its mask after the loop's point count as a loop result.
+fn oracle_result(
     agent: &Agent,
     embedding: &Embedding,
     geometry: &FrameGeometry,
     options: &LoopOptions,
-    seed: u64,
-    id: &str,
-) -> Result<Vec<LoopResult>> {
-    Method::ALL
+    gt: &Mask,
+) -> Result<(LoopResult, OracleRun)> {
+    let start = Instant::now();
+    let keep = 2 + options.max_steps;
+    let run = run_oracle(
+        &agent.sam.decoder,
+        embedding,
+        geometry,
+        gt,
+        keep.max(NOC_CAP),
+        keep,
+        options.feed_mask,
+    )?;
+    let (h, w) = geometry.original;
+    let points = run
+        .points
         .iter()
-        .map(|&method| {
-            let mut chooser = method.chooser(agent, image_seed(seed, id));
-            agent
-                .run_on_embedding(
-                    embedding,
-                    geometry,
-                    options,
-                    None,
-                    None,
-                    chooser.as_mut(),
-                    Instant::now(),
-                )
-                .with_context(|| format!("{}: the {} loop failed", id, method.name()))
+        .take(keep)
+        .enumerate()
+        .map(|(i, p)| PointRecord {
+            step: i,
+            x: p.x,
+            y: p.y,
+            label: p.label,
+            patch: agent.grid.patch_at(p.x, p.y, h, w),
+            origin: PointOrigin::Oracle,
+            srm_prob: f32::NAN,
+            iou_prediction: f32::NAN,
         })
-        .collect()
+        .collect();
+    let result = LoopResult {
+        points,
+        steps: keep.saturating_sub(2),
+        stop: StopReason::StepLimit,
+        times: StageTimes {
+            total_ms: ms(start.elapsed()),
+            ..StageTimes::default()
+        },
+        low_res: run.kept_low_res.clone(),
+        iou_prediction: run.kept_iou_prediction,
+        mask: run.kept_mask.clone(),
+        geometry: *geometry,
+    };
+    Ok((result, run))
 }
 
 /// One method's loop on one image, scored.
@@ -71,8 +157,10 @@ pub struct ImageEval {
     pub gt_fraction: f64,
     /// The SRM on `s_0`, shared by every method.
     pub srm: SrmScores,
-    /// One run per method, in [`Method::ALL`] order.
+    /// One run per method, in the evaluation's order.
     pub runs: Vec<MethodRun>,
+    /// The oracle's IoU after each click, when it ran.
+    pub oracle_ious: Option<Vec<f64>>,
 }
 
 /// A paired difference over images (method A minus method B on the same image): its mean and
@@ -131,15 +219,25 @@ fn t975(df: usize) -> f64 {
         + (3.0 * z.powi(7) + 19.0 * z.powi(5) + 17.0 * z.powi(3) - 15.0 * z) / (384.0 * v.powi(3))
 }
 
+/// Per image figures of one method, for paired comparisons.
+#[derive(Clone, Debug, Default)]
+struct PerImage {
+    iou: Vec<f64>,
+    adaptive_f: Vec<f64>,
+    mae: Vec<f64>,
+    /// The hit rate of the step points (NaN for an image without step points).
+    hit_rate: Vec<f64>,
+}
+
 /// The running totals of one method.
 #[derive(Clone, Debug)]
 struct MethodTotals {
+    method: Method,
     metrics: MetricAccumulator,
     points: PointStats,
     steps: usize,
     loop_ms: f64,
-    /// Per image, the hit rate of the step points (NaN for an image without step points).
-    hit_rates: Vec<f64>,
+    per_image: PerImage,
 }
 
 /// One method's row of the report.
@@ -179,17 +277,95 @@ impl SrmSummary {
     }
 }
 
+/// The policy against another method, paired per image.
+#[derive(Clone, Copy, Debug)]
+pub struct PolicyVs {
+    /// The other method.
+    pub other: Method,
+    /// Policy minus other: IoU.
+    pub iou: Option<PairedDiff>,
+    /// Policy minus other: adaptive F-measure.
+    pub adaptive_f: Option<PairedDiff>,
+    /// Policy minus other: MAE (negative is better for the policy).
+    pub mae: Option<PairedDiff>,
+    /// Policy minus other: hit rate of the step points, over images where both have step points.
+    pub hit_rate: Option<PairedDiff>,
+}
+
+/// The oracle's click curve over the images.
+#[derive(Clone, Debug)]
+pub struct OracleSummary {
+    /// Mean IoU after 1, 2, ... clicks.
+    pub miou: Vec<f64>,
+    /// Mean clicks to reach IoU 0.85 (capped at [`NOC_CAP`]).
+    pub noc85: f64,
+    /// Mean clicks to reach IoU 0.90 (capped at [`NOC_CAP`]).
+    pub noc90: f64,
+    /// Images that did not reach 0.85 within the cap.
+    pub failed85: usize,
+    /// Images that did not reach 0.90 within the cap.
+    pub failed90: usize,
+}
+
+impl OracleSummary {
+    /// Mean IoU after `n` clicks.
+    pub fn miou_at(&self, n: usize) -> f64 {
+        self.miou[n.clamp(1, self.miou.len()) - 1]
+    }
+
+    fn of(curves: &[Vec<f64>]) -> Option<Self> {
+        let n = curves.len();
+        let len = curves.iter().map(Vec::len).min()?;
+        let miou = (0..len)
+            .map(|k| curves.iter().map(|c| c[k]).sum::<f64>() / n as f64)
+            .collect();
+        let noc = |t: f64| {
+            let clicks: Vec<usize> = curves
+                .iter()
+                .map(|c| {
+                    c.iter()
+                        .take(NOC_CAP)
+                        .position(|&v| v >= t)
+                        .map_or(NOC_CAP, |i| i + 1)
+                })
+                .collect();
+            let failed = curves
+                .iter()
+                .filter(|c| !c.iter().take(NOC_CAP).any(|&v| v >= t))
+                .count();
+            (clicks.iter().sum::<usize>() as f64 / n as f64, failed)
+        };
+        let ((noc85, failed85), (noc90, failed90)) = (noc(0.85), noc(0.90));
+        Some(OracleSummary {
+            miou,
+            noc85,
+            noc90,
+            failed85,
+            failed90,
+        })
+    }
+}
+
 /// The whole report's numbers.
 #[derive(Clone, Debug)]
 pub struct EvalSummary {
     /// Images evaluated.
     pub images: usize,
-    /// One row per method, in [`Method::ALL`] order.
+    /// One row per method, in the evaluation's order.
     pub methods: Vec<MethodSummary>,
     /// The SRM against constant maps.
     pub srm: SrmSummary,
-    /// The policy's hit rate minus the random baseline's, paired per image.
-    pub policy_vs_random: Option<PairedDiff>,
+    /// The policy against each other method (empty without the policy).
+    pub policy_vs: Vec<PolicyVs>,
+    /// The oracle's curve, when it ran.
+    pub oracle: Option<OracleSummary>,
+}
+
+impl EvalSummary {
+    /// The policy against one other method.
+    pub fn policy_vs(&self, other: Method) -> Option<&PolicyVs> {
+        self.policy_vs.iter().find(|p| p.other == other)
+    }
 }
 
 /// Totals over the images added so far.
@@ -197,27 +373,26 @@ pub struct EvalSummary {
 pub struct Evaluation {
     methods: Vec<MethodTotals>,
     srm: Vec<SrmScores>,
-}
-
-impl Default for Evaluation {
-    fn default() -> Self {
-        Self::new()
-    }
+    oracle_curves: Vec<Vec<f64>>,
 }
 
 impl Evaluation {
-    /// No images yet.
-    pub fn new() -> Self {
-        let totals = MethodTotals {
-            metrics: MetricAccumulator::new(),
-            points: PointStats::default(),
-            steps: 0,
-            loop_ms: 0.0,
-            hit_rates: vec![],
-        };
+    /// No images yet; `methods` are the methods each image will bring, in report order.
+    pub fn new(methods: &[Method]) -> Self {
         Evaluation {
-            methods: vec![totals; Method::ALL.len()],
+            methods: methods
+                .iter()
+                .map(|&method| MethodTotals {
+                    method,
+                    metrics: MetricAccumulator::new(),
+                    points: PointStats::default(),
+                    steps: 0,
+                    loop_ms: 0.0,
+                    per_image: PerImage::default(),
+                })
+                .collect(),
             srm: vec![],
+            oracle_curves: vec![],
         }
     }
 
@@ -226,31 +401,29 @@ impl Evaluation {
         self.srm.len()
     }
 
-    /// Scores one image's loops (from [`run_methods`], in [`Method::ALL`] order) and adds them.
-    /// On error nothing is added.
+    /// Scores one image's results (from [`MethodRunner::run`], in this evaluation's method order)
+    /// and adds them. On error nothing is added.
     pub fn add(
         &mut self,
         id: &str,
         gt: &Mask,
         srm: SrmScores,
-        results: Vec<LoopResult>,
+        results: MethodResults,
     ) -> Result<ImageEval> {
-        if results.len() != Method::ALL.len() {
-            bail!(
-                "{id}: {} loop results for {} methods",
-                results.len(),
-                Method::ALL.len()
-            );
+        let methods: Vec<Method> = results.results.iter().map(|(m, _)| *m).collect();
+        let expected: Vec<Method> = self.methods.iter().map(|t| t.method).collect();
+        if methods != expected {
+            bail!("{id}: results for {methods:?}, but the evaluation runs {expected:?}");
         }
         let (w, h) = (gt.width, gt.height);
         // Score into copies first, so that a failure part-way leaves the totals untouched.
-        let mut scored = Vec::with_capacity(results.len());
-        let mut accumulators = Vec::with_capacity(results.len());
-        for ((&method, result), totals) in Method::ALL.iter().zip(results).zip(&self.methods) {
+        let mut scored = Vec::with_capacity(methods.len());
+        let mut accumulators = Vec::with_capacity(methods.len());
+        for ((method, result), totals) in results.results.into_iter().zip(&self.methods) {
             if result.geometry.original != (h, w) {
                 let (rh, rw) = result.geometry.original;
                 bail!(
-                    "{id}: the {} loop ran on a {rw}x{rh} image but the mask is {w}x{h}",
+                    "{id}: the {} method ran on a {rw}x{rh} image but the mask is {w}x{h}",
                     method.name()
                 );
             }
@@ -272,11 +445,17 @@ impl Evaluation {
             totals.points += run.points;
             totals.steps += run.result.steps;
             totals.loop_ms += run.result.times.total_ms;
-            totals
-                .hit_rates
-                .push(run.points.hit_rate().unwrap_or(f64::NAN));
+            let p = &mut totals.per_image;
+            p.iou.push(run.metrics.iou);
+            p.adaptive_f.push(run.metrics.adaptive_f);
+            p.mae.push(run.metrics.mae);
+            p.hit_rate.push(run.points.hit_rate().unwrap_or(f64::NAN));
         }
         self.srm.push(srm);
+        let oracle_ious = results.oracle.map(|o| o.ious);
+        if let Some(c) = &oracle_ious {
+            self.oracle_curves.push(c.clone());
+        }
         Ok(ImageEval {
             id: id.to_string(),
             width: w,
@@ -284,6 +463,7 @@ impl Evaluation {
             gt_fraction: gt.foreground() as f64 / (w * h) as f64,
             srm,
             runs: scored,
+            oracle_ious,
         })
     }
 
@@ -293,12 +473,12 @@ impl Evaluation {
         if n == 0 {
             bail!("no image was evaluated, so there are no results");
         }
-        let methods = Method::ALL
+        let methods = self
+            .methods
             .iter()
-            .zip(&self.methods)
-            .map(|(&method, t)| {
+            .map(|t| {
                 Ok(MethodSummary {
-                    method,
+                    method: t.method,
                     metrics: t.metrics.summary()?,
                     points: t.points,
                     mean_steps: t.steps as f64 / n as f64,
@@ -307,8 +487,18 @@ impl Evaluation {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
+        Ok(EvalSummary {
+            images: n,
+            methods,
+            srm: self.srm_summary(),
+            policy_vs: self.policy_comparisons(),
+            oracle: OracleSummary::of(&self.oracle_curves),
+        })
+    }
 
-        let mean = |f: fn(&SrmScores) -> f64| self.srm.iter().map(f).sum::<f64>() / n as f64;
+    fn srm_summary(&self) -> SrmSummary {
+        let n = self.srm.len() as f64;
+        let mean = |f: fn(&SrmScores) -> f64| self.srm.iter().map(f).sum::<f64>() / n;
         let (fg, bg) = (mean(|s| s.all_foreground), mean(|s| s.all_background));
         let srm: Vec<f64> = self.srm.iter().map(|s| s.srm).collect();
         let best: Vec<f64> = self
@@ -322,26 +512,40 @@ impl Evaluation {
                 }
             })
             .collect();
-        let srm_summary = SrmSummary {
+        SrmSummary {
             srm: mean(|s| s.srm),
             all_foreground: fg,
             all_background: bg,
             vs_best_constant: PairedDiff::of(&srm, &best),
-        };
+        }
+    }
 
-        // Images where either method ran no step can say nothing about the difference.
-        let (policy, random) = (&self.methods[0].hit_rates, &self.methods[1].hit_rates);
-        let (a, b): (Vec<f64>, Vec<f64>) = policy
+    fn policy_comparisons(&self) -> Vec<PolicyVs> {
+        let Some(policy) = self.methods.iter().find(|t| t.method == Method::Policy) else {
+            return vec![];
+        };
+        let p = &policy.per_image;
+        self.methods
             .iter()
-            .zip(random)
-            .filter(|(p, r)| !p.is_nan() && !r.is_nan())
-            .unzip();
-        Ok(EvalSummary {
-            images: n,
-            methods,
-            srm: srm_summary,
-            policy_vs_random: PairedDiff::of(&a, &b),
-        })
+            .filter(|t| t.method != Method::Policy)
+            .map(|t| {
+                let o = &t.per_image;
+                // Images where either method ran no step say nothing about the hit rates.
+                let (a, b): (Vec<f64>, Vec<f64>) = p
+                    .hit_rate
+                    .iter()
+                    .zip(&o.hit_rate)
+                    .filter(|(x, y)| !x.is_nan() && !y.is_nan())
+                    .unzip();
+                PolicyVs {
+                    other: t.method,
+                    iou: PairedDiff::of(&p.iou, &o.iou),
+                    adaptive_f: PairedDiff::of(&p.adaptive_f, &o.adaptive_f),
+                    mae: PairedDiff::of(&p.mae, &o.mae),
+                    hit_rate: PairedDiff::of(&a, &b),
+                }
+            })
+            .collect()
     }
 }
 
@@ -391,6 +595,18 @@ mod tests {
         }
     }
 
+    fn results(rs: Vec<LoopResult>) -> MethodResults {
+        MethodResults {
+            results: [Method::Policy, Method::Random, Method::Centre]
+                .into_iter()
+                .zip(rs)
+                .collect(),
+            oracle: None,
+        }
+    }
+
+    const THREE: [Method; 3] = [Method::Policy, Method::Random, Method::Centre];
+
     #[test]
     fn totals_pool_points_and_pair_images() {
         let srm = SrmScores {
@@ -398,14 +614,14 @@ mod tests {
             all_foreground: 0.5,
             all_background: 0.0,
         };
-        let mut e = Evaluation::new();
+        let mut e = Evaluation::new(&THREE);
         // Image 1: policy 2 hits of 2, random 1 of 2, centre 0 of 2.
         let r = vec![
             result(&[1.5, 1.5], [false, true], 1),
             result(&[0.5, 1.5], [true, true], 1),
             result(&[0.5, 0.5], [true, false], 1),
         ];
-        let one = e.add("one", &gt(), srm, r).unwrap();
+        let one = e.add("one", &gt(), srm, results(r)).unwrap();
         assert_eq!(one.runs[0].points.step_hits, 2);
         assert_eq!(one.runs[2].metrics.iou, 0.0);
         assert_eq!(one.gt_fraction, 0.5);
@@ -415,7 +631,7 @@ mod tests {
             result(&[1.5], [false, true], 1),
             result(&[1.5], [false, true], 2),
         ];
-        assert!(e.add("bad", &gt(), srm, bad).is_err());
+        assert!(e.add("bad", &gt(), srm, results(bad)).is_err());
         assert_eq!(e.images(), 1);
         // Image 2: policy 1 hit of 1, random 0 of 1, centre 0 of 1.
         let r = vec![
@@ -423,7 +639,7 @@ mod tests {
             result(&[0.5], [true, false], 1),
             result(&[0.5], [true, false], 1),
         ];
-        e.add("two", &gt(), SrmScores { srm: 0.0, ..srm }, r)
+        e.add("two", &gt(), SrmScores { srm: 0.0, ..srm }, results(r))
             .unwrap();
 
         let s = e.summary().unwrap();
@@ -439,15 +655,39 @@ mod tests {
         assert_eq!((policy.mean_steps, policy.mean_loop_ms), (1.5, 10.0));
         assert_eq!(policy.metrics.miou, 1.0);
         assert_eq!(random.metrics.miou, 0.25);
-        // Per image, policy minus random: 0.5 and 1.0.
-        let d = s.policy_vs_random.unwrap();
+        // Per image, policy minus random: hit rate 0.5 and 1.0, IoU 0.5 and 1.0.
+        let vs = s.policy_vs(Method::Random).unwrap();
+        let d = vs.hit_rate.unwrap();
         assert_eq!((d.mean, d.n), (0.75, 2));
+        assert_eq!(vs.iou.unwrap().mean, 0.75);
+        assert_eq!(s.policy_vs(Method::Centre).unwrap().iou.unwrap().mean, 1.0);
+        assert!(s.policy_vs(Method::Policy).is_none());
         assert_eq!(
             (s.srm.srm, s.srm.all_foreground, s.srm.best_constant()),
             (0.5, 0.5, 0.5)
         );
         assert_eq!(s.srm.vs_best_constant.unwrap().mean, 0.0);
-        assert!(Evaluation::new().summary().is_err());
+        assert!(Evaluation::new(&THREE).summary().is_err());
+        // Results for other methods than the evaluation's are refused.
+        let mut wrong = results(vec![result(&[1.5], [false, true], 1)]);
+        wrong.results[0].0 = Method::Oracle;
+        assert!(
+            Evaluation::new(&[Method::Policy])
+                .add("x", &gt(), srm, wrong)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn oracle_curve_means_and_noc() {
+        let curves = vec![vec![0.5, 0.86, 0.91], vec![0.9, 0.95, 0.97]];
+        let o = OracleSummary::of(&curves).unwrap();
+        assert_eq!(o.miou_at(1), 0.7);
+        assert_eq!((o.noc85, o.noc90), (1.5, 2.0));
+        assert_eq!((o.failed85, o.failed90), (0, 0));
+        let o = OracleSummary::of(&[vec![0.1; 20]]).unwrap();
+        assert_eq!((o.noc85, o.failed85), (NOC_CAP as f64, 1));
+        assert!(OracleSummary::of(&[]).is_none());
     }
 
     #[test]

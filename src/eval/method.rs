@@ -1,10 +1,15 @@
-//! The methods an evaluation compares, all on the same embeddings with the same SRM and loop
-//! options: the bundle's policy, and two baselines that only change who picks the patch.
+//! The methods an evaluation compares, all on the same embeddings: the bundle's policy, three
+//! baselines that only change who picks the patch (labels from the same SRM), and the oracle,
+//! which clicks from the ground truth (the upper bound of any clicking agent on this decoder).
 
-use crate::agent::{Agent, CentreChooser, PatchChooser, PolicyChooser, RandomChooser};
+use std::fmt;
+use std::str::FromStr;
 
-/// Who picks the patch at each step.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+use crate::agent::{Agent, CentreChooser, PatchChooser, PolicyChooser, RandomChooser, SrmChooser};
+use crate::sam::FrameGeometry;
+
+/// Who picks the points.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Method {
     /// The bundle's policy, greedy (the patch with the largest logit).
     Policy,
@@ -12,18 +17,30 @@ pub enum Method {
     Random,
     /// Always the centre patch of the grid: what a person clicking "the middle" would do.
     Centre,
+    /// The SRM's most confident free patch on the current state: the SRM without a policy.
+    SrmOnly,
+    /// Clicks from the ground truth by SAM's protocol, as many as the loop's points.
+    Oracle,
 }
 
 impl Method {
-    /// Every method, in report order (the policy first, then the baselines).
-    pub const ALL: [Method; 3] = [Method::Policy, Method::Random, Method::Centre];
+    /// Every method, in report order (the policy first, then the baselines, the oracle last).
+    pub const ALL: [Method; 5] = [
+        Method::Policy,
+        Method::Random,
+        Method::Centre,
+        Method::SrmOnly,
+        Method::Oracle,
+    ];
 
-    /// The short name used in tables and the CSV.
+    /// The short name used in tables, the CSV and `--methods`.
     pub fn name(self) -> &'static str {
         match self {
             Method::Policy => "policy",
             Method::Random => "random",
             Method::Centre => "centre",
+            Method::SrmOnly => "srm-only",
+            Method::Oracle => "oracle",
         }
     }
 
@@ -33,23 +50,55 @@ impl Method {
             Method::Policy => "the bundle's policy, greedy",
             Method::Random => "uniformly random patches, SRM labels (the paper's \"w/o RL\")",
             Method::Centre => "the grid's centre patch every step, SRM labels",
+            Method::SrmOnly => {
+                "no policy: the patch whose centre the SRM finds most likely on the object (on the current state), among those not clicked yet; SRM labels"
+            }
+            Method::Oracle => {
+                "clicks from the ground truth (SAM's protocol: the deepest point of the largest error region, labelled by its kind), as many as the loop's points (2 + steps): the upper bound of any clicking agent on this decoder"
+            }
         }
     }
 
-    /// The chooser for one image. `seed` only matters for [`Method::Random`]; see [`image_seed`].
-    ///
-    /// Panics for [`Method::Policy`] when the agent has no policy ([`Agent::load`] requires one).
-    pub fn chooser(self, agent: &Agent, seed: u64) -> Box<dyn PatchChooser + '_> {
-        match self {
-            Method::Policy => Box::new(PolicyChooser(
-                agent
-                    .policy
-                    .as_ref()
-                    .expect("Agent::load requires a policy"),
-            )),
+    /// Whether the method runs the prompting loop (with a patch chooser and the SRM's labels).
+    pub fn is_loop(self) -> bool {
+        self != Method::Oracle
+    }
+
+    /// The chooser for one image of a loop method (`None` for the oracle). `seed` only matters
+    /// for [`Method::Random`]; see [`image_seed`].
+    pub fn chooser<'a>(
+        self,
+        agent: &'a Agent,
+        geometry: &FrameGeometry,
+        seed: u64,
+    ) -> Option<Box<dyn PatchChooser + 'a>> {
+        Some(match self {
+            Method::Policy => Box::new(PolicyChooser(&agent.policy)),
             Method::Random => Box::new(RandomChooser::new(agent.grid.len(), seed)),
             Method::Centre => Box::new(CentreChooser(agent.grid)),
-        }
+            Method::SrmOnly => Box::new(SrmChooser::new(&agent.srm, agent.grid, *geometry)),
+            Method::Oracle => return None,
+        })
+    }
+}
+
+impl fmt::Display for Method {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Method {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Method::ALL
+            .into_iter()
+            .find(|m| m.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<_> = Method::ALL.iter().map(|m| m.name()).collect();
+                format!("unknown method '{s}' (known: {})", names.join(", "))
+            })
     }
 }
 
@@ -76,7 +125,19 @@ mod tests {
         assert_eq!(image_seed(0, "a"), image_seed(0, "a"));
         assert_ne!(image_seed(0, "a"), image_seed(1, "a"));
         assert_ne!(image_seed(0, "a"), image_seed(0, "b"));
+    }
+
+    #[test]
+    fn names_round_trip() {
         let names: Vec<_> = Method::ALL.iter().map(|m| m.name()).collect();
-        assert_eq!(names, ["policy", "random", "centre"]);
+        assert_eq!(names, ["policy", "random", "centre", "srm-only", "oracle"]);
+        for m in Method::ALL {
+            assert_eq!(m.name().parse::<Method>().unwrap(), m);
+        }
+        let e = "greedy".parse::<Method>().unwrap_err();
+        assert!(
+            e.contains("unknown method 'greedy'") && e.contains("srm-only"),
+            "{e}"
+        );
     }
 }

@@ -41,6 +41,8 @@ use std::ops::AddAssign;
 use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
 
+use crate::agent::ground_truth::Overlap;
+
 /// The number of thresholds of the swept measures: `t = 0..=255`.
 pub const THRESHOLDS: usize = 256;
 
@@ -154,12 +156,11 @@ impl Confusion {
     /// 1.0, so that an image without an object that the model leaves empty is not penalised.
     /// (PySODMetrics's `IOUHandler` gives 0 there; the two agree everywhere else.)
     pub fn iou(&self) -> f64 {
-        let union = self.true_pos + self.false_pos + self.false_neg;
-        if union == 0 {
-            1.0
-        } else {
-            self.true_pos as f64 / union as f64
+        Overlap {
+            intersection: self.true_pos,
+            union: self.true_pos + self.false_pos + self.false_neg,
         }
+        .iou()
     }
 
     /// Balanced error rate in percent, as in shadow detection (Vicente et al., "Large-scale

@@ -4,20 +4,23 @@
 //! [`metrics`] holds the standard salient-object, polyp and shadow segmentation measures (IoU,
 //! MAE, F-measure, E-measure, BER) and an accumulator that streams images into dataset-level
 //! numbers. [`agent_stats`] holds the agent-level figures (hit rate of the chosen points, SRM
-//! labels and map), [`method`] the policy and its baselines, [`evaluate`] the runs and totals,
-//! [`report`] the table and CSV, and [`montage`] the picture of a few images.
+//! labels and map), [`method`] the policy and its baselines, [`oracle`] the ground-truth
+//! clicker (the interactive upper bound), [`evaluate`] the runs and totals, [`report`] the table
+//! and CSV, and [`montage`] the picture of a few images.
 
 pub mod agent_stats;
 pub mod evaluate;
 pub mod method;
 pub mod metrics;
 pub mod montage;
+pub mod oracle;
 pub mod report;
 
 pub use agent_stats::{PointStats, SrmScores, srm_scores};
 pub use evaluate::{
-    EvalSummary, Evaluation, ImageEval, MethodRun, MethodSummary, PairedDiff, SrmSummary,
-    run_methods,
+    EvalSummary, Evaluation, ImageEval, MethodResults, MethodRun, MethodRunner, MethodSummary,
+    OracleSummary, PairedDiff, PolicyVs, SrmSummary,
 };
 pub use method::{Method, image_seed};
 pub use metrics::{ImageMetrics, MetricAccumulator, MetricSummary};
+pub use oracle::{NOC_CAP, OracleRun, next_click, run_oracle};

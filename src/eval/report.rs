@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 
 use super::evaluate::{EvalSummary, ImageEval, MethodSummary, PairedDiff};
-use super::method::Method;
+use super::oracle::{NOC_CAP, REPORT_CLICKS};
 use crate::agent::{LoopOptions, StopReason};
 
 /// What the report's header says about the run.
@@ -175,21 +175,47 @@ fn diff(d: &PairedDiff) -> String {
     )
 }
 
-/// The lines under the table: the SRM against constant maps, the policy against random patches.
+/// The lines under the table: the policy against each other method (paired per image), the
+/// oracle's click curve, the SRM against constant maps.
 fn comparisons(s: &EvalSummary) -> Vec<String> {
+    let mut lines = vec![];
+    for vs in &s.policy_vs {
+        let name = vs.other.name();
+        for (what, d) in [
+            ("mIoU", &vs.iou),
+            ("adpF", &vs.adaptive_f),
+            ("MAE", &vs.mae),
+            ("hit rate", &vs.hit_rate),
+        ] {
+            if let Some(d) = d {
+                lines.push(format!("policy {what} minus {name}: {}", diff(d)));
+            }
+        }
+    }
+    if let Some(o) = &s.oracle {
+        let at: Vec<String> = REPORT_CLICKS
+            .iter()
+            .map(|&k| format!("@{k} {:.3}", o.miou_at(k)))
+            .collect();
+        lines.push(format!(
+            "oracle clicks: mIoU {}; NoC@85 {:.2} ({} images not reaching it within {NOC_CAP}), NoC@90 {:.2} ({} not reaching it)",
+            at.join(", "),
+            o.noc85,
+            o.failed85,
+            o.noc90,
+            o.failed90
+        ));
+    }
     let srm = &s.srm;
-    let mut lines = vec![format!(
+    lines.push(format!(
         "SRM IoU (s_0, map vs ground truth): {:.3}; constant all-foreground map {:.3}, all-background {:.3}",
         srm.srm, srm.all_foreground, srm.all_background
-    )];
+    ));
     if let Some(d) = &srm.vs_best_constant {
         lines.push(format!(
             "SRM IoU minus the better constant map: {}",
             diff(d)
         ));
-    }
-    if let Some(d) = &s.policy_vs_random {
-        lines.push(format!("policy hit rate minus random patches: {}", diff(d)));
     }
     lines
 }
@@ -283,8 +309,8 @@ pub fn markdown(info: &RunInfo, s: &EvalSummary) -> String {
     }
 
     md.push_str("\n## Methods\n\n");
-    for m in Method::ALL {
-        let _ = writeln!(md, "- `{}`: {}", m.name(), m.describe());
+    for m in &s.methods {
+        let _ = writeln!(md, "- `{}`: {}", m.method.name(), m.method.describe());
     }
 
     md.push_str("\n## Notes\n\n");
@@ -294,6 +320,7 @@ pub fn markdown(info: &RunInfo, s: &EvalSummary) -> String {
         "**hit**: the fraction of step points (those the method chose) on ground-truth foreground, pooled over all step points. **start hit**: the SRM's two start points labelled right (the positive one on foreground, the negative one on background); the same for every method. **label acc**: step points whose SRM label agrees with the ground truth. **patches**: distinct patches among the step points, per image (a greedy policy may choose one patch again and again). **steps**: steps per image.",
         "**BER** is in percent, from pixel counts pooled over all images at p > 0.5. **ms/img** is the loop on a cached embedding (start points, steps, final upscale): the encoder is not included.",
         "**SRM IoU** is the SRM's map on s_0 = E, thresholded at 0.5, against the ground truth's foreground share per map cell (also at 0.5), over cells that cover the image. A constant map scores the IoU of \"everything\" (the object's share) or of \"nothing\" (0, or 1 on an image without object).",
+        "**oracle** clicks from the ground truth: its row is the mask after as many clicks as the loop has points (2 + steps); its line under the table gives mIoU after 1, 3, 5 and 10 clicks and NoC (clicks to reach IoU 0.85 / 0.90, counted as 20 when not reached within 20). It bounds what any clicking agent can get from this decoder.",
         "**Intervals** are over images (paired differences on the same images, Student's t): points within one image are far from independent, so a per-point interval would be too narrow.",
     ] {
         let _ = writeln!(md, "- {note}");
@@ -329,7 +356,26 @@ fn field(s: &str) -> String {
     }
 }
 
-/// One CSV line (no newline) per method run of an image, in [`Method::ALL`] order.
+/// The oracle curve CSV's header line (no newline): the IoU after each click.
+pub fn oracle_csv_header(clicks: usize) -> String {
+    std::iter::once("id".to_string())
+        .chain((1..=clicks).map(|k| format!("iou@{k}")))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The oracle curve CSV's line of one image (no newline), when the oracle ran on it.
+pub fn oracle_csv_row(e: &ImageEval) -> Option<String> {
+    let ious = e.oracle_ious.as_ref()?;
+    Some(
+        std::iter::once(field(&e.id))
+            .chain(ious.iter().map(|v| format!("{v:.6}")))
+            .collect::<Vec<_>>()
+            .join(","),
+    )
+}
+
+/// One CSV line (no newline) per method run of an image, in the evaluation's method order.
 pub fn csv_rows(e: &ImageEval) -> Vec<String> {
     e.runs
         .iter()

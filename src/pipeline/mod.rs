@@ -22,24 +22,12 @@
 //! those that went through processing, `frames_dropped` those that left the queue any other way
 //! (pushed out by newer frames, or discarded at a stop). So `frames_processed + frames_dropped
 //! == frames_read`, always. Frames that never became frames are counted apart: `frames_bad`
-//! (the source could not decode them: a [`FrameError`]) and `frames_skipped` (gaps in the
+//! (the source could not decode them: a [`SourceError`] of kind `FrameLost`) and `frames_skipped` (gaps in the
 //! source's indices: frames a camera driver dropped before we could read them).
 //!
 //! # Exit codes
 //!
-//! For a supervisor such as systemd ([`Summary::exit_code`]):
-//!
-//! | code | constant               | meaning                                                 |
-//! |------|------------------------|---------------------------------------------------------|
-//! | 0    | [`EXIT_OK`]            | end of stream (or a requested stop); every frame fine   |
-//! | 1    | `cli::EXIT_ERROR`      | an error stopped the run (could not start, sink failed) |
-//! | 2    | `cli::EXIT_PARTIAL`    | finished, but some frames could not be read             |
-//! | 3    | [`EXIT_SOURCE_FAILED`] | the source failed or disappeared for good mid-run       |
-//! | 130  | [`EXIT_INTERRUPTED`]   | stopped by SIGINT, SIGTERM or SIGHUP (128 + SIGINT)     |
-//!
-//! Results written before the stop are complete in every case. With systemd, `Restart=
-//! on-failure` restarts on 1, 2 and 3; add `SuccessExitStatus=130` so that `systemctl stop`
-//! (SIGTERM, clean shutdown) is not counted as a failure.
+//! [`Summary::exit_code`] maps the way a run ended to one of [`crate::exit`]'s codes.
 
 pub mod queue;
 pub mod stats;
@@ -55,15 +43,10 @@ use serde::Serialize;
 pub use queue::{FrameQueue, Overflow, Popped, Pushed, QueueCounts};
 pub use stats::LatencyStats;
 
-use crate::cli::{EXIT_ERROR, EXIT_PARTIAL};
-use crate::source::{Frame, FrameError, FrameSource};
+use crate::source::{Frame, FrameSource, SourceError};
+use crate::util::ms;
 
-/// Exit code: the stream ended (or the caller stopped it) and every frame was read.
-pub const EXIT_OK: u8 = 0;
-/// Exit code: the source failed mid-run (a truncated stream, a camera that did not come back).
-pub const EXIT_SOURCE_FAILED: u8 = 3;
-/// Exit code: stopped by SIGINT, SIGTERM or SIGHUP (the shell's 128 + SIGINT).
-pub const EXIT_INTERRUPTED: u8 = 130;
+pub use crate::exit::{EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, EXIT_SOURCE_FAILED};
 
 /// Why a stop was asked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,12 +71,12 @@ impl StopFlag {
         Self::default()
     }
 
-    /// Asks the pipeline to stop (the run ends as [`StopReason::Requested`]).
+    /// Asks the pipeline to stop (the run ends as [`RunEnd::Requested`]).
     pub fn request_stop(&self) {
         self.0.fetch_max(REQUESTED, Ordering::SeqCst);
     }
 
-    /// Records a termination signal (the run ends as [`StopReason::Interrupted`]).
+    /// Records a termination signal (the run ends as [`RunEnd::Interrupted`]).
     pub fn signal(&self) {
         self.0.fetch_max(SIGNALLED, Ordering::SeqCst);
     }
@@ -141,7 +124,13 @@ pub struct PipelineOptions {
     /// After a stop, how long to wait for the capture thread to notice before leaving it
     /// behind (it may be blocked in the source: a camera that stalls, a pipe with no data).
     pub join_timeout: Duration,
+    /// The most bytes of decoded frames the queue holds: large frames get fewer slots than
+    /// `capacity` (at least one), so memory stays bounded whatever the frame size.
+    pub max_queued_bytes: usize,
 }
+
+/// [`PipelineOptions::max_queued_bytes`] by default: 256 MiB.
+pub const DEFAULT_MAX_QUEUED_BYTES: usize = 256 << 20;
 
 impl PipelineOptions {
     /// For a live source (a camera, a paced file): one frame of room, dropping the oldest, so
@@ -153,12 +142,14 @@ impl PipelineOptions {
                 capacity: 1,
                 overflow: Overflow::DropOldest,
                 join_timeout: Duration::from_secs(1),
+                max_queued_bytes: DEFAULT_MAX_QUEUED_BYTES,
             }
         } else {
             PipelineOptions {
                 capacity: 4,
                 overflow: Overflow::Block,
                 join_timeout: Duration::from_secs(1),
+                max_queued_bytes: DEFAULT_MAX_QUEUED_BYTES,
             }
         }
     }
@@ -203,7 +194,7 @@ pub fn unix_seconds(t: SystemTime) -> f64 {
 /// Why a run ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum StopReason {
+pub enum RunEnd {
     /// The source ended.
     EndOfStream,
     /// The program raised the stop flag.
@@ -216,14 +207,23 @@ pub enum StopReason {
     SinkFailed,
 }
 
-impl fmt::Display for StopReason {
+impl RunEnd {
+    fn from_cause(cause: StopCause) -> RunEnd {
+        match cause {
+            StopCause::Signal => RunEnd::Interrupted,
+            StopCause::Requested => RunEnd::Requested,
+        }
+    }
+}
+
+impl fmt::Display for RunEnd {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            StopReason::EndOfStream => "end of stream",
-            StopReason::Requested => "stopped",
-            StopReason::Interrupted => "interrupted",
-            StopReason::SourceFailed => "source failed",
-            StopReason::SinkFailed => "output failed",
+            RunEnd::EndOfStream => "end of stream",
+            RunEnd::Requested => "stopped",
+            RunEnd::Interrupted => "interrupted",
+            RunEnd::SourceFailed => "source failed",
+            RunEnd::SinkFailed => "output failed",
         })
     }
 }
@@ -234,7 +234,7 @@ pub struct Summary {
     /// The source's description.
     pub source: String,
     /// Why the run ended.
-    pub stop: StopReason,
+    pub stop: RunEnd,
     /// Frames put into the queue by capture.
     pub frames_read: u64,
     /// Frames processed.
@@ -282,11 +282,11 @@ impl Summary {
     /// The process exit code for this run (see the module documentation).
     pub fn exit_code(&self) -> u8 {
         match self.stop {
-            StopReason::Interrupted => EXIT_INTERRUPTED,
-            StopReason::SourceFailed => EXIT_SOURCE_FAILED,
-            StopReason::SinkFailed => EXIT_ERROR,
-            StopReason::EndOfStream | StopReason::Requested if self.frames_bad > 0 => EXIT_PARTIAL,
-            StopReason::EndOfStream | StopReason::Requested => EXIT_OK,
+            RunEnd::Interrupted => EXIT_INTERRUPTED,
+            RunEnd::SourceFailed => EXIT_SOURCE_FAILED,
+            RunEnd::SinkFailed => EXIT_ERROR,
+            RunEnd::EndOfStream | RunEnd::Requested if self.frames_bad > 0 => EXIT_PARTIAL,
+            RunEnd::EndOfStream | RunEnd::Requested => EXIT_OK,
         }
     }
 }
@@ -381,7 +381,7 @@ fn block_termination_signals() {}
 
 /// Logs the first bad frames, then one in a hundred, so that a broken camera cannot flood the
 /// log at its frame rate.
-fn log_bad_frame(e: &FrameError, bad_so_far: u64) {
+fn log_bad_frame(e: &SourceError, bad_so_far: u64) {
     if bad_so_far <= 10 || bad_so_far.is_multiple_of(100) {
         log::warn!("{e} (unreadable frames so far: {bad_so_far})");
     }
@@ -392,6 +392,7 @@ fn capture_loop(
     queue: Arc<FrameQueue<Captured>>,
     stop: StopFlag,
     shared: Arc<CaptureShared>,
+    max_queued_bytes: usize,
 ) {
     let _close = CloseOnDrop(queue.clone());
     block_termination_signals();
@@ -421,19 +422,21 @@ fn capture_loop(
                     read_at,
                     age_at_read,
                 };
-                if let Pushed::Closed(_) = queue.push(item) {
+                // Large frames get fewer slots: the read-ahead is bounded in bytes.
+                let bytes = item.frame.image.as_raw().len().max(1);
+                if let Pushed::Closed(_) = queue.push_within(item, max_queued_bytes / bytes) {
                     break;
                 }
             }
             Ok(None) => break,
-            Err(e) => match e.downcast_ref::<FrameError>() {
-                Some(fe) => {
-                    note_index(fe.index);
+            Err(e) => match e.frame_index() {
+                Some(index) => {
+                    note_index(index);
                     let bad = shared.bad.fetch_add(1, Ordering::Relaxed) + 1;
-                    log_bad_frame(fe, bad);
+                    log_bad_frame(&e, bad);
                 }
                 None => {
-                    let message = format!("{e:#}");
+                    let message = e.to_string();
                     log::error!("{message}");
                     *shared.error.lock().unwrap_or_else(|p| p.into_inner()) = Some(message);
                     break;
@@ -441,18 +444,6 @@ fn capture_loop(
             },
         }
     }
-}
-
-fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
-    panic
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_else(|| "panic".into())
-}
-
-fn ms(d: Option<Duration>) -> Option<f64> {
-    d.map(|d| d.as_secs_f64() * 1e3)
 }
 
 /// Runs frames from a source through processing and a sink (see the module documentation).
@@ -501,12 +492,13 @@ impl Pipeline {
         let start = Instant::now();
         let capture = {
             let (queue, shared, stop) = (queue.clone(), shared.clone(), self.stop.clone());
+            let max_bytes = self.options.max_queued_bytes;
             std::thread::Builder::new()
                 .name("alignsam-capture".into())
                 .spawn(move || {
                     // Dropped when the thread ends, panicking or not: that is the signal.
                     let _done = done_tx;
-                    capture_loop(source, queue, stop, shared);
+                    capture_loop(source, queue, stop, shared, max_bytes);
                 })
                 .expect("cannot start the capture thread")
         };
@@ -517,15 +509,20 @@ impl Pipeline {
         // How often processing looks at the stop flag while waiting for a frame.
         const POLL: Duration = Duration::from_millis(20);
         let mut stop = loop {
-            match self.stop.cause() {
-                Some(StopCause::Signal) => break StopReason::Interrupted,
-                Some(StopCause::Requested) => break StopReason::Requested,
-                None => {}
+            if let Some(cause) = self.stop.cause() {
+                break RunEnd::from_cause(cause);
             }
             let item = match queue.pop_timeout(POLL) {
                 Popped::Item(item) => item,
                 Popped::TimedOut => continue,
-                Popped::Closed => break StopReason::EndOfStream,
+                // Capture also stops on the flag and closes the queue: a stop raised since the
+                // check above is the reason, not the end of the stream.
+                Popped::Closed => {
+                    break self
+                        .stop
+                        .cause()
+                        .map_or(RunEnd::EndOfStream, RunEnd::from_cause);
+                }
             };
             let started = Instant::now();
             let Captured {
@@ -554,7 +551,7 @@ impl Pipeline {
                 let message = format!("{e:#}");
                 log::error!("{message}");
                 sink_error = Some(message);
-                break StopReason::SinkFailed;
+                break RunEnd::SinkFailed;
             }
         };
         let wall = start.elapsed();
@@ -575,13 +572,13 @@ impl Pipeline {
                 if let Err(panic) = capture.join() {
                     source_error = Some(format!(
                         "the capture thread panicked: {}",
-                        panic_message(&panic)
+                        crate::util::panic_message(&*panic)
                     ));
                 }
             }
         }
-        if source_error.is_some() && stop == StopReason::EndOfStream {
-            stop = StopReason::SourceFailed;
+        if source_error.is_some() && stop == RunEnd::EndOfStream {
+            stop = RunEnd::SourceFailed;
         }
         let counts = queue.counts();
         debug_assert_eq!(counts.pushed, counts.popped + counts.dropped, "{counts:?}");
@@ -596,13 +593,13 @@ impl Pipeline {
             reconnects: shared.reconnects.load(Ordering::Relaxed),
             source_error,
             sink_error,
-            latency_p50_ms: ms(latency.quantile(0.5)),
-            latency_p99_ms: ms(latency.quantile(0.99)),
-            latency_mean_ms: ms(latency.mean()),
-            latency_max_ms: ms(latency.max()),
+            latency_p50_ms: latency.quantile(0.5).map(ms),
+            latency_p99_ms: latency.quantile(0.99).map(ms),
+            latency_mean_ms: latency.mean().map(ms),
+            latency_max_ms: latency.max().map(ms),
             live,
-            processing_p50_ms: ms(processing.quantile(0.5)),
-            processing_p99_ms: ms(processing.quantile(0.99)),
+            processing_p50_ms: processing.quantile(0.5).map(ms),
+            processing_p99_ms: processing.quantile(0.99).map(ms),
             fps: counts.popped as f64 / wall.as_secs_f64().max(1e-9),
             wall_s: wall.as_secs_f64(),
         }
@@ -629,7 +626,7 @@ mod tests {
     }
 
     impl FrameSource for Synthetic {
-        fn next_frame(&mut self) -> Result<Option<Frame>> {
+        fn next_frame(&mut self) -> Result<Option<Frame>, SourceError> {
             if self.next == self.total {
                 return Ok(None);
             }
@@ -643,14 +640,12 @@ mod tests {
                 panic!("synthetic panic");
             }
             if self.fail_at == Some(index) {
-                anyhow::bail!("synthetic.y4m: stream truncated in frame {index}");
+                return Err(SourceError::gone(format!(
+                    "synthetic.y4m: stream truncated in frame {index}"
+                )));
             }
             if self.bad_at == Some(index) {
-                return Err(FrameError {
-                    index,
-                    message: "f.png: corrupt".into(),
-                }
-                .into());
+                return Err(SourceError::frame_lost(index, "f.png: corrupt"));
             }
             if self.skip_at == Some(index) {
                 self.next += 2;
@@ -710,7 +705,7 @@ mod tests {
             assert!(r.latency >= r.processing);
             Ok(())
         });
-        assert_eq!(s.stop, StopReason::EndOfStream);
+        assert_eq!(s.stop, RunEnd::EndOfStream);
         assert_eq!(s.frames_read, 60);
         assert!(s.frames_dropped > 0, "{s:?}");
         assert!(seen.windows(2).all(|w| w[0] < w[1]), "{seen:?}");
@@ -757,7 +752,7 @@ mod tests {
         let (s, seen) = run(source, Duration::ZERO, |_, _| Ok(()));
         assert_eq!(seen, [0, 1, 2, 3, 5, 6, 9]);
         assert_eq!((s.frames_bad, s.frames_skipped), (1, 2));
-        assert_eq!(s.stop, StopReason::EndOfStream);
+        assert_eq!(s.stop, RunEnd::EndOfStream);
         assert_eq!(s.exit_code(), EXIT_PARTIAL);
     }
 
@@ -770,7 +765,7 @@ mod tests {
         };
         let (s, seen) = run(source, Duration::from_millis(3), |_, _| Ok(()));
         assert_eq!(seen, [0, 1, 2, 3, 4]);
-        assert_eq!(s.stop, StopReason::SourceFailed);
+        assert_eq!(s.stop, RunEnd::SourceFailed);
         assert!(
             s.source_error
                 .as_deref()
@@ -787,7 +782,7 @@ mod tests {
         };
         let (s, seen) = run(source, Duration::ZERO, |_, _| Ok(()));
         assert_eq!(seen, [0, 1]);
-        assert_eq!(s.stop, StopReason::SourceFailed);
+        assert_eq!(s.stop, RunEnd::SourceFailed);
         assert!(s.source_error.unwrap().contains("synthetic panic"));
     }
 
@@ -805,7 +800,7 @@ mod tests {
             }
             Ok(())
         });
-        assert_eq!(s.stop, StopReason::Interrupted);
+        assert_eq!(s.stop, RunEnd::Interrupted);
         assert_eq!(s.exit_code(), EXIT_INTERRUPTED);
         assert!(*seen.last().unwrap() >= 20);
         assert!(s.frames_read < 1_000_000);
@@ -822,7 +817,7 @@ mod tests {
             Ok(())
         });
         assert_eq!(seen.len(), 10);
-        assert_eq!(s.stop, StopReason::Requested);
+        assert_eq!(s.stop, RunEnd::Requested);
         assert_eq!(s.exit_code(), EXIT_OK);
     }
 
@@ -848,7 +843,7 @@ mod tests {
         });
         // Frames 0 and 1 may have been replaced by 2 in the one-frame queue.
         assert_eq!(seen.last(), Some(&2));
-        assert_eq!(s.stop, StopReason::Interrupted);
+        assert_eq!(s.stop, RunEnd::Interrupted);
         assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
     }
 
@@ -865,24 +860,9 @@ mod tests {
             Ok(())
         });
         assert_eq!(seen.len(), 4);
-        assert_eq!(s.stop, StopReason::SinkFailed);
+        assert_eq!(s.stop, RunEnd::SinkFailed);
         assert_eq!(s.exit_code(), EXIT_ERROR);
         assert!(s.sink_error.unwrap().contains("No space left"));
-    }
-
-    #[test]
-    fn exit_codes_are_distinct_and_match_the_cli() {
-        assert_eq!(EXIT_ERROR, crate::cli::EXIT_ERROR);
-        assert_eq!(EXIT_PARTIAL, crate::cli::EXIT_PARTIAL);
-        let mut codes = [
-            EXIT_OK,
-            EXIT_ERROR,
-            EXIT_PARTIAL,
-            EXIT_SOURCE_FAILED,
-            EXIT_INTERRUPTED,
-        ];
-        codes.sort();
-        assert!(codes.windows(2).all(|w| w[0] < w[1]));
     }
 
     #[test]

@@ -106,9 +106,16 @@ impl<T> FrameQueue<T> {
     /// Adds an item. With [`Overflow::DropOldest`] this never blocks; with [`Overflow::Block`]
     /// it waits for room. A closed queue hands the item back.
     pub fn push(&self, item: T) -> Pushed<T> {
+        self.push_within(item, usize::MAX)
+    }
+
+    /// [`FrameQueue::push`] with a tighter capacity for this item, `min(capacity, limit)` (at
+    /// least 1): the pipeline bounds its read-ahead in bytes by allowing fewer large frames.
+    pub fn push_within(&self, item: T, limit: usize) -> Pushed<T> {
+        let room = self.capacity.min(limit.max(1));
         let mut s = self.lock();
         if self.overflow == Overflow::Block {
-            while !s.closed && s.items.len() >= self.capacity {
+            while !s.closed && s.items.len() >= room {
                 s = self.not_full.wait(s).unwrap_or_else(|p| p.into_inner());
             }
         }
@@ -116,7 +123,7 @@ impl<T> FrameQueue<T> {
             return Pushed::Closed(item);
         }
         let mut evicted = None;
-        if s.items.len() >= self.capacity {
+        if s.items.len() >= room {
             evicted = s.items.pop_front();
             s.counts.dropped += 1;
         }

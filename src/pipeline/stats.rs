@@ -109,7 +109,7 @@ mod tests {
     use super::*;
 
     fn ms(d: Option<Duration>) -> f64 {
-        d.unwrap().as_secs_f64() * 1e3
+        crate::util::ms(d.unwrap())
     }
 
     #[test]

@@ -226,6 +226,9 @@ impl Decoder {
     ) -> Result<LowResMask> {
         let inputs = PromptInputs::new(points, mask_input, geometry, self.low_res)?;
         let out = self.model.run(&inputs.with(&embedding.0))?;
+        let path = self.model.path();
+        crate::engine::check_finite(path, "iou_predictions", out[0].data())?;
+        crate::engine::check_finite(path, "low_res_masks", out[1].data())?;
         Ok(low_res_output(&out, self.low_res))
     }
 

@@ -44,7 +44,9 @@ impl Encoder {
     /// Runs the encoder on a preprocessed image.
     pub fn encode(&self, image: &Tensor) -> Result<Embedding> {
         let mut out = self.model.run(&[image.view()])?;
-        Ok(Embedding(out.remove(0)))
+        let embedding = out.remove(0);
+        crate::engine::check_finite(self.model.path(), "image_embeddings", embedding.data())?;
+        Ok(Embedding(embedding))
     }
 
     /// The underlying model (for `info` and benchmarks).

@@ -52,7 +52,7 @@ impl Sam {
 
     /// Preprocesses and encodes an image.
     pub fn embed(&self, image: &RgbImage) -> Result<(Embedding, FrameGeometry)> {
-        let (input, geometry) = preprocess::preprocess(image, &self.preprocess);
+        let (input, geometry) = preprocess::preprocess(image, &self.preprocess)?;
         Ok((self.encoder.encode(&input)?, geometry))
     }
 

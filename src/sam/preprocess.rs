@@ -1,6 +1,7 @@
 //! Image -> encoder input, as `SamPredictor.set_image` does it: resize the longest side to the
 //! frame size (PIL bilinear), normalise with the pixel mean and std, pad bottom/right with zeros.
 
+use anyhow::Result;
 use image::RgbImage;
 
 use super::resize::resize_bilinear_like_pil;
@@ -31,12 +32,12 @@ impl Default for PreprocessConfig {
 
 /// Builds the encoder input `[1, 3, frame, frame]` and the geometry needed to map prompts and
 /// masks between the image and the frame.
-pub fn preprocess(image: &RgbImage, config: &PreprocessConfig) -> (Tensor, FrameGeometry) {
-    let geometry = FrameGeometry::new(
+pub fn preprocess(image: &RgbImage, config: &PreprocessConfig) -> Result<(Tensor, FrameGeometry)> {
+    let geometry = FrameGeometry::checked(
         image.height() as usize,
         image.width() as usize,
         config.frame,
-    );
+    )?;
     let (nh, nw) = geometry.resized;
     let resized = resize_bilinear_like_pil(image, nw as u32, nh as u32);
     let s = config.frame;
@@ -55,7 +56,7 @@ pub fn preprocess(image: &RgbImage, config: &PreprocessConfig) -> (Tensor, Frame
         }
     }
     let tensor = Tensor::new(vec![1, 3, s, s], data).expect("shape and data agree");
-    (tensor, geometry)
+    Ok((tensor, geometry))
 }
 
 #[cfg(test)]
@@ -69,7 +70,7 @@ mod tests {
             frame: 16,
             ..Default::default()
         };
-        let (t, g) = preprocess(&img, &cfg);
+        let (t, g) = preprocess(&img, &cfg).unwrap();
         assert_eq!(t.shape(), &[1, 3, 16, 16]);
         assert_eq!(g.resized, (8, 16));
         let d = t.data();

@@ -24,6 +24,24 @@ impl FrameGeometry {
         }
     }
 
+    /// The geometry, or an error when the image cannot be placed in the frame: an empty image,
+    /// or one so elongated that its short side would round to 0 pixels (wider than about
+    /// `2 * frame : 1`), which SAM's resize cannot represent.
+    pub fn checked(height: usize, width: usize, frame: usize) -> anyhow::Result<Self> {
+        if height == 0 || width == 0 {
+            anyhow::bail!("the image is empty ({width}x{height})");
+        }
+        let g = Self::new(height, width, frame);
+        if g.resized.0 == 0 || g.resized.1 == 0 {
+            anyhow::bail!(
+                "a {width}x{height} image is too elongated for SAM's {frame}-pixel frame: its short side would become {} pixels (at most about {}:1 works)",
+                g.resized.0.min(g.resized.1),
+                2 * frame
+            );
+        }
+        Ok(g)
+    }
+
     /// Maps a point from original image coordinates (x, y) into the encoder frame, exactly as
     /// `ResizeLongestSide.apply_coords` does (separate x and y scales, computed in f64).
     pub fn to_frame(&self, x: f64, y: f64) -> (f64, f64) {
@@ -61,6 +79,19 @@ mod tests {
         assert_eq!(preprocess_shape(1500, 1100, 1024), (1024, 751));
         assert_eq!(preprocess_shape(37, 53, 1024), (715, 1024));
         assert_eq!(preprocess_shape(256, 256, 1024), (1024, 1024));
+    }
+
+    #[test]
+    fn extreme_aspect_ratios_are_errors_not_panics() {
+        // 1x20000 and 2x20000 round to 0 rows; 1x2000 keeps one.
+        for (h, w) in [(1, 20000), (2, 20000), (20000, 1), (0, 5), (5, 0)] {
+            let e = FrameGeometry::checked(h, w, 1024).unwrap_err().to_string();
+            assert!(e.contains("too elongated") || e.contains("empty"), "{e}");
+        }
+        assert_eq!(
+            FrameGeometry::checked(1, 2000, 1024).unwrap().resized,
+            (1, 1024)
+        );
     }
 
     #[test]

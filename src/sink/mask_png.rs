@@ -17,9 +17,7 @@ pub fn mask_image(mask: &[bool], width: usize, height: usize) -> Result<GrayImag
     Ok(GrayImage::from_raw(width as u32, height as u32, data).expect("size checked"))
 }
 
-/// Writes a binary mask PNG; errors name the file.
+/// Writes a binary mask PNG, atomically (whole or not at all); errors name the file.
 pub fn write_mask_png(path: &Path, mask: &[bool], width: usize, height: usize) -> Result<()> {
-    mask_image(mask, width, height)?
-        .save(path)
-        .map_err(|e| anyhow::anyhow!("{}: cannot write mask: {e}", path.display()))
+    super::atomic::save_png_atomic(path, &mask_image(mask, width, height)?)
 }

@@ -1,9 +1,12 @@
-//! Result sinks: masks, overlays and JSON records written to disk.
+//! Result sinks: masks, overlays and JSON records written to disk, every file atomically
+//! ([`atomic`]).
 
+pub mod atomic;
 pub mod mask_png;
 pub mod overlay;
 pub mod record;
 
+pub use atomic::{save_png_atomic, write_atomic, write_bytes_atomic};
 pub use mask_png::write_mask_png;
 pub use overlay::overlay;
 pub use record::ImageRecord;

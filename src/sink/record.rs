@@ -9,7 +9,8 @@ use crate::agent::{LoopResult, PointRecord, StageTimes, StopReason};
 /// The record written for each image.
 #[derive(Debug, Serialize)]
 pub struct ImageRecord<'a> {
-    /// The input file (or frame source).
+    /// The input file (or frame source); a name that is not UTF-8 is written with U+FFFD.
+    #[serde(serialize_with = "lossy_path")]
     pub image: &'a Path,
     /// Image width in pixels.
     pub width: usize,
@@ -28,10 +29,16 @@ pub struct ImageRecord<'a> {
     /// Milliseconds per stage.
     pub ms: &'a StageTimes,
     /// The mask PNG written, if any.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "lossy_opt_path"
+    )]
     pub mask: Option<&'a Path>,
     /// The overlay PNG written, if any.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "lossy_opt_path"
+    )]
     pub overlay: Option<&'a Path>,
 }
 
@@ -39,8 +46,6 @@ impl<'a> ImageRecord<'a> {
     /// The record of a loop result.
     pub fn new(image: &'a Path, result: &'a LoopResult) -> Self {
         let (height, width) = result.geometry.original;
-        let fg =
-            result.mask.iter().filter(|&&m| m).count() as f64 / result.mask.len().max(1) as f64;
         ImageRecord {
             image,
             width,
@@ -49,10 +54,41 @@ impl<'a> ImageRecord<'a> {
             stop_reason: result.stop,
             points: &result.points,
             iou_prediction: result.iou_prediction,
-            foreground_fraction: fg,
+            foreground_fraction: result.foreground_share(),
             ms: &result.times,
             mask: None,
             overlay: None,
         }
+    }
+}
+
+/// Serialises a path as a string, replacing bytes that are not UTF-8 with U+FFFD (serde refuses
+/// such paths, which would lose the whole record).
+pub fn lossy_path<S: serde::Serializer>(p: &Path, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&p.to_string_lossy())
+}
+
+/// [`lossy_path`] for an optional path.
+pub fn lossy_opt_path<S: serde::Serializer, P: AsRef<Path>>(
+    p: &Option<P>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match p {
+        Some(p) => s.serialize_str(&p.as_ref().to_string_lossy()),
+        None => s.serialize_none(),
+    }
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_that_are_not_utf8_still_serialise() {
+        use std::os::unix::ffi::OsStrExt;
+        let p = Path::new(std::ffi::OsStr::from_bytes(b"img\xff\n.png"));
+        let mut out = vec![];
+        lossy_path(p, &mut serde_json::Serializer::new(&mut out)).unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), "\"img\u{fffd}\\n.png\"");
     }
 }

@@ -5,25 +5,14 @@ use std::path::Path;
 use anyhow::Result;
 use image::RgbImage;
 
-/// Reads and decodes an image file into 8-bit RGB. Errors name the file and say whether it is
-/// missing, unreadable, or not a decodable image.
+use super::limits::{decode_image, limits, read_regular};
+
+/// Reads and decodes an image file into 8-bit RGB, within the process-wide
+/// [`super::limits::InputLimits`]. Errors name the file and say whether it is missing,
+/// unreadable, not a regular file, too large, or not a decodable image.
 pub fn load_rgb(path: &Path) -> Result<RgbImage> {
-    let bytes = std::fs::read(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => anyhow::anyhow!("{}: image not found", path.display()),
-        std::io::ErrorKind::IsADirectory => {
-            anyhow::anyhow!("{}: is a directory, not an image", path.display())
-        }
-        _ => anyhow::anyhow!("{}: cannot read image: {e}", path.display()),
-    })?;
-    let img = image::ImageReader::new(std::io::Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| anyhow::anyhow!("{}: cannot read image: {e}", path.display()))?
-        .decode()
-        .map_err(|e| anyhow::anyhow!("{}: corrupt or unsupported image: {e}", path.display()))?;
-    if img.width() == 0 || img.height() == 0 {
-        anyhow::bail!("{}: image has no pixels", path.display());
-    }
-    Ok(img.to_rgb8())
+    let bytes = read_regular(path, "image", limits().max_file_bytes)?;
+    Ok(decode_image(bytes, path, "image")?.to_rgb8())
 }
 
 #[cfg(test)]

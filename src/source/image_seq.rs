@@ -1,8 +1,8 @@
 //! Image sequences: a directory or glob of image files, in natural order, played as video.
 //!
 //! Files are decoded one at a time, when their frame is asked for. A file that cannot be
-//! decoded costs its frame only: [`ImageSequence::next_frame`] returns a [`FrameError`] naming
-//! the file, and the next call goes on with the following file (see [`FrameError`] for the
+//! decoded costs its frame only: [`ImageSequence::next_frame`] returns a [`SourceError`] naming
+//! the file, and the next call goes on with the following file (see [`SourceError`] for the
 //! rule every source follows).
 
 use std::path::PathBuf;
@@ -11,7 +11,7 @@ use std::time::SystemTime;
 use anyhow::{Result, bail};
 
 use super::pace::Pacer;
-use super::{Frame, FrameError, FrameSource, load_rgb, paths};
+use super::{Frame, FrameSource, SourceError, load_rgb, paths};
 
 /// A [`FrameSource`] over image files.
 pub struct ImageSequence {
@@ -71,17 +71,17 @@ impl ImageSequence {
 }
 
 impl FrameSource for ImageSequence {
-    fn next_frame(&mut self) -> Result<Option<Frame>> {
+    fn next_frame(&mut self) -> Result<Option<Frame>, SourceError> {
         if self.pos == self.files.len() {
             if !self.looping {
                 return Ok(None);
             }
             if self.good_this_pass == 0 {
-                bail!(
+                return Err(SourceError::gone(format!(
                     "{}: none of the {} files decodes; stopping instead of looping over them",
                     self.name,
                     self.files.len()
-                );
+                )));
             }
             self.pos = 0;
             self.good_this_pass = 0;
@@ -105,11 +105,7 @@ impl FrameSource for ImageSequence {
                     image,
                 }))
             }
-            Err(e) => Err(FrameError {
-                index,
-                message: format!("{e:#}"),
-            }
-            .into()),
+            Err(e) => Err(SourceError::frame_lost(index, format!("{e:#}"))),
         }
     }
 
@@ -153,12 +149,13 @@ mod tests {
         assert_eq!(seq.len(), 4);
         let f = seq.next_frame().unwrap().unwrap();
         assert_eq!((f.index, f.image.get_pixel(0, 0).0[0]), (0, 10));
-        let e = seq.next_frame().unwrap_err();
-        let fe = e.downcast_ref::<FrameError>().expect("a per-frame error");
-        assert_eq!(fe.index, 1);
+        let fe = seq.next_frame().unwrap_err();
+        assert!(fe.is_frame_lost(), "a per-frame error");
+        assert_eq!(fe.frame_index(), Some(1));
         assert!(
-            fe.message.contains("f2.png: corrupt or unsupported image"),
-            "{e}"
+            fe.to_string()
+                .contains("f2.png: corrupt or unsupported image"),
+            "{fe}"
         );
         let f = seq.next_frame().unwrap().unwrap();
         assert_eq!((f.index, f.image.get_pixel(0, 0).0[0]), (2, 30));
@@ -197,9 +194,9 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         std::fs::write(tmp.path().join("a.png"), b"junk").unwrap();
         let mut seq = ImageSequence::open(&tmp.path().to_string_lossy(), None, true).unwrap();
-        assert!(seq.next_frame().unwrap_err().is::<FrameError>());
+        assert!(seq.next_frame().unwrap_err().is_frame_lost());
         let e = seq.next_frame().unwrap_err();
-        assert!(!e.is::<FrameError>());
+        assert!(!e.is_frame_lost());
         assert!(e.to_string().contains("none of the 1 files decodes"), "{e}");
     }
 }

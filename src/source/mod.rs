@@ -5,6 +5,7 @@
 
 pub mod image_file;
 pub mod image_seq;
+pub mod limits;
 pub mod pace;
 pub mod paths;
 pub mod pixel;
@@ -20,6 +21,7 @@ use image::RgbImage;
 
 pub use image_file::load_rgb;
 pub use image_seq::ImageSequence;
+pub use limits::InputLimits;
 pub use paths::expand_inputs;
 pub use y4m::Y4mSource;
 
@@ -36,27 +38,95 @@ pub struct Frame {
     pub image: RgbImage,
 }
 
-/// A frame that a source could not deliver, while the stream goes on: a corrupt image file in
-/// a sequence, a corrupt MJPEG frame from a camera.
+/// Why a [`FrameSource`] could not deliver a frame: either one frame is lost and the stream goes
+/// on, or the source is gone. The caller branches on [`SourceError::kind`] (or
+/// [`SourceError::is_frame_lost`]); the compiler checks that every source says which.
 ///
-/// The rule for every [`FrameSource`]: when [`FrameSource::next_frame`] fails with an error
-/// that downcasts to `FrameError` (`err.is::<FrameError>()`), only that frame is lost and the
-/// source has already moved past it, so the caller logs it and calls `next_frame` again. Any
-/// other error ends the stream. This keeps one bad file from ending a run over thousands.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("frame {index}: {message}")]
-pub struct FrameError {
-    /// The lost frame's index (the next good frame has a larger one).
-    pub index: u64,
-    /// What went wrong, naming the file or device.
-    pub message: String,
+/// The rule for every source: after [`SourceErrorKind::FrameLost`] the source has already moved
+/// past the bad frame, so the caller logs it and calls `next_frame` again (one corrupt file
+/// must not end a run over thousands); after [`SourceErrorKind::Gone`] the stream is over.
+#[derive(Debug)]
+pub struct SourceError {
+    kind: SourceErrorKind,
+    message: String,
+}
+
+/// The kinds of [`SourceError`]. Non-exhaustive: match with a wildcard arm, which should treat
+/// an unknown kind as the end of the stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SourceErrorKind {
+    /// Frame `index` could not be read (a corrupt image file in a sequence, a corrupt MJPEG
+    /// frame from a camera); the next good frame has a larger index.
+    FrameLost {
+        /// The lost frame's index.
+        index: u64,
+    },
+    /// The source failed for good: a truncated or malformed stream, a camera that did not come
+    /// back, a sequence none of whose files decodes.
+    Gone,
+}
+
+impl SourceError {
+    /// One frame lost; `message` names the file or device and what is wrong.
+    pub fn frame_lost(index: u64, message: impl Into<String>) -> Self {
+        SourceError {
+            kind: SourceErrorKind::FrameLost { index },
+            message: message.into(),
+        }
+    }
+
+    /// The source is gone; `message` names the file or device and what is wrong.
+    pub fn gone(message: impl Into<String>) -> Self {
+        SourceError {
+            kind: SourceErrorKind::Gone,
+            message: message.into(),
+        }
+    }
+
+    /// Which kind of failure.
+    pub fn kind(&self) -> SourceErrorKind {
+        self.kind
+    }
+
+    /// Whether only one frame was lost (the stream goes on).
+    pub fn is_frame_lost(&self) -> bool {
+        matches!(self.kind, SourceErrorKind::FrameLost { .. })
+    }
+
+    /// The lost frame's index, for [`SourceErrorKind::FrameLost`].
+    pub fn frame_index(&self) -> Option<u64> {
+        match self.kind {
+            SourceErrorKind::FrameLost { index } => Some(index),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for SourceError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.kind {
+            SourceErrorKind::FrameLost { index } => write!(f, "frame {index}: {}", self.message),
+            _ => f.write_str(&self.message),
+        }
+    }
+}
+
+impl std::error::Error for SourceError {}
+
+/// Any other error inside a source (I/O, a malformed stream) ends the stream: `?` on an
+/// `anyhow::Result` inside `next_frame` means "gone", with the whole chain of causes.
+impl From<anyhow::Error> for SourceError {
+    fn from(e: anyhow::Error) -> Self {
+        SourceError::gone(format!("{e:#}"))
+    }
 }
 
 /// A stream of frames.
 pub trait FrameSource: Send {
-    /// The next frame, blocking until it is there; `Ok(None)` at the end of the stream. See
-    /// [`FrameError`] for which errors end the stream.
-    fn next_frame(&mut self) -> Result<Option<Frame>>;
+    /// The next frame, blocking until it is there; `Ok(None)` at the end of the stream. A
+    /// [`SourceError`] says whether only this frame was lost or the stream is over.
+    fn next_frame(&mut self) -> Result<Option<Frame>, SourceError>;
 
     /// One line saying what this source is, for logs ("V4L2 /dev/video0 (...)").
     fn describe(&self) -> String;
@@ -289,14 +359,17 @@ mod tests {
     }
 
     #[test]
-    fn frame_errors_downcast() {
-        let e: anyhow::Error = FrameError {
-            index: 3,
-            message: "a.png: corrupt".into(),
-        }
-        .into();
-        assert!(e.is::<FrameError>());
+    fn source_errors_say_lost_frame_or_gone() {
+        let e = SourceError::frame_lost(3, "a.png: corrupt");
+        assert!(e.is_frame_lost());
+        assert_eq!(e.kind(), SourceErrorKind::FrameLost { index: 3 });
+        assert_eq!(e.frame_index(), Some(3));
         assert_eq!(e.to_string(), "frame 3: a.png: corrupt");
-        assert!(!anyhow::anyhow!("x").is::<FrameError>());
+        // Any other error inside a source ends the stream, with its causes.
+        let io = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "early eof");
+        let e: SourceError = anyhow::Error::new(io).context("clip.y4m: frame 7").into();
+        assert_eq!(e.kind(), SourceErrorKind::Gone);
+        assert_eq!(e.frame_index(), None);
+        assert_eq!(e.to_string(), "clip.y4m: frame 7: early eof");
     }
 }

@@ -49,7 +49,7 @@ use v4l::video::capture::Parameters;
 use v4l::{Device, Format, FourCC, Fraction};
 
 use super::pixel::{PixelFormat, Range, fourcc_str, parse_fourcc};
-use super::{Frame, FrameError, FrameSource, SourceOptions};
+use super::{Frame, FrameSource, SourceError, SourceOptions};
 
 /// How long to wait between attempts to reopen a camera that went away.
 #[derive(Clone, Debug, PartialEq)]
@@ -444,7 +444,7 @@ impl Streaming {
             Err(panic) => bail!(
                 "{}: the v4l crate failed on this device: {}",
                 path.display(),
-                panic_message(&panic)
+                crate::util::panic_message(&*panic)
             ),
         }
     }
@@ -598,14 +598,6 @@ impl Streaming {
     }
 }
 
-fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
-    panic
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_else(|| "panic".into())
-}
-
 /// A [`FrameSource`] over a V4L2 camera, reconnecting when it goes away.
 pub struct V4l2Source {
     path: PathBuf,
@@ -646,7 +638,7 @@ impl V4l2Source {
             log::warn!(
                 "{}: releasing the old stream failed ({}); going on",
                 self.path.display(),
-                panic_message(&panic)
+                crate::util::panic_message(&*panic)
             );
         }
         self.sequence.restart();
@@ -703,7 +695,7 @@ impl V4l2Source {
 }
 
 impl FrameSource for V4l2Source {
-    fn next_frame(&mut self) -> Result<Option<Frame>> {
+    fn next_frame(&mut self) -> Result<Option<Frame>, SourceError> {
         let mut at_once = false;
         loop {
             if self.streaming.is_none() {
@@ -719,11 +711,10 @@ impl FrameSource for V4l2Source {
                     }));
                 }
                 Err(ReadError::Corrupt { sequence, message }) => {
-                    return Err(FrameError {
-                        index: self.sequence.index(sequence),
-                        message: format!("{}: {message}", self.path.display()),
-                    }
-                    .into());
+                    return Err(SourceError::frame_lost(
+                        self.sequence.index(sequence),
+                        format!("{}: {message}", self.path.display()),
+                    ));
                 }
                 Err(ReadError::Io(e)) => {
                     let p = self.path.display();
@@ -756,7 +747,9 @@ impl FrameSource for V4l2Source {
                                 .is_none_or(|t| t.elapsed() > Duration::from_secs(1));
                             self.last_restart = Some(Instant::now());
                         }
-                        Failure::Fatal => bail!("{p}: capture failed: {e}"),
+                        Failure::Fatal => {
+                            return Err(SourceError::gone(format!("{p}: capture failed: {e}")));
+                        }
                     }
                     self.teardown();
                 }
@@ -931,7 +924,7 @@ fn probe(path: &Path) -> DeviceInfo {
         Err(panic) => {
             info.error = Some(format!(
                 "the v4l crate failed on this device: {}",
-                panic_message(&panic)
+                crate::util::panic_message(&*panic)
             ))
         }
     }

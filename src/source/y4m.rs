@@ -27,16 +27,13 @@ use image::RgbImage;
 
 use super::pace::Pacer;
 use super::pixel::{self, Chroma, Range};
-use super::{Frame, FrameSource};
+use super::{Frame, FrameSource, SourceError};
 
 /// The signature that starts every stream.
 pub const MAGIC: &[u8] = b"YUV4MPEG2";
 
 /// Longest header line accepted: a guard against reading a non-Y4M stream forever.
 const MAX_LINE: usize = 4096;
-
-/// Largest picture accepted (pixels), so that a corrupt header cannot ask for gigabytes.
-const MAX_PIXELS: u64 = 1 << 28;
 
 /// What the stream header says.
 #[derive(Clone, Debug, PartialEq)]
@@ -182,9 +179,10 @@ impl Y4mHeader {
         }
         header.width = width.ok_or_else(|| bad("missing width (W)".into()))?;
         header.height = height.ok_or_else(|| bad("missing height (H)".into()))?;
-        if header.width as u64 * header.height as u64 > MAX_PIXELS {
+        let limit = super::limits::limits().max_pixels;
+        if header.width as u64 * header.height as u64 > limit {
             return Err(bad(format!(
-                "frame size {}x{} is implausibly large",
+                "frame size {}x{} is more than the limit of {limit} pixels (the input pixel limit can be raised)",
                 header.width, header.height
             )));
         }
@@ -294,20 +292,6 @@ fn read_line(reader: &mut impl BufRead) -> io::Result<Option<Vec<u8>>> {
     Ok(Some(line))
 }
 
-/// Reads until `buf` is full or the stream ends; returns how many bytes were read.
-fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut got = 0;
-    while got < buf.len() {
-        match reader.read(&mut buf[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(got)
-}
-
 /// One frame of planar YUV as read from a stream: Y, U, V (and alpha for `444alpha`).
 #[derive(Clone, Debug)]
 pub struct YuvFrame {
@@ -409,8 +393,12 @@ impl<R: Read> Y4mReader<R> {
             );
         }
         let need = self.header.frame_len();
-        buf.resize(need, 0);
-        let got = read_full(&mut self.reader, buf)
+        // The buffer grows with the data that arrives (a header's promise of a huge frame costs
+        // nothing until the bytes come), and keeps its size from frame to frame.
+        buf.clear();
+        let got = (&mut self.reader)
+            .take(need as u64)
+            .read_to_end(buf)
             .map_err(|e| anyhow::anyhow!("{name}: cannot read frame {n}: {e}"))?;
         if got < need {
             bail!(
@@ -592,7 +580,7 @@ impl Y4mSource {
 }
 
 impl FrameSource for Y4mSource {
-    fn next_frame(&mut self) -> Result<Option<Frame>> {
+    fn next_frame(&mut self) -> Result<Option<Frame>, SourceError> {
         if !self.reader.read_frame_into(&mut self.buf)? {
             let Input::File(path) = &self.input else {
                 return Ok(None);
@@ -802,7 +790,7 @@ mod tests {
                 b"YUV4MPEG2 W64 H48 XCOLORRANGE=TV\n",
                 "XCOLORRANGE=TV should be FULL or LIMITED",
             ),
-            (b"YUV4MPEG2 W99999 H99999\n", "implausibly large"),
+            (b"YUV4MPEG2 W99999 H99999\n", "more than the limit of"),
             (
                 b"YUV4MPEG2X W64 H48\n",
                 "unexpected 'X W64 H48' after YUV4MPEG2",

@@ -12,7 +12,8 @@ use super::data::TrainImage;
 use crate::agent::ground_truth::{self, map_iou};
 use crate::agent::state::state;
 use crate::agent::{
-    Agent, CentreChooser, LoopOptions, PatchChooser, PointOrigin, PolicyChooser, RandomChooser,
+    Agent, CentreChooser, ImageOptions, LoopOptions, PatchChooser, PointOrigin, PolicyChooser,
+    RandomChooser,
 };
 use crate::cache::EmbeddingCache;
 use crate::sam::Map;
@@ -70,10 +71,6 @@ pub fn evaluate(
         feed_mask: true,
         forbid_repeats: false,
     };
-    let policy = agent
-        .policy
-        .as_ref()
-        .expect("Agent::load requires a policy");
     let mut scores = [
         ChooserScore::default(),
         ChooserScore::default(),
@@ -85,18 +82,14 @@ pub fn evaluate(
         let embedding = img.embedding(cache)?;
         let mut random = RandomChooser::new(agent.grid.len(), seed.wrapping_add(i as u64));
         let mut centre = CentreChooser(agent.grid);
-        let mut greedy = PolicyChooser(policy);
+        let mut greedy = PolicyChooser(&agent.policy);
         let choosers: [&mut dyn PatchChooser; 3] = [&mut greedy, &mut random, &mut centre];
         for (k, chooser) in choosers.into_iter().enumerate() {
-            let r = agent.run_on_embedding(
-                &embedding,
-                &img.geometry,
-                &options,
-                None,
-                None,
-                chooser,
-                Instant::now(),
-            )?;
+            let per_image = ImageOptions {
+                chooser: Some(chooser),
+                ..ImageOptions::default()
+            };
+            let r = agent.run_on_embedding(&embedding, &img.geometry, &options, per_image)?;
             for p in r.points.iter().filter(|p| p.origin == PointOrigin::Step) {
                 scores[k].points += 1;
                 hits[k] += ground_truth::hit(&img.gt, p.x, p.y) as usize;

@@ -33,9 +33,9 @@
 //!   2 cores with MobileSAM's decoder, which takes 90% of the time (16 calls an episode).
 
 pub mod data;
+pub mod episode_log;
 pub mod export;
 pub mod holdout;
-pub mod log;
 pub mod nets;
 pub mod plot;
 pub mod ppo;
@@ -54,11 +54,11 @@ use crate::cache::EmbeddingCache;
 use crate::dataset::Dataset;
 use crate::engine::Backend;
 use crate::sam::Decoder;
+pub use episode_log::EpisodeRecord;
 pub use holdout::HoldoutReport;
-pub use log::EpisodeRecord;
 pub use trainer::{TrainConfig, Trainer};
 
-/// Default passes over the training images when `--episodes` is not given.
+/// Default passes over the training images when no episode count is given.
 pub const DEFAULT_PASSES: usize = 8;
 
 /// Largest acceptable difference between candle and the exported files run by tract.
@@ -84,7 +84,7 @@ pub struct TrainJob<'a> {
     pub bundle: &'a Bundle,
     /// The backend for SAM and for checking the exports.
     pub backend: &'a dyn Backend,
-    /// The training images (already cut to `--images`).
+    /// The training images (already cut to the number asked for).
     pub dataset: &'a Dataset,
     /// The embedding cache's root directory.
     pub cache_root: PathBuf,
@@ -169,7 +169,7 @@ pub struct FinalStats {
 impl FinalStats {
     /// Means over the last `n` records.
     pub fn of(records: &[EpisodeRecord], n: usize) -> Self {
-        let m = |f: fn(&EpisodeRecord) -> f32| log::tail_mean(records, n, f);
+        let m = |f: fn(&EpisodeRecord) -> f32| episode_log::tail_mean(records, n, f);
         FinalStats {
             episodes: n.min(records.len()),
             reward: m(|r| r.reward),
@@ -243,7 +243,7 @@ pub fn run(job: &TrainJob, progress: &mut dyn FnMut(Progress)) -> Result<TrainRe
     let manifest = &job.bundle.manifest;
     let config = job.config.clone();
     if config.episodes == 0 {
-        bail!("--episodes must be at least 1");
+        bail!("the number of episodes must be at least 1");
     }
     let arch = config.arch(manifest.embedding.shape, manifest.agent.grid)?;
     // Bad data fails here, before minutes of encoding.
@@ -281,7 +281,7 @@ pub fn run(job: &TrainJob, progress: &mut dyn FnMut(Progress)) -> Result<TrainRe
         .with_context(|| format!("{}: cannot create the output directory", out.display()))?;
     // The log grows episode by episode, so that a long run can be watched (and an interrupted
     // one still leaves its curve).
-    let mut csv = log::CsvLog::create(&out.join(files::LOG))?;
+    let mut csv = episode_log::CsvLog::create(&out.join(files::LOG))?;
 
     let t = Instant::now();
     let mut trainer = Trainer::new(config.clone(), arch, norms, &decoder, &cache, &images)?;
@@ -331,7 +331,7 @@ pub fn run(job: &TrainJob, progress: &mut dyn FnMut(Progress)) -> Result<TrainRe
         &states,
     )?;
     if export_check.max() > EXPORT_TOLERANCE {
-        ::log::warn!(
+        log::warn!(
             "the exported networks differ from candle's by up to {:.2e} (tolerance {EXPORT_TOLERANCE:.0e}): {export_check:?}",
             export_check.max()
         );

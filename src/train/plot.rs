@@ -8,7 +8,7 @@ use anyhow::{Result, anyhow};
 use plotters::prelude::*;
 use plotters::style::{FontStyle, register_font};
 
-use super::log::{EpisodeRecord, moving_average};
+use super::episode_log::{EpisodeRecord, moving_average};
 
 /// DejaVu Sans Mono Bold, subset to printable ASCII (the same file as the overlays').
 const FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSansMono-Bold-subset.ttf");

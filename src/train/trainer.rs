@@ -29,7 +29,7 @@ use rand::seq::SliceRandom;
 use rand::{RngExt, SeedableRng};
 
 use super::data::{TrainImage, random_start_points};
-use super::log::EpisodeRecord;
+use super::episode_log::EpisodeRecord;
 use super::nets::{Arch, InputNorm, PolicyNet, Prepared, SrmNet, to_candle, values};
 use super::ppo::{self, Batch, PpoConfig};
 use super::srm_loss::{dice_bce, target_tensors};

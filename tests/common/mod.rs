@@ -129,15 +129,9 @@ pub fn rel_err(actual: &[f32], reference: &[f32]) -> f64 {
     if scale == 0.0 { diff } else { diff / scale }
 }
 
-/// Intersection over union of two masks (1.0 when both are empty).
+/// Intersection over union of two masks (1.0 when both are empty): the crate's own count.
 pub fn iou(a: &[bool], b: &[bool]) -> f64 {
-    let inter = a.iter().zip(b).filter(|(x, y)| **x && **y).count();
-    let union = a.iter().zip(b).filter(|(x, y)| **x || **y).count();
-    if union == 0 {
-        1.0
-    } else {
-        inter as f64 / union as f64
-    }
+    alignsam::agent::ground_truth::mask_iou(a, b)
 }
 
 /// Pixels where the masks differ that are not on the reference mask's boundary (a pixel is on

@@ -1,0 +1,148 @@
+//! The rten backend: a second pure-Rust engine (crate `rten`). It loads `.onnx` files directly,
+//! runs on its own thread pool (sized by [`EngineOptions::threads`]) and has int8 matrix kernels
+//! for x86 (AVX-512 VNNI) and ARM (dotprod, i8mm). Loading goes through [`onnx_io::inspect`]
+//! first, so a wrong file gets the same one-line error as with tract.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Result, anyhow};
+use rten::{ModelOptions, NodeId, RunOptions, ThreadPool};
+use rten_tensor::TensorView as RtenView;
+use rten_tensor::prelude::*;
+
+use super::onnx_io::{self, DeclaredIo};
+use super::{
+    Backend, EngineOptions, LoadTimings, Model, ModelSpec, Tensor, TensorView, check_run_inputs,
+    check_run_output,
+};
+
+/// Loads models into rten.
+pub struct RtenBackend {
+    pool: Arc<ThreadPool>,
+}
+
+impl RtenBackend {
+    /// A backend whose models run on a pool of `options.threads` threads (0: all cores).
+    pub fn new(options: &EngineOptions) -> Self {
+        RtenBackend {
+            pool: Arc::new(ThreadPool::with_num_threads(options.resolved_threads())),
+        }
+    }
+}
+
+/// A model loaded into rten.
+pub struct RtenModel {
+    path: PathBuf,
+    spec: ModelSpec,
+    declared: DeclaredIo,
+    timings: LoadTimings,
+    /// The graph node of each spec input (`None`: an optional input the file lacks).
+    inputs: Vec<Option<NodeId>>,
+    outputs: Vec<NodeId>,
+    model: rten::Model,
+    pool: Arc<ThreadPool>,
+}
+
+impl Backend for RtenBackend {
+    fn name(&self) -> &'static str {
+        "rten"
+    }
+
+    fn load(&self, path: &Path, spec: &ModelSpec) -> Result<Box<dyn Model>> {
+        let start = Instant::now();
+        let (proto, declared) = onnx_io::inspect(path, spec)?;
+        drop(proto);
+        let parse = start.elapsed();
+        let start = Instant::now();
+        let p = path.display();
+        let model = ModelOptions::with_all_ops()
+            .load_file(path)
+            .map_err(|e| anyhow!("{p}: rten cannot load the {}: {e}", spec.role))?;
+        let node = |name: &str| {
+            model
+                .node_id(name)
+                .map_err(|e| anyhow!("{p}: the {} has no node '{name}' in rten: {e}", spec.role))
+        };
+        let inputs = spec
+            .inputs
+            .iter()
+            .map(|i| {
+                let present = declared.inputs.iter().any(|d| d.name == i.name);
+                present.then(|| node(&i.name)).transpose()
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let outputs = spec
+            .outputs
+            .iter()
+            .map(|o| node(&o.name))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Box::new(RtenModel {
+            path: path.to_path_buf(),
+            spec: spec.clone(),
+            declared,
+            timings: LoadTimings {
+                parse,
+                optimise: start.elapsed(),
+            },
+            inputs,
+            outputs,
+            model,
+            pool: self.pool.clone(),
+        }))
+    }
+}
+
+impl Model for RtenModel {
+    fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn spec(&self) -> &ModelSpec {
+        &self.spec
+    }
+
+    fn declared(&self) -> &DeclaredIo {
+        &self.declared
+    }
+
+    fn load_timings(&self) -> LoadTimings {
+        self.timings
+    }
+
+    fn run(&self, inputs: &[TensorView<'_>]) -> Result<Vec<Tensor>> {
+        check_run_inputs(&self.path, &self.spec, inputs)?;
+        let p = self.path.display();
+        let values = self
+            .inputs
+            .iter()
+            .zip(inputs)
+            .filter_map(|(id, view)| {
+                id.map(|id| (id, RtenView::from_data(view.shape, view.data).into()))
+            })
+            .collect();
+        let options = RunOptions::default().with_thread_pool(Some(self.pool.clone()));
+        let outputs = self
+            .model
+            .run(values, &self.outputs, Some(options))
+            .map_err(|e| anyhow!("{p}: running the {}: {e}", self.spec.role))?;
+        self.spec
+            .outputs
+            .iter()
+            .zip(outputs)
+            .map(|(spec, value)| {
+                let t = value.into_tensor::<f32>().ok_or_else(|| {
+                    anyhow!(
+                        "{p}: output '{}' of the {} is not float32",
+                        spec.name,
+                        self.spec.role
+                    )
+                })?;
+                let shape = t.shape().to_vec();
+                check_run_output(&self.path, &self.spec.role, spec, &shape)?;
+                Tensor::new(shape, t.into_data())
+            })
+            .collect()
+    }
+}
