@@ -48,13 +48,7 @@ fn image(w: u32, h: u32) -> RgbImage {
 }
 
 fn fixed(steps: usize) -> LoopOptions {
-    LoopOptions {
-        max_steps: steps,
-        budget: None,
-        stop_iou: None,
-        feed_mask: true,
-        forbid_repeats: false,
-    }
+    LoopOptions::fixed_steps(steps)
 }
 
 #[test]

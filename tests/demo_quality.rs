@@ -13,8 +13,10 @@ use alignsam::eval::run_oracle;
 use alignsam::sam::Sam;
 use alignsam::source::load_rgb;
 
-/// Minimum IoU after 3 oracle clicks, per demo image.
-const FLOORS: [(&str, f64); 3] = [("ball", 0.90), ("mug", 0.80), ("leaf", 0.60)];
+/// Minimum IoU after 3 oracle clicks, per demo image: a few points under what the committed
+/// model measures (ball 0.968, mug 0.897, leaf 0.895; `alignsam eval --bundle models/small-sam
+/// --data demo --split eval --methods oracle`).
+const FLOORS: [(&str, f64); 3] = [("ball", 0.93), ("mug", 0.85), ("leaf", 0.85)];
 
 #[test]
 fn small_sam_segments_the_demo_objects() {

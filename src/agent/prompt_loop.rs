@@ -61,6 +61,18 @@ impl Default for LoopOptions {
     }
 }
 
+impl LoopOptions {
+    /// Exactly `steps` steps on every image: no time budget, no early stop (benchmarks and
+    /// held-out scoring, where every image must do the same work).
+    pub fn fixed_steps(steps: usize) -> LoopOptions {
+        LoopOptions {
+            max_steps: steps,
+            stop_iou: None,
+            ..LoopOptions::default()
+        }
+    }
+}
+
 /// What one image brings beside its pixels; every field is optional ([`ImageOptions::default`]
 /// is a cold start, no semantic map, the agent's policy, the clock starting at the call).
 #[derive(Default)]

@@ -446,6 +446,9 @@ pub fn write_bundle(models_dir: &Path, out_dir: &Path, options: &InferOptions) -
         Ok(())
     };
     rebase(&mut manifest.models.encoder.file)?;
+    for d in &mut manifest.models.encoder.data {
+        rebase(&mut d.file)?;
+    }
     rebase(&mut manifest.models.decoder.file)?;
     if let Some(p) = &mut manifest.models.policy {
         rebase(&mut p.file)?;

@@ -185,13 +185,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     let mut runs = vec![];
     let mut last_results = vec![];
     for &steps in &args.steps {
-        let options = LoopOptions {
-            max_steps: steps,
-            budget: None,
-            stop_iou: None,
-            feed_mask: true,
-            forbid_repeats: false,
-        };
+        let options = LoopOptions::fixed_steps(steps);
         let mut results = vec![];
         for i in 0..args.warmup + args.frames {
             let frame = &frames[i % frames.len()];

@@ -39,7 +39,7 @@ pub struct EvalArgs {
     /// Bundle directory (SAM encoder and decoder, policy, SRM).
     #[arg(long)]
     pub bundle: PathBuf,
-    /// Dataset directory: images/<id>.jpg, masks/<id>.png, splits/<split>.txt.
+    /// Dataset directory: images/ID.jpg, masks/ID.png, splits/SPLIT.txt.
     #[arg(long)]
     pub data: PathBuf,
     /// The split to evaluate.

@@ -20,7 +20,7 @@ pub struct TrainArgs {
     /// The SAM bundle to train with (its encoder and decoder; a policy or SRM in it is ignored).
     #[arg(long)]
     pub bundle: PathBuf,
-    /// Dataset directory (images/, masks/, splits/<split>.txt).
+    /// Dataset directory (images/, masks/, splits/SPLIT.txt).
     #[arg(long)]
     pub data: PathBuf,
     /// The split to train on.

@@ -193,14 +193,24 @@ impl LoadTimings {
 
 /// A loaded, optimised model, ready to run many times.
 pub trait Model: Send + Sync {
+    /// What every backend knows of a loaded model: file, spec, declared interface, load time.
+    fn info(&self) -> &ModelInfo;
     /// The file it came from.
-    fn path(&self) -> &Path;
+    fn path(&self) -> &Path {
+        &self.info().path
+    }
     /// The spec it was loaded for.
-    fn spec(&self) -> &ModelSpec;
+    fn spec(&self) -> &ModelSpec {
+        &self.info().spec
+    }
     /// The inputs and outputs the file declares.
-    fn declared(&self) -> &DeclaredIo;
+    fn declared(&self) -> &DeclaredIo {
+        &self.info().declared
+    }
     /// How long loading took.
-    fn load_timings(&self) -> LoadTimings;
+    fn load_timings(&self) -> LoadTimings {
+        self.info().timings
+    }
     /// Runs the model on inputs in spec order (one per spec input, optional ones included),
     /// returning the spec's outputs in order. Shapes are checked against the spec first.
     fn run(&self, inputs: &[TensorView<'_>]) -> Result<Vec<Tensor>>;
@@ -210,6 +220,19 @@ pub trait Model: Send + Sync {
         let _ = inputs;
         Ok(None)
     }
+}
+
+/// What a backend records of a model it loaded, the same for every backend.
+#[derive(Clone, Debug)]
+pub struct ModelInfo {
+    /// The file it came from.
+    pub path: PathBuf,
+    /// The spec it was loaded for.
+    pub spec: ModelSpec,
+    /// The inputs and outputs the file declares.
+    pub declared: DeclaredIo,
+    /// How long loading took.
+    pub timings: LoadTimings,
 }
 
 /// The time one node of an optimised graph took in a profiled run.

@@ -20,7 +20,7 @@ use ort::session::{RunOptions, Session, builder::GraphOptimizationLevel};
 use ort::value::Tensor as OrtTensor;
 
 use super::{
-    Backend, DeclaredIo, EngineOptions, LoadTimings, Model, ModelSpec, Tensor, TensorView,
+    Backend, EngineOptions, LoadTimings, Model, ModelInfo, ModelSpec, Tensor, TensorView,
     check_run_inputs, check_run_output, onnx_io,
 };
 
@@ -94,10 +94,7 @@ impl OrtBackend {
 }
 
 struct OrtModel {
-    path: PathBuf,
-    spec: ModelSpec,
-    declared: DeclaredIo,
-    timings: LoadTimings,
+    info: ModelInfo,
     /// Names of the spec inputs the file has (an optional input it lacks is skipped).
     present: Vec<bool>,
     session: Mutex<Session>,
@@ -133,12 +130,14 @@ impl Backend for OrtBackend {
             .map(|i| declared.inputs.iter().any(|d| d.name == i.name))
             .collect();
         Ok(Box::new(OrtModel {
-            path: path.to_path_buf(),
-            spec: spec.clone(),
-            declared,
-            timings: LoadTimings {
-                parse,
-                optimise: start.elapsed(),
+            info: ModelInfo {
+                path: path.to_path_buf(),
+                spec: spec.clone(),
+                declared,
+                timings: LoadTimings {
+                    parse,
+                    optimise: start.elapsed(),
+                },
             },
             present,
             session: Mutex::new(session),
@@ -147,27 +146,16 @@ impl Backend for OrtBackend {
 }
 
 impl Model for OrtModel {
-    fn path(&self) -> &Path {
-        &self.path
-    }
-
-    fn spec(&self) -> &ModelSpec {
-        &self.spec
-    }
-
-    fn declared(&self) -> &DeclaredIo {
-        &self.declared
-    }
-
-    fn load_timings(&self) -> LoadTimings {
-        self.timings
+    fn info(&self) -> &ModelInfo {
+        &self.info
     }
 
     fn run(&self, inputs: &[TensorView<'_>]) -> Result<Vec<Tensor>> {
-        check_run_inputs(&self.path, &self.spec, inputs)?;
-        let p = self.path.display();
+        check_run_inputs(&self.info.path, &self.info.spec, inputs)?;
+        let p = self.info.path.display();
         let mut values = vec![];
-        for ((input, view), present) in self.spec.inputs.iter().zip(inputs).zip(&self.present) {
+        for ((input, view), present) in self.info.spec.inputs.iter().zip(inputs).zip(&self.present)
+        {
             if !present {
                 continue;
             }
@@ -178,7 +166,7 @@ impl Model for OrtModel {
             values.push((input.name.clone(), value.into_dyn()));
         }
         let mut selector = ort::session::OutputSelector::no_default();
-        for o in &self.spec.outputs {
+        for o in &self.info.spec.outputs {
             selector = selector.with(o.name.clone());
         }
         let options = RunOptions::new()
@@ -190,8 +178,9 @@ impl Model for OrtModel {
             .map_err(|_| anyhow!("{p}: session poisoned"))?;
         let outputs = session
             .run_with_options(values, &options)
-            .map_err(|e| anyhow!("{p}: running the {}: {e}", self.spec.role))?;
-        self.spec
+            .map_err(|e| anyhow!("{p}: running the {}: {e}", self.info.spec.role))?;
+        self.info
+            .spec
             .outputs
             .iter()
             .map(|o| {
@@ -202,7 +191,7 @@ impl Model for OrtModel {
                     .try_extract_tensor::<f32>()
                     .map_err(|e| anyhow!("{p}: output '{}': {e}", o.name))?;
                 let shape: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
-                check_run_output(&self.path, &self.spec.role, o, &shape)?;
+                check_run_output(&self.info.path, &self.info.spec.role, o, &shape)?;
                 Tensor::new(shape, data.to_vec())
             })
             .collect()

@@ -3,7 +3,7 @@
 //! for x86 (AVX-512 VNNI) and ARM (dotprod, i8mm). Loading goes through [`onnx_io::inspect`]
 //! first, so a wrong file gets the same one-line error as with tract.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -12,10 +12,10 @@ use rten::{ModelOptions, NodeId, RunOptions, ThreadPool};
 use rten_tensor::TensorView as RtenView;
 use rten_tensor::prelude::*;
 
-use super::onnx_io::{self, DeclaredIo};
+use super::onnx_io;
 use super::{
-    Backend, EngineOptions, LoadTimings, Model, ModelSpec, Tensor, TensorView, check_run_inputs,
-    check_run_output,
+    Backend, EngineOptions, LoadTimings, Model, ModelInfo, ModelSpec, Tensor, TensorView,
+    check_run_inputs, check_run_output,
 };
 
 /// Loads models into rten.
@@ -34,10 +34,7 @@ impl RtenBackend {
 
 /// A model loaded into rten.
 pub struct RtenModel {
-    path: PathBuf,
-    spec: ModelSpec,
-    declared: DeclaredIo,
-    timings: LoadTimings,
+    info: ModelInfo,
     /// The graph node of each spec input (`None`: an optional input the file lacks).
     inputs: Vec<Option<NodeId>>,
     outputs: Vec<NodeId>,
@@ -79,12 +76,14 @@ impl Backend for RtenBackend {
             .map(|o| node(&o.name))
             .collect::<Result<Vec<_>>>()?;
         Ok(Box::new(RtenModel {
-            path: path.to_path_buf(),
-            spec: spec.clone(),
-            declared,
-            timings: LoadTimings {
-                parse,
-                optimise: start.elapsed(),
+            info: ModelInfo {
+                path: path.to_path_buf(),
+                spec: spec.clone(),
+                declared,
+                timings: LoadTimings {
+                    parse,
+                    optimise: start.elapsed(),
+                },
             },
             inputs,
             outputs,
@@ -95,25 +94,13 @@ impl Backend for RtenBackend {
 }
 
 impl Model for RtenModel {
-    fn path(&self) -> &Path {
-        &self.path
-    }
-
-    fn spec(&self) -> &ModelSpec {
-        &self.spec
-    }
-
-    fn declared(&self) -> &DeclaredIo {
-        &self.declared
-    }
-
-    fn load_timings(&self) -> LoadTimings {
-        self.timings
+    fn info(&self) -> &ModelInfo {
+        &self.info
     }
 
     fn run(&self, inputs: &[TensorView<'_>]) -> Result<Vec<Tensor>> {
-        check_run_inputs(&self.path, &self.spec, inputs)?;
-        let p = self.path.display();
+        check_run_inputs(&self.info.path, &self.info.spec, inputs)?;
+        let p = self.info.path.display();
         let values = self
             .inputs
             .iter()
@@ -126,8 +113,9 @@ impl Model for RtenModel {
         let outputs = self
             .model
             .run(values, &self.outputs, Some(options))
-            .map_err(|e| anyhow!("{p}: running the {}: {e}", self.spec.role))?;
-        self.spec
+            .map_err(|e| anyhow!("{p}: running the {}: {e}", self.info.spec.role))?;
+        self.info
+            .spec
             .outputs
             .iter()
             .zip(outputs)
@@ -136,11 +124,11 @@ impl Model for RtenModel {
                     anyhow!(
                         "{p}: output '{}' of the {} is not float32",
                         spec.name,
-                        self.spec.role
+                        self.info.spec.role
                     )
                 })?;
                 let shape = t.shape().to_vec();
-                check_run_output(&self.path, &self.spec.role, spec, &shape)?;
+                check_run_output(&self.info.path, &self.info.spec.role, spec, &shape)?;
                 Tensor::new(shape, t.into_data())
             })
             .collect()

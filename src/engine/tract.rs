@@ -7,7 +7,7 @@
 //! (`RunOptions::executor`), and the ONNX protobuf types to inspect files and write the trained
 //! policy and SRM. All tract calls stay in this file.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -17,7 +17,7 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::runtime::RunOptions;
 
 use super::{
-    Backend, DeclaredIo, Dim, EngineOptions, LoadTimings, Model, ModelSpec, NodeTime, Tensor,
+    Backend, Dim, EngineOptions, LoadTimings, Model, ModelInfo, ModelSpec, NodeTime, Tensor,
     TensorView, check_run_inputs, check_run_output, onnx_io,
 };
 
@@ -40,10 +40,7 @@ type Plan = Arc<TypedRunnableModel>;
 /// A model optimised by tract. Runs share one pre-allocated state (its scratch memory survives
 /// between runs); calls are serialised, which matches how a frame is processed.
 struct TractModel {
-    path: PathBuf,
-    spec: ModelSpec,
-    declared: DeclaredIo,
-    timings: LoadTimings,
+    info: ModelInfo,
     /// For each spec input, its position among the optimised model's inputs (None: not an input
     /// of this file, or folded into a constant).
     input_slots: Vec<Option<usize>>,
@@ -107,10 +104,12 @@ impl Backend for TractBackend {
         let optimise = start.elapsed();
 
         Ok(Box::new(TractModel {
-            path: path.to_path_buf(),
-            spec: spec.clone(),
-            declared,
-            timings: LoadTimings { parse, optimise },
+            info: ModelInfo {
+                path: path.to_path_buf(),
+                spec: spec.clone(),
+                declared,
+                timings: LoadTimings { parse, optimise },
+            },
             input_slots,
             model_inputs,
             state: Mutex::new(state),
@@ -157,7 +156,7 @@ fn check_typed_outputs(path: &Path, spec: &ModelSpec, typed: &TypedModel) -> Res
 impl TractModel {
     /// Checks the inputs and orders them as the optimised model wants them.
     fn values(&self, inputs: &[TensorView<'_>]) -> Result<TVec<TValue>> {
-        check_run_inputs(&self.path, &self.spec, inputs)?;
+        check_run_inputs(&self.info.path, &self.info.spec, inputs)?;
         let mut slots: Vec<Option<TValue>> = vec![None; self.model_inputs];
         for (slot, view) in self.input_slots.iter().zip(inputs) {
             if let Some(ix) = slot {
@@ -169,27 +168,20 @@ impl TractModel {
             .into_iter()
             .enumerate()
             .map(|(ix, v)| {
-                v.ok_or_else(|| anyhow!("{}: model input #{ix} has no value", self.path.display()))
+                v.ok_or_else(|| {
+                    anyhow!(
+                        "{}: model input #{ix} has no value",
+                        self.info.path.display()
+                    )
+                })
             })
             .collect()
     }
 }
 
 impl Model for TractModel {
-    fn path(&self) -> &Path {
-        &self.path
-    }
-
-    fn spec(&self) -> &ModelSpec {
-        &self.spec
-    }
-
-    fn declared(&self) -> &DeclaredIo {
-        &self.declared
-    }
-
-    fn load_timings(&self) -> LoadTimings {
-        self.timings
+    fn info(&self) -> &ModelInfo {
+        &self.info
     }
 
     fn profile(&self, inputs: &[TensorView<'_>]) -> Result<Option<Vec<NodeTime>>> {
@@ -214,8 +206,8 @@ impl Model for TractModel {
             .map_err(|e| {
                 anyhow!(
                     "{}: profiling the {}: {e:#}",
-                    self.path.display(),
-                    self.spec.role
+                    self.info.path.display(),
+                    self.info.spec.role
                 )
             })?;
         Ok(Some(times))
@@ -231,18 +223,19 @@ impl Model for TractModel {
             state.run(values).map_err(|e| {
                 anyhow!(
                     "{}: running the {}: {e:#}",
-                    self.path.display(),
-                    self.spec.role
+                    self.info.path.display(),
+                    self.info.spec.role
                 )
             })?
         };
-        self.spec
+        self.info
+            .spec
             .outputs
             .iter()
             .zip(outputs)
             .map(|(spec, value)| {
                 let shape = value.shape().to_vec();
-                check_run_output(&self.path, &self.spec.role, spec, &shape)?;
+                check_run_output(&self.info.path, &self.info.spec.role, spec, &shape)?;
                 let value = value.cast_to::<f32>()?;
                 let data = value.try_as_plain_ram()?.as_slice::<f32>()?.to_vec();
                 Tensor::new(shape, data)

@@ -1,7 +1,7 @@
 //! One evaluation run: every chosen [`Method`] on each image's cached embedding, scored against
 //! the ground truth, and the running totals that become the report.
 //!
-//! [`run_methods`] is the model side (the loops and the oracle); [`Evaluation::add`] the
+//! [`MethodRunner::run`] is the model side (the loops and the oracle); [`Evaluation::add`] the
 //! bookkeeping (mask metrics, point counts, SRM scores, the oracle's curve), kept apart so that
 //! the totals can be tested without models.
 

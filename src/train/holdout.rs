@@ -64,13 +64,7 @@ pub fn evaluate(
     mut progress: impl FnMut(usize),
 ) -> Result<HoldoutReport> {
     let start = Instant::now();
-    let options = LoopOptions {
-        max_steps: steps,
-        budget: None,
-        stop_iou: None,
-        feed_mask: true,
-        forbid_repeats: false,
-    };
+    let options = LoopOptions::fixed_steps(steps);
     let mut scores = [
         ChooserScore::default(),
         ChooserScore::default(),

@@ -1,0 +1,789 @@
+//! Hostile and unusual inputs through the CLI, one test per finding of the hardening issue and per
+//! class of bad input: outputs that would overwrite inputs, names that collide, writes cut short,
+//! files that are not regular files, images too elongated for SAM's resize, sizes that would
+//! drive allocation, external data outside the checksum, out-of-range options, odd file names
+//! and closed pipes. Each case must end with a clear error naming the file or option, in bounded
+//! time, and leave the user's files as they were.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use image::{GrayImage, RgbImage};
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Runs `alignsam` with `args`, killing it (and failing) after `limit`: a hang is a failure here,
+/// not a stuck test run.
+fn run_within(mut cmd: Command, limit: Duration) -> Output {
+    let mut child: Child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        if start.elapsed() > limit {
+            child.kill().ok();
+            let o = child.wait_with_output().unwrap();
+            panic!(
+                "still running after {limit:?} (killed); stderr: {}",
+                text(&o.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn alignsam(args: &[&str]) -> Command {
+    let mut c = common::alignsam();
+    c.args(args);
+    c
+}
+
+fn tiny() -> String {
+    common::tiny_bundle().to_string_lossy().into_owned()
+}
+
+fn s(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+fn picture(w: u32, h: u32) -> RgbImage {
+    RgbImage::from_fn(w, h, |x, y| {
+        image::Rgb([(x * 7 % 256) as u8, (y * 5 % 256) as u8, 90])
+    })
+}
+
+/// A dataset folder with `images/a.png`, `masks/a.png` and `splits/eval.txt`.
+fn dataset(root: &Path) -> PathBuf {
+    let ds = root.join("ds");
+    for d in ["images", "masks", "splits"] {
+        std::fs::create_dir_all(ds.join(d)).unwrap();
+    }
+    picture(40, 30).save(ds.join("images/a.png")).unwrap();
+    GrayImage::from_fn(40, 30, |x, _| image::Luma([if x < 20 { 255 } else { 0 }]))
+        .save(ds.join("masks/a.png"))
+        .unwrap();
+    std::fs::write(ds.join("splits/eval.txt"), "a\n").unwrap();
+    ds
+}
+
+// ---------------------------------------------------------------------------------------------
+// Finding 1: outputs over the user's files
+
+#[test]
+fn segment_refuses_to_write_into_the_dataset_it_reads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = dataset(tmp.path());
+    let mask_before = std::fs::read(ds.join("masks/a.png")).unwrap();
+    let image_before = std::fs::read(ds.join("images/a.png")).unwrap();
+    for (input, out) in [
+        (ds.join("images"), ds.clone()),
+        (ds.join("masks"), ds.clone()),
+    ] {
+        let o = run_within(
+            alignsam(&[
+                "segment",
+                "--bundle",
+                &tiny(),
+                &s(&input),
+                "--out",
+                &s(&out),
+            ]),
+            Duration::from_secs(60),
+        );
+        let err = text(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        assert!(err.contains("would") || err.contains("refusing"), "{err}");
+    }
+    assert_eq!(std::fs::read(ds.join("masks/a.png")).unwrap(), mask_before);
+    assert_eq!(
+        std::fs::read(ds.join("images/a.png")).unwrap(),
+        image_before
+    );
+}
+
+#[test]
+fn json_output_over_an_input_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let img = tmp.path().join("in/a.png");
+    std::fs::create_dir_all(img.parent().unwrap()).unwrap();
+    picture(40, 30).save(&img).unwrap();
+    let before = std::fs::read(&img).unwrap();
+    let o = run_within(
+        alignsam(&[
+            "segment",
+            "--bundle",
+            &tiny(),
+            &s(&img),
+            "--out",
+            &s(&tmp.path().join("out")),
+            "--json",
+            &s(&img),
+        ]),
+        Duration::from_secs(60),
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("overwrite an input"));
+    assert_eq!(std::fs::read(&img).unwrap(), before);
+}
+
+#[test]
+fn inputs_with_one_stem_get_distinct_outputs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("in");
+    std::fs::create_dir_all(&dir).unwrap();
+    // img.png and img.jpg share a stem; img-2.png is what a naive de-duplication would pick.
+    picture(40, 30).save(dir.join("img.png")).unwrap();
+    picture(30, 40).save(dir.join("img.jpg")).unwrap();
+    picture(50, 20).save(dir.join("img-2.png")).unwrap();
+    let out = tmp.path().join("out");
+    let o = run_within(
+        alignsam(&[
+            "segment",
+            "--bundle",
+            &tiny(),
+            &s(&dir),
+            "--out",
+            &s(&out),
+            "--steps",
+            "1",
+        ]),
+        Duration::from_secs(120),
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let lines: Vec<serde_json::Value> = text(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    let mut masks: Vec<String> = lines
+        .iter()
+        .map(|l| l["mask"].as_str().unwrap().to_string())
+        .collect();
+    for (l, m) in lines.iter().zip(&masks) {
+        let mask = image::open(m).unwrap();
+        assert_eq!(
+            (mask.width() as u64, mask.height() as u64),
+            (l["width"].as_u64().unwrap(), l["height"].as_u64().unwrap()),
+            "{m} is not the mask of {}",
+            l["image"]
+        );
+    }
+    masks.sort();
+    masks.dedup();
+    assert_eq!(masks.len(), 3, "{masks:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Finding 2: writes cut short
+
+/// A run stopped by SIGINT part way leaves whole files only: every JSON line parses, every mask
+/// and overlay decodes, no temporary file is left, and an overlay from an earlier run is either
+/// the old one or a new whole one.
+#[cfg(unix)]
+#[test]
+fn interrupted_segment_leaves_whole_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("in");
+    std::fs::create_dir_all(&dir).unwrap();
+    for i in 0..40 {
+        picture(320 + i, 240)
+            .save(dir.join(format!("p{i:02}.png")))
+            .unwrap();
+    }
+    let out = tmp.path().join("out");
+    let json = tmp.path().join("lines.jsonl");
+    let mut child = common::alignsam()
+        .args(["segment", "--bundle", &tiny(), &s(&dir), "--out", &s(&out)])
+        .args(["--json", &s(&json), "--steps", "3"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while std::fs::read_to_string(&json).map_or(0, |t| t.lines().count()) < 2 {
+        assert!(start.elapsed() < Duration::from_secs(120), "no output");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: kill sends a signal to the child we started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    let lines = std::fs::read_to_string(&json).unwrap();
+    let n = lines.lines().count();
+    assert!(n < 40, "the run was not interrupted ({n} lines)");
+    for l in lines.lines() {
+        let v: serde_json::Value = serde_json::from_str(l).expect("a whole JSON line");
+        image::open(v["mask"].as_str().unwrap()).expect("a whole mask");
+        image::open(v["overlay"].as_str().unwrap()).expect("a whole overlay");
+    }
+    for sub in ["masks", "overlays"] {
+        for e in std::fs::read_dir(out.join(sub)).unwrap() {
+            let p = e.unwrap().path();
+            assert_eq!(
+                p.extension().and_then(|x| x.to_str()),
+                Some("png"),
+                "left behind: {}",
+                p.display()
+            );
+            image::open(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        }
+    }
+}
+
+#[test]
+fn an_output_that_cannot_be_written_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let img = tmp.path().join("a.png");
+    picture(40, 30).save(&img).unwrap();
+    let out = tmp.path().join("out");
+    // A directory where the mask file should go: the write must fail, and say where.
+    std::fs::create_dir_all(out.join("masks/a.png")).unwrap();
+    let o = run_within(
+        alignsam(&[
+            "segment",
+            "--bundle",
+            &tiny(),
+            &s(&img),
+            "--out",
+            &s(&out),
+            "--steps",
+            "1",
+        ]),
+        Duration::from_secs(60),
+    );
+    let err = text(&o.stderr);
+    assert_ne!(o.status.code(), Some(0), "{err}");
+    assert!(err.contains(&s(&out.join("masks"))), "{err}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Finding 3: files that are not regular files
+
+#[cfg(unix)]
+#[test]
+fn a_model_that_is_a_device_is_refused_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let b = tmp.path().join("b");
+    std::fs::create_dir_all(&b).unwrap();
+    for e in std::fs::read_dir(common::tiny_bundle()).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, b.join(p.file_name().unwrap())).unwrap();
+    }
+    std::fs::remove_file(b.join("encoder.onnx")).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", b.join("encoder.onnx")).unwrap();
+    for args in [
+        vec!["info", &s(&b)],
+        vec!["info", &s(&b), "--no-verify"],
+        vec!["bench", "--bundle", &s(&b), "--no-verify", "--frames", "1"],
+    ] {
+        let o = run_within(alignsam(&args), Duration::from_secs(30));
+        let err = text(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains("encoder.onnx"), "{err}");
+        assert!(err.contains("not a regular file"), "{err}");
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn a_mask_that_is_a_fifo_does_not_hang_eval() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = dataset(tmp.path());
+    let mask = ds.join("masks/a.png");
+    std::fs::remove_file(&mask).unwrap();
+    let c = std::ffi::CString::new(s(&mask)).unwrap();
+    // SAFETY: a valid C string path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    let o = run_within(
+        alignsam(&[
+            "eval",
+            "--bundle",
+            &tiny(),
+            "--data",
+            &s(&ds),
+            "--split",
+            "eval",
+            "--out",
+            &s(&tmp.path().join("o")),
+            "--cache",
+            &s(&tmp.path().join("cache")),
+        ]),
+        Duration::from_secs(60),
+    );
+    let err = text(&o.stderr);
+    assert_ne!(o.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains(&s(&mask)) && err.contains("not a regular file"),
+        "{err}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Finding 4: shapes SAM's resize cannot represent
+
+#[test]
+fn an_extremely_elongated_image_is_one_failure_among_many() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("in");
+    std::fs::create_dir_all(&dir).unwrap();
+    picture(40, 30).save(dir.join("a.png")).unwrap();
+    picture(20000, 1).save(dir.join("b-wide.png")).unwrap();
+    picture(30, 40).save(dir.join("c.png")).unwrap();
+    let out = tmp.path().join("out");
+    let o = run_within(
+        alignsam(&[
+            "segment",
+            "--bundle",
+            &tiny(),
+            &s(&dir),
+            "--out",
+            &s(&out),
+            "--steps",
+            "1",
+        ]),
+        Duration::from_secs(120),
+    );
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("b-wide.png") && err.contains("too elongated"),
+        "{err}"
+    );
+    assert_eq!(text(&o.stdout).lines().count(), 2, "{err}");
+    assert!(out.join("masks/a.png").exists() && out.join("masks/c.png").exists());
+
+    // decode: one image, so a plain error (not a panic, exit 101).
+    let o = run_within(
+        alignsam(&[
+            "decode",
+            "--bundle",
+            &tiny(),
+            &s(&dir.join("b-wide.png")),
+            "-p",
+            "5,0",
+        ]),
+        Duration::from_secs(60),
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("too elongated"));
+}
+
+#[test]
+fn an_extremely_elongated_video_frame_is_a_bad_frame() {
+    let tmp = tempfile::tempdir().unwrap();
+    let y4m = tmp.path().join("wide.y4m");
+    let (w, h) = (20000usize, 2usize);
+    let mut bytes = format!("YUV4MPEG2 W{w} H{h} F10:1 C444\n").into_bytes();
+    for _ in 0..2 {
+        bytes.extend_from_slice(b"FRAME\n");
+        bytes.extend(std::iter::repeat_n(128u8, w * h * 3));
+    }
+    std::fs::write(&y4m, bytes).unwrap();
+    let o = run_within(
+        alignsam(&[
+            "run",
+            "--bundle",
+            &tiny(),
+            "--input",
+            &s(&y4m),
+            "--steps",
+            "1",
+        ]),
+        Duration::from_secs(60),
+    );
+    let err = text(&o.stderr);
+    assert_ne!(o.status.code(), Some(101), "{err}");
+    assert_ne!(o.status.code(), Some(0), "{err}");
+    assert!(err.contains("too elongated"), "{err}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Finding 5: allocation driven by the input
+
+/// CRC-32 (IEEE) of a PNG chunk's type and data.
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+/// A PNG whose header says `w x h` greyscale, with a tiny (wrong) body: small on disk, huge
+/// when decoded.
+fn png_claiming(w: u32, h: u32) -> Vec<u8> {
+    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut chunk = |kind: &[u8], data: &[u8]| {
+        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        let mut body = kind.to_vec();
+        body.extend_from_slice(data);
+        out.extend_from_slice(&body);
+        out.extend_from_slice(&crc32(&body).to_be_bytes());
+    };
+    let mut ihdr = vec![];
+    ihdr.extend_from_slice(&w.to_be_bytes());
+    ihdr.extend_from_slice(&h.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 0, 0, 0, 0]); // 8-bit greyscale
+    chunk(b"IHDR", &ihdr);
+    chunk(b"IDAT", &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01]);
+    chunk(b"IEND", &[]);
+    out
+}
+
+#[test]
+fn a_huge_image_is_refused_from_its_header() {
+    let tmp = tempfile::tempdir().unwrap();
+    let big = tmp.path().join("big.png");
+    std::fs::write(&big, png_claiming(20000, 20000)).unwrap();
+    let out = tmp.path().join("out");
+    let o = run_within(
+        alignsam(&["segment", "--bundle", &tiny(), &s(&big), "--out", &s(&out)]),
+        Duration::from_secs(30),
+    );
+    let err = text(&o.stderr);
+    assert_ne!(o.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("big.png") && err.contains("400000000 pixels"),
+        "{err}"
+    );
+    // Raising the limit lets it through to the decoder, which finds the body corrupt.
+    let o = run_within(
+        alignsam(&[
+            "segment",
+            "--bundle",
+            &tiny(),
+            &s(&big),
+            "--out",
+            &s(&out),
+            "--max-pixels",
+            "500000000",
+        ]),
+        Duration::from_secs(60),
+    );
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("big.png") && !err.contains("limit of"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_huge_y4m_header_allocates_nothing_before_data() {
+    let tmp = tempfile::tempdir().unwrap();
+    let y4m = tmp.path().join("huge.y4m");
+    std::fs::write(
+        &y4m,
+        b"YUV4MPEG2 W16384 H16384 F30:1 C444alpha\nFRAME\n\x80\x80",
+    )
+    .unwrap();
+    let o = run_within(
+        alignsam(&["run", "--bundle", &tiny(), "--input", &s(&y4m)]),
+        Duration::from_secs(30),
+    );
+    let err = text(&o.stderr);
+    assert_ne!(o.status.code(), Some(0), "{err}");
+    assert!(err.contains("16384x16384"), "{err}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Finding 6: external data outside the checksum, non-finite outputs
+
+/// A copy of the tiny bundle whose encoder keeps its largest weight in `encoder.onnx.data`, with
+/// the manifest written by `alignsam bundle` (which lists the data file and its checksum).
+fn bundle_with_external_data(root: &Path) -> PathBuf {
+    use prost::Message;
+    use tract_onnx::pb;
+    let models = root.join("models");
+    std::fs::create_dir_all(&models).unwrap();
+    let tiny = common::tiny_bundle();
+    for f in ["decoder_lowres.onnx", "policy.onnx", "srm.onnx"] {
+        std::fs::copy(tiny.join(f), models.join(f)).unwrap();
+    }
+    let bytes = std::fs::read(tiny.join("encoder.onnx")).unwrap();
+    let mut model = pb::ModelProto::decode(bytes.as_slice()).unwrap();
+    let graph = model.graph.as_mut().unwrap();
+    let t = graph
+        .initializer
+        .iter_mut()
+        .max_by_key(|t| t.raw_data.len())
+        .unwrap();
+    assert!(t.raw_data.len() > 1000, "the tiny encoder has raw weights");
+    let data = std::mem::take(&mut t.raw_data);
+    let kv = |k: &str, v: String| pb::StringStringEntryProto {
+        key: k.into(),
+        value: v,
+    };
+    t.data_location = Some(pb::tensor_proto::DataLocation::External as i32);
+    t.external_data = vec![
+        kv("location", "encoder.onnx.data".into()),
+        kv("offset", "0".into()),
+        kv("length", data.len().to_string()),
+    ];
+    std::fs::write(models.join("encoder.onnx"), model.encode_to_vec()).unwrap();
+    std::fs::write(models.join("encoder.onnx.data"), &data).unwrap();
+    let out = root.join("bundle");
+    let o = alignsam(&["bundle", &s(&models), "--out", &s(&out)])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    out
+}
+
+#[test]
+fn external_data_is_checksummed_and_non_finite_outputs_are_caught() {
+    let tmp = tempfile::tempdir().unwrap();
+    let b = bundle_with_external_data(tmp.path());
+    let manifest = std::fs::read_to_string(b.join("bundle.toml")).unwrap();
+    assert!(manifest.contains("encoder.onnx.data"), "{manifest}");
+    let o = run_within(alignsam(&["info", &s(&b)]), Duration::from_secs(60));
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+
+    // The model reads through the bundle's relative path: the data file sits with encoder.onnx.
+    let encoder_dir = tmp.path().join("models");
+    let data = encoder_dir.join("encoder.onnx.data");
+    let len = std::fs::metadata(&data).unwrap().len() as usize;
+    // All bits set: NaN as f32.
+    std::fs::write(&data, vec![0xFFu8; len]).unwrap();
+    let o = run_within(alignsam(&["info", &s(&b)]), Duration::from_secs(60));
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("encoder.onnx.data") && err.contains("checksum"),
+        "{err}"
+    );
+
+    // Unverified, the garbage reaches the encoder, whose non-finite output is an error that
+    // names the model instead of a mask made of NaN.
+    let img = tmp.path().join("a.png");
+    picture(40, 30).save(&img).unwrap();
+    let o = run_within(
+        alignsam(&[
+            "segment",
+            "--bundle",
+            &s(&b),
+            &s(&img),
+            "--out",
+            &s(&tmp.path().join("out")),
+            "--no-verify",
+        ]),
+        Duration::from_secs(60),
+    );
+    let err = text(&o.stderr);
+    assert_ne!(o.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("encoder.onnx") && err.contains("non-finite"),
+        "{err}"
+    );
+
+    // A manifest that does not list the data file is refused.
+    // (the [[models.encoder.data]] table: its header, file and sha256 lines)
+    let mut skip = false;
+    let unlisted: String = manifest
+        .lines()
+        .filter(|l| {
+            if l.starts_with('[') {
+                skip = l.contains("models.encoder.data");
+            }
+            !skip
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(!unlisted.contains("encoder.onnx.data"), "{unlisted}");
+    std::fs::write(b.join("bundle.toml"), unlisted).unwrap();
+    let o = run_within(alignsam(&["info", &s(&b)]), Duration::from_secs(60));
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("does not list"), "{err}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Options: zero, negative, NaN, infinite and absurd values
+
+#[test]
+fn every_numeric_option_is_range_checked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tiny();
+    let img = s(&common::root().join("demo/images/ball.png"));
+    let out = s(&tmp.path().join("out"));
+    let seg = |flag: &str, v: &str| -> Vec<String> {
+        [
+            "segment",
+            "--bundle",
+            &t,
+            &img,
+            "--out",
+            &out,
+            &format!("{flag}={v}"),
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let runc = |flag: &str, v: &str| -> Vec<String> {
+        [
+            "run",
+            "--bundle",
+            &t,
+            "--input",
+            &img,
+            &format!("{flag}={v}"),
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let train = |flag: &str, v: &str| -> Vec<String> {
+        [
+            "train",
+            "--bundle",
+            &t,
+            "--data",
+            "x",
+            "--out",
+            &out,
+            &format!("{flag}={v}"),
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (seg("--steps", "100000"), "--steps"),
+        (seg("--steps", "-1"), "--steps"),
+        (seg("--budget-ms", "0"), "--budget-ms"),
+        (seg("--budget-ms", "NaN"), "--budget-ms"),
+        (seg("--budget-ms", "inf"), "--budget-ms"),
+        (seg("--stop-iou", "1.5"), "--stop-iou"),
+        (seg("--threads", "100000"), "--threads"),
+        (seg("--max-pixels", "0"), "--max-pixels"),
+        (seg("--max-file-mb", "0"), "--max-file-mb"),
+        (runc("--fps", "0"), "--fps"),
+        (runc("--fps", "-5"), "--fps"),
+        (runc("--max-frames", "0"), "--max-frames"),
+        (runc("--reuse-points", "1e9"), "--reuse-points"),
+        (train("--episodes", "0"), "--episodes"),
+        (train("--lr", "-1"), "--lr"),
+        (train("--gamma", "inf"), "--gamma"),
+        (train("--clip", "0"), "--clip"),
+        (train("--images", "99999999999"), "--images"),
+    ];
+    for (args, flag) in cases {
+        let o = common::alignsam().args(&args).output().unwrap();
+        let err = text(&o.stderr);
+        assert!(!o.status.success(), "{args:?} was accepted");
+        assert!(err.contains(flag), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Names and pipes
+
+#[cfg(unix)]
+#[test]
+fn odd_file_names_keep_the_json_valid() {
+    use std::os::unix::ffi::OsStrExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("in");
+    std::fs::create_dir_all(&dir).unwrap();
+    let newline = dir.join("two\nlines.png");
+    let latin1 = dir.join(std::ffi::OsStr::from_bytes(b"caf\xe9.png"));
+    picture(40, 30).save(&newline).unwrap();
+    picture(40, 30).save(&latin1).unwrap();
+    let out = tmp.path().join("out");
+    let o = run_within(
+        alignsam(&[
+            "segment",
+            "--bundle",
+            &tiny(),
+            &s(&dir),
+            "--out",
+            &s(&out),
+            "--steps",
+            "1",
+        ]),
+        Duration::from_secs(120),
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let lines: Vec<serde_json::Value> = text(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one record per line"))
+        .collect();
+    assert_eq!(lines.len(), 2);
+    for l in &lines {
+        assert!(Path::new(l["mask"].as_str().unwrap()).exists(), "{l}");
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn run_into_a_closed_pipe_still_writes_its_summary() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("frames");
+    std::fs::create_dir_all(&dir).unwrap();
+    for i in 0..6 {
+        picture(64, 48).save(dir.join(format!("f{i}.png"))).unwrap();
+    }
+    let out = tmp.path().join("out");
+    let summary = out.join("summary.json");
+    let mut child = common::alignsam()
+        .args([
+            "run",
+            "--bundle",
+            &tiny(),
+            "--input",
+            &s(&dir),
+            "--steps",
+            "1",
+        ])
+        .args(["--out", &s(&out)])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // As `| head -1`: read one line, then close the pipe.
+    {
+        use std::io::BufRead;
+        let stdout = child.stdout.take().unwrap();
+        let mut first = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut first)
+            .unwrap();
+        serde_json::from_str::<serde_json::Value>(&first).expect("a whole first line");
+    }
+    let start = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "hangs on a closed pipe"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(
+        status.code().is_some(),
+        "killed by a signal: {status:?}; {err}"
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&summary).expect("summary written")).unwrap();
+    assert!(v["frames_read"].as_u64().unwrap() >= 1, "{v}");
+}
