@@ -112,6 +112,66 @@ fn segment_refuses_to_write_into_the_dataset_it_reads() {
 }
 
 #[test]
+fn eval_train_and_run_refuse_outputs_over_their_inputs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = dataset(tmp.path());
+    let mask_before = std::fs::read(ds.join("masks/a.png")).unwrap();
+    let d = s(&ds);
+    let masks = s(&ds.join("masks"));
+    for args in [
+        vec![
+            "eval",
+            "--bundle",
+            &tiny(),
+            "--data",
+            &d,
+            "--split",
+            "eval",
+            "--out",
+            &masks,
+        ],
+        vec![
+            "train",
+            "--bundle",
+            &tiny(),
+            "--data",
+            &d,
+            "--split",
+            "eval",
+            "--out",
+            &masks,
+        ],
+    ] {
+        let o = run_within(alignsam(&args), Duration::from_secs(60));
+        let err = text(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains("refusing"), "{err}");
+    }
+    assert_eq!(std::fs::read(ds.join("masks/a.png")).unwrap(), mask_before);
+    assert_eq!(std::fs::read_dir(ds.join("masks")).unwrap().count(), 1);
+
+    let y4m = tmp.path().join("clip.y4m");
+    let mut bytes = b"YUV4MPEG2 W8 H8 F10:1 C444\nFRAME\n".to_vec();
+    bytes.extend([100u8; 8 * 8 * 3]);
+    std::fs::write(&y4m, &bytes).unwrap();
+    let o = run_within(
+        alignsam(&[
+            "run",
+            "--bundle",
+            &tiny(),
+            "--input",
+            &s(&y4m),
+            "--json",
+            &s(&y4m),
+        ]),
+        Duration::from_secs(60),
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("overwrite an input"));
+    assert_eq!(std::fs::read(&y4m).unwrap(), bytes);
+}
+
+#[test]
 fn json_output_over_an_input_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let img = tmp.path().join("in/a.png");

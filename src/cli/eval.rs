@@ -16,7 +16,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use indicatif::ProgressBar;
 
-use super::output::progress;
+use super::output::{check_dataset_outputs, progress};
 
 use super::segment::LoopArgs;
 use super::{EXIT_PARTIAL, EngineArgs};
@@ -260,6 +260,7 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
             bundle.dir.display()
         );
     }
+    check_dataset_outputs(&args.data, &args.out)?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("{}: cannot create", args.out.display()))?;
     let cache_root = args.cache.clone().unwrap_or_else(default_dir);

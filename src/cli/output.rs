@@ -349,6 +349,31 @@ pub fn check_no_clobber(
     Ok(())
 }
 
+/// [`check_no_clobber`] for commands that read a dataset folder and write into `out_dir`: the
+/// dataset's `images/` and `masks/` are refused as outputs.
+pub fn check_dataset_outputs(data: &Path, out_dir: &Path) -> Result<()> {
+    let inside = [data.join("images").join("_"), data.join("masks").join("_")];
+    check_no_clobber(&inside, &[], &[out_dir.to_path_buf()])
+}
+
+/// [`check_no_clobber`] for a source given as a path (a file, or a folder of frames); device
+/// names and `-` are not files and have nothing to protect.
+pub fn check_source_outputs(
+    input: &str,
+    out_files: &[PathBuf],
+    out_dirs: &[PathBuf],
+) -> Result<()> {
+    let path = Path::new(input);
+    let inputs = if path.is_dir() {
+        vec![path.join("_")]
+    } else if path.is_file() {
+        vec![path.to_path_buf()]
+    } else {
+        return Ok(());
+    };
+    check_no_clobber(&inputs, out_files, out_dirs)
+}
+
 #[cfg(test)]
 mod naming_tests {
     use super::*;

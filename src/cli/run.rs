@@ -13,7 +13,9 @@ use clap::Args;
 use serde::Serialize;
 
 use super::EngineArgs;
-use super::output::{JsonLines, MaskFiles, StdoutMode, human_line, print_line};
+use super::output::{
+    JsonLines, MaskFiles, StdoutMode, check_source_outputs, human_line, print_line,
+};
 use super::segment::LoopArgs;
 use crate::agent::{Agent, LoopResult, PointRecord, StageTimes, StopReason, StreamSegmenter};
 use crate::pipeline::{self, FrameReport, Pipeline, PipelineOptions, StopFlag};
@@ -155,6 +157,14 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         looping: args.looping,
         reconnect_attempts: args.reconnect_attempts,
     };
+    let out_dirs: Vec<PathBuf> = args
+        .out
+        .iter()
+        .flat_map(|d| [d.join("masks"), d.join("overlays")])
+        .collect();
+    let summary = args.out.as_ref().map(|d| d.join("summary.json"));
+    let out_files: Vec<PathBuf> = args.json.iter().chain(&summary).cloned().collect();
+    check_source_outputs(&args.input, &out_files, &out_dirs)?;
     let source = open_source(&args.input, &source_options)?;
     log::info!("reading {}", source.describe());
     let files = match &args.out {

@@ -157,6 +157,7 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
         // model is loaded and before any candle operation.
         unsafe { std::env::set_var("RAYON_NUM_THREADS", "1") };
     }
+    super::output::check_dataset_outputs(&args.data, &args.out)?;
     let bundle = args.engine.open_bundle(&args.bundle)?;
     let dataset = Dataset::open(&args.data, &args.split)?;
     let dataset = match args.images {
