@@ -130,20 +130,37 @@ fn check_prompts(
     }
 }
 
-fn tract() -> Box<dyn alignsam::engine::Backend> {
-    BackendKind::Tract
-        .create(&EngineOptions { threads: 2 })
-        .unwrap()
+/// Every pure-Rust backend this build has: tract always, rten with the `rten` feature. Each
+/// must match the references on its own.
+fn backends() -> Vec<Box<dyn alignsam::engine::Backend>> {
+    let kinds = [
+        BackendKind::Tract,
+        #[cfg(feature = "rten")]
+        BackendKind::Rten,
+    ];
+    kinds
+        .iter()
+        .map(|k| k.create(&EngineOptions { threads: 2 }).unwrap())
+        .collect()
 }
 
 #[test]
 fn tiny_bundle_matches_the_pytorch_reference() {
     let bundle = Bundle::open(&common::tiny_bundle(), OpenOptions::default()).unwrap();
-    let backend = tract();
-    let sam = Sam::load(&bundle, backend.as_ref()).unwrap();
+    for backend in backends() {
+        tiny_matches_with(&bundle, backend.as_ref());
+    }
+}
+
+fn tiny_matches_with(bundle: &Bundle, backend: &dyn alignsam::engine::Backend) {
+    let sam = Sam::load(bundle, backend).unwrap();
     for path in fixtures(&common::root().join("tests/fixtures/parity/tiny")) {
         let fx = Fixture::open(&path);
-        let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+        let name = format!(
+            "{} ({})",
+            path.file_stem().unwrap().to_string_lossy(),
+            backend.name()
+        );
         let image = alignsam::source::load_rgb(&image_for(&path)).unwrap();
 
         let (input, geometry) = sam::preprocess::preprocess(&image, &sam.preprocess).unwrap();
@@ -179,7 +196,9 @@ fn tiny_bundle_matches_the_pytorch_reference() {
 #[test]
 fn tiny_standard_decoder_matches_in_both_uses() {
     let bundle = Bundle::open(&common::tiny_bundle(), OpenOptions::default()).unwrap();
-    let backend = tract();
+    let backend = BackendKind::Tract
+        .create(&EngineOptions { threads: 2 })
+        .unwrap();
     let mut manifest = bundle.manifest.clone();
     manifest.models.decoder.file = "decoder.onnx".into();
     manifest.models.decoder.form = alignsam::bundle::DecoderForm::Standard;
@@ -246,11 +265,20 @@ fn shared_mobilesam_matches_onnx_runtime_reference() {
         );
     }
     let bundle = Bundle::open(&models, OpenOptions::default()).unwrap();
-    let backend = tract();
-    let sam = Sam::load(&bundle, backend.as_ref()).unwrap();
-    for path in fixtures(&fx_dir) {
+    for backend in backends() {
+        mobilesam_matches_with(&bundle, &fx_dir, backend.as_ref());
+    }
+}
+
+fn mobilesam_matches_with(bundle: &Bundle, fx_dir: &Path, backend: &dyn alignsam::engine::Backend) {
+    let sam = Sam::load(bundle, backend).unwrap();
+    for path in fixtures(fx_dir) {
         let fx = Fixture::open(&path);
-        let name = format!("mobilesam {}", path.file_stem().unwrap().to_string_lossy());
+        let name = format!(
+            "mobilesam {} ({})",
+            path.file_stem().unwrap().to_string_lossy(),
+            backend.name()
+        );
         let image = alignsam::source::load_rgb(&image_for(&path)).unwrap();
         let (embedding, geometry) = sam.embed(&image).unwrap();
         let strided: Vec<f32> = embedding.0.data().iter().step_by(4).copied().collect();
