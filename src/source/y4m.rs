@@ -124,7 +124,9 @@ impl Y4mHeader {
             extensions: vec![],
         };
         for token in text.split(' ').filter(|t| !t.is_empty()) {
-            let (tag, value) = token.split_at(1);
+            // The tag is one character, which in a corrupt header need not be one byte.
+            let tag_len = token.chars().next().map_or(1, char::len_utf8);
+            let (tag, value) = token.split_at(tag_len);
             match tag {
                 "W" => width = Some(parse_dim(value).map_err(|e| bad(format!("width {e}")))?),
                 "H" => height = Some(parse_dim(value).map_err(|e| bad(format!("height {e}")))?),
@@ -804,6 +806,10 @@ mod tests {
             assert!(e.starts_with("in.y4m: "), "{e}");
             assert!(e.contains(want), "{e}\n  wanted: {want}");
         }
+        // A tag that is not ASCII (found by tests/fuzz.rs: the reader sliced it at byte 1 and
+        // panicked): skipped like any unknown tag.
+        let r = Y4mReader::new(&b"YUV4MPEG2 W8 H8 \xC3\xA9x C444\n"[..], "utf8.y4m").unwrap();
+        assert_eq!((r.header().width, r.header().height), (8, 8));
         // A stream that is not text and has no newline for a long time.
         let junk = vec![0xAB; 10_000];
         let e = format!("{:#}", Y4mReader::new(&junk[..], "junk").err().unwrap());
