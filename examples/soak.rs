@@ -87,17 +87,26 @@ fn main() -> anyhow::Result<()> {
         start.elapsed().as_secs_f64()
     );
     println!(
-        "{:>12} {:>12} {:>12}",
-        "frames", "frame p50 ms", "frame p99 ms"
+        "{:>12} {:>12} {:>12} {:>10} {:>5}",
+        "frames", "frame p50 ms", "frame p99 ms", "RSS MB", "fds"
     );
     for (k, chunk) in times.chunks(1000).enumerate() {
         let mut c = chunk.to_vec();
         c.sort_by(f64::total_cmp);
+        let end = k * 1000 + chunk.len();
+        // The last sample taken within this block.
+        let (rss, fds) = samples
+            .iter()
+            .rev()
+            .find(|s| s.0 <= end)
+            .map_or((0, 0), |s| (s.1, s.2));
         println!(
-            "{:>12} {:>12.1} {:>12.1}",
-            format!("{}-{}", k * 1000 + 1, k * 1000 + chunk.len()),
+            "{:>12} {:>12.1} {:>12.1} {:>10.1} {:>5}",
+            format!("{}-{}", k * 1000 + 1, end),
             percentile(&c, 0.5),
-            percentile(&c, 0.99)
+            percentile(&c, 0.99),
+            rss as f64 / 1024.0,
+            fds
         );
     }
     let first = samples.first().copied();
