@@ -49,6 +49,7 @@ pub mod dataset;
 pub mod engine;
 pub mod eval;
 pub mod exit;
+pub mod gate;
 pub mod pipeline;
 pub mod sam;
 pub mod sink;

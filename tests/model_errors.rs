@@ -25,6 +25,7 @@ fn load_error(dir: &Path, verify: bool) -> String {
         dir,
         OpenOptions {
             verify_checksums: verify,
+            ..OpenOptions::default()
         },
     )
     .and_then(|b| {

@@ -1,9 +1,12 @@
 //! `bundle.toml`: what a model bundle holds, with its checksums and the numbers the runtime needs.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
+
+use crate::engine::Precision;
 
 /// The manifest format this build reads and writes.
 pub const FORMAT: u32 = 1;
@@ -31,6 +34,10 @@ pub struct Manifest {
     pub agent: AgentSection,
     /// The model files.
     pub models: ModelsSection,
+    /// Accuracy-gate results of the precision variants (`[[gate]]`), written by `alignsam gate
+    /// --record`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gate: Vec<GateRecord>,
 }
 
 /// `[image]`: how images become encoder input.
@@ -107,6 +114,43 @@ pub struct ModelEntry {
     /// protobuf's 2 GiB limit), each with its checksum: every byte the model needs is verified.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub data: Vec<DataFile>,
+    /// Quantised variants of the file, by precision name (`int8`, `int8-qdq`), written by
+    /// `calibration/quantize.py`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub variants: BTreeMap<String, VariantFile>,
+}
+
+/// A precision variant of a model: another file with the same interface.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VariantFile {
+    /// Path, relative to the manifest's directory (or absolute).
+    pub file: String,
+    /// Lower-case hex SHA-256 of the file.
+    pub sha256: String,
+}
+
+/// What `alignsam gate --record` measured for one precision on one backend, against the fp32
+/// reference with the same prompts: the runtime refuses a variant without a passing record.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GateRecord {
+    /// The precision (`int8`, `int8-qdq`, `f16`).
+    pub precision: String,
+    /// The backend it ran on (`tract`, `rten`, `ort`).
+    pub backend: String,
+    /// The CPU architecture it ran on (`x86_64`, `aarch64`).
+    pub arch: String,
+    /// The images of the gate, as `DATASET:SPLIT:COUNT`.
+    pub images: String,
+    /// Mean cosine similarity of the embeddings to the reference's.
+    pub embedding_cosine: f64,
+    /// Mean absolute difference of the final low-resolution logits from the reference's.
+    pub logit_mae: f64,
+    /// Mean IoU of the final masks after the whole prompting loop with the reference's prompts.
+    pub mask_iou: f64,
+    /// The lowest IoU of one image.
+    pub min_mask_iou: f64,
 }
 
 /// An external data file of a model, and its checksum.
@@ -140,6 +184,9 @@ pub struct DecoderEntry {
     pub sha256: String,
     /// Its outputs: `standard` or `low-res`.
     pub form: DecoderForm,
+    /// Quantised variants of the file, by precision name (see [`ModelEntry::variants`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub variants: BTreeMap<String, VariantFile>,
 }
 
 /// The policy file.
@@ -245,6 +292,24 @@ impl Manifest {
                 srm.map_size
             );
         }
+        for (role, variants) in [
+            ("encoder", &self.models.encoder.variants),
+            ("decoder", &self.models.decoder.variants),
+        ] {
+            for name in variants.keys() {
+                match name.parse::<Precision>() {
+                    Ok(p) if p.has_own_file() => {}
+                    _ => bail!(
+                        "[models.{role}.variants.{name}]: a variant is named by its precision, int8 or int8-qdq"
+                    ),
+                }
+            }
+        }
+        for g in &self.gate {
+            if let Err(e) = g.precision.parse::<Precision>() {
+                bail!("[[gate]]: {e}");
+            }
+        }
         for (role, sha) in self.checksums() {
             if sha.len() != 64
                 || !sha
@@ -273,6 +338,12 @@ impl Manifest {
             m.decoder.file.as_str(),
             m.decoder.sha256.as_str(),
         )]);
+        for f in m.encoder.variants.values() {
+            v.push(("encoder variant", f.file.as_str(), f.sha256.as_str()));
+        }
+        for f in m.decoder.variants.values() {
+            v.push(("decoder variant", f.file.as_str(), f.sha256.as_str()));
+        }
         if let Some(p) = &m.policy {
             v.push(("policy", p.file.as_str(), p.sha256.as_str()));
         }

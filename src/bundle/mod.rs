@@ -14,10 +14,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use sha2::{Digest, Sha256};
 
-use crate::engine::{Dim, onnx_io};
+use crate::engine::{Dim, Precision, onnx_io};
 pub use manifest::{
-    AgentSection, DataFile, DecoderEntry, DecoderForm, EmbeddingSection, ImageSection,
-    MANIFEST_FILE, Manifest, ModelEntry, ModelsSection, PolicyEntry, SrmEntry,
+    AgentSection, DataFile, DecoderEntry, DecoderForm, EmbeddingSection, GateRecord, ImageSection,
+    MANIFEST_FILE, Manifest, ModelEntry, ModelsSection, PolicyEntry, SrmEntry, VariantFile,
 };
 
 /// An opened bundle: its manifest and where its files are.
@@ -29,7 +29,15 @@ pub struct Bundle {
     pub manifest: Manifest,
     /// Whether the manifest came from a file (false: inferred from the directory's models).
     pub from_file: bool,
+    /// Which precision variant of the encoder and decoder to run.
+    pub precision: Precision,
+    /// Use a precision variant even without a passing accuracy-gate record.
+    pub allow_ungated: bool,
 }
+
+/// The lowest mean mask IoU against fp32 (after the whole prompting loop, same prompts) at which
+/// the runtime uses a precision variant without `--allow-ungated`.
+pub const GATE_MIN_MASK_IOU: f64 = 0.95;
 
 /// How to open a bundle.
 #[derive(Clone, Copy, Debug)]
@@ -37,12 +45,18 @@ pub struct OpenOptions {
     /// Verify every file's SHA-256 against the manifest (default). Hashing a 2.5 GB ViT-H encoder
     /// takes seconds; `--no-verify` skips it for development loops.
     pub verify_checksums: bool,
+    /// The precision variant to run (default fp32).
+    pub precision: Precision,
+    /// Run a variant that has no passing accuracy-gate record (measurements, the gate itself).
+    pub allow_ungated: bool,
 }
 
 impl Default for OpenOptions {
     fn default() -> Self {
         OpenOptions {
             verify_checksums: true,
+            precision: Precision::Fp32,
+            allow_ungated: false,
         }
     }
 }
@@ -70,7 +84,10 @@ impl Bundle {
             dir: dir.to_path_buf(),
             manifest,
             from_file,
-        };
+            precision: Precision::Fp32,
+            allow_ungated: options.allow_ungated,
+        }
+        .with_precision(options.precision)?;
         if options.verify_checksums && from_file {
             bundle.verify_checksums()?;
         }
@@ -136,14 +153,97 @@ impl Bundle {
         Ok(())
     }
 
-    /// Path of the encoder file.
+    /// Path of the encoder file of the chosen precision (the fp32 file where it has no variant).
     pub fn encoder_path(&self) -> PathBuf {
-        self.path(&self.manifest.models.encoder.file)
+        let e = &self.manifest.models.encoder;
+        self.path(self.variant_file(&e.variants).unwrap_or(&e.file))
     }
 
-    /// Path of the decoder file.
+    /// Path of the decoder file of the chosen precision (the fp32 file where it has no variant).
     pub fn decoder_path(&self) -> PathBuf {
-        self.path(&self.manifest.models.decoder.file)
+        let d = &self.manifest.models.decoder;
+        self.path(self.variant_file(&d.variants).unwrap_or(&d.file))
+    }
+
+    /// Path of the encoder file of another precision (the fp32 file where it has no variant).
+    pub fn encoder_path_at(&self, precision: Precision) -> PathBuf {
+        Bundle {
+            precision,
+            ..self.clone()
+        }
+        .encoder_path()
+    }
+
+    fn variant_file<'a>(
+        &self,
+        variants: &'a std::collections::BTreeMap<String, VariantFile>,
+    ) -> Option<&'a str> {
+        variants.get(self.precision.name()).map(|v| v.file.as_str())
+    }
+
+    /// The same bundle, running another precision. A quantised precision needs a variant file of
+    /// the encoder or the decoder (the other then stays fp32).
+    pub fn with_precision(mut self, precision: Precision) -> Result<Self> {
+        let m = &self.manifest.models;
+        let name = precision.name();
+        if precision.has_own_file()
+            && !m.encoder.variants.contains_key(name)
+            && !m.decoder.variants.contains_key(name)
+        {
+            let known: Vec<&str> = m
+                .encoder
+                .variants
+                .keys()
+                .chain(m.decoder.variants.keys())
+                .map(String::as_str)
+                .collect();
+            bail!(
+                "{}: the bundle has no {name} variant of its encoder or decoder (it has: fp32, f16{}); make one with `python calibration/quantize.py --bundle {} --data DATASET --variants {name}`",
+                self.dir.join(MANIFEST_FILE).display(),
+                known.iter().map(|k| format!(", {k}")).collect::<String>(),
+                self.dir.display()
+            );
+        }
+        self.precision = precision;
+        Ok(self)
+    }
+
+    /// The accuracy-gate records of the chosen precision on `backend`.
+    pub fn gate_records(&self, backend: &str) -> Vec<&GateRecord> {
+        self.manifest
+            .gate
+            .iter()
+            .filter(|g| g.precision == self.precision.name() && g.backend == backend)
+            .collect()
+    }
+
+    /// Refuses a precision variant that has not passed the accuracy gate on `backend`: no record,
+    /// or a record whose mean mask IoU is below [`GATE_MIN_MASK_IOU`]. fp32 always passes.
+    pub fn check_gate(&self, backend: &str) -> Result<()> {
+        if self.precision == Precision::Fp32 || self.allow_ungated {
+            return Ok(());
+        }
+        let records = self.gate_records(backend);
+        let p = self.precision;
+        let manifest = self.dir.join(MANIFEST_FILE);
+        if records.is_empty() {
+            bail!(
+                "{}: precision {p} has not been through the accuracy gate on {backend}: run `alignsam gate --bundle {} --data DATASET --precisions {p} --backends {backend} --record`, or pass --allow-ungated to use it unchecked",
+                manifest.display(),
+                self.dir.display()
+            );
+        }
+        if let Some(bad) = records.iter().find(|g| g.mask_iou < GATE_MIN_MASK_IOU) {
+            bail!(
+                "{}: precision {p} on {backend} failed the accuracy gate: mean mask IoU {:.3} against fp32 (minimum {GATE_MIN_MASK_IOU}; {} on {}, embedding cosine {:.4}); pass --allow-ungated to use it anyway",
+                manifest.display(),
+                bad.mask_iou,
+                bad.images,
+                bad.arch,
+                bad.embedding_cosine
+            );
+        }
+        Ok(())
     }
 }
 
@@ -390,15 +490,18 @@ pub fn infer_manifest(dir: &Path, options: &InferOptions) -> Result<Manifest> {
                 sha256: checksum(&encoder_file)?,
                 file: encoder_file,
                 data: encoder_data,
+                variants: Default::default(),
             },
             decoder: DecoderEntry {
                 sha256: checksum(&decoder_file)?,
                 file: decoder_file,
                 form,
+                variants: Default::default(),
             },
             policy,
             srm,
         },
+        gate: vec![],
     };
     manifest
         .validate()

@@ -47,6 +47,11 @@ pub struct BenchArgs {
     /// Skip the decoder comparison.
     #[arg(long)]
     pub no_decoder_comparison: bool,
+    /// Measure several `backend:precision` candidates in one run instead (e.g.
+    /// `tract:fp32,rten:fp32,rten:int8`), frames interleaved, each as a ratio of the first.
+    /// Variants need a passing gate record (or --allow-ungated).
+    #[arg(long, value_delimiter = ',')]
+    pub compare: Vec<super::bench_compare::Candidate>,
     /// Print the report as JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -102,6 +107,8 @@ pub struct BenchReport {
     pub bundle: String,
     /// Backend name.
     pub backend: String,
+    /// Precision of the encoder and decoder.
+    pub precision: String,
     /// Threads per model run.
     pub threads: usize,
     /// Frame size (width, height) of the first frame.
@@ -129,7 +136,7 @@ pub fn synthetic_frame() -> RgbImage {
     })
 }
 
-fn collect(steps: usize, results: &[LoopResult]) -> StepCountReport {
+pub(super) fn collect(steps: usize, results: &[LoopResult]) -> StepCountReport {
     let mut srm = vec![];
     let mut policy = vec![];
     let mut decoder = vec![];
@@ -176,6 +183,26 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
             .map(|p| load_rgb(p))
             .collect::<Result<_>>()?
     };
+    if !args.compare.is_empty() {
+        let reports = super::bench_compare::run(
+            &args.compare,
+            &args.bundle,
+            &args.engine,
+            &frames,
+            &args.steps,
+            (args.warmup, args.frames),
+        )?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&reports)?);
+        } else {
+            let threads = crate::engine::EngineOptions {
+                threads: args.engine.threads,
+            }
+            .resolved_threads();
+            super::bench_compare::print_table(&reports, threads, args.frames, args.warmup);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let bundle = args.engine.open_bundle(&args.bundle)?;
     let backend = args.engine.backend()?;
     let t = Instant::now();
@@ -244,6 +271,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     let report = BenchReport {
         bundle: bundle.manifest.name.clone(),
         backend: backend.name().into(),
+        precision: bundle.precision.name().into(),
         threads: crate::engine::EngineOptions {
             threads: args.engine.threads,
         }
@@ -264,8 +292,8 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
 
 fn print_table(r: &BenchReport, warmup: usize) {
     println!(
-        "alignsam bench: bundle {}, backend {}, {} threads, frames {}x{}, models loaded in {:.0} ms",
-        r.bundle, r.backend, r.threads, r.frame_size.0, r.frame_size.1, r.load_ms
+        "alignsam bench: bundle {}, backend {}, precision {}, {} threads, frames {}x{}, models loaded in {:.0} ms",
+        r.bundle, r.backend, r.precision, r.threads, r.frame_size.0, r.frame_size.1, r.load_ms
     );
     for run in &r.runs {
         println!();

@@ -1,6 +1,6 @@
-//! `alignsam bench-models`: load time and run time of the encoder and decoder on each backend,
-//! measured together (runs interleaved, so that machine load affects every backend alike), with
-//! the outputs' agreement between backends.
+//! `alignsam bench-models`: load time and run time of the encoder and decoder on each backend and
+//! precision, measured together (runs interleaved, so that machine load affects every candidate
+//! alike), with each output's distance from the first candidate's.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -14,7 +14,8 @@ use super::EngineArgs;
 use super::bench::synthetic_frame;
 use crate::bench::Stats;
 use crate::bundle::DecoderForm;
-use crate::engine::{BackendKind, EngineOptions, Model, Tensor};
+use crate::bundle::{Bundle, GATE_MIN_MASK_IOU};
+use crate::engine::{Backend, BackendKind, EngineOptions, Model, ModelSpec, Precision, Tensor};
 use crate::sam::{
     Decoder, Encoder, FullResDecoder, PointLabel, PromptPoint, decoder::PromptInputs, preprocess,
 };
@@ -26,9 +27,14 @@ pub struct BenchModelsArgs {
     /// Bundle directory.
     #[arg(long)]
     pub bundle: PathBuf,
-    /// Backends to compare (the first is the reference for output agreement).
+    /// Backends to compare (the first backend at the first precision is the reference for
+    /// output agreement).
     #[arg(long, value_delimiter = ',', default_value = "tract", value_parser = super::backend_parser())]
     pub backends: Vec<BackendKind>,
+    /// Precisions to compare on every backend (variants need no passing gate record here; the
+    /// table says whether each has one).
+    #[arg(long, value_delimiter = ',', default_value = "fp32", value_parser = super::precision_parser())]
+    pub precisions: Vec<Precision>,
     /// Measured runs per model and backend (after one warm-up run).
     #[arg(long, default_value_t = 10, value_parser = super::validate::count(1, 100_000))]
     pub runs: usize,
@@ -53,12 +59,21 @@ pub struct Row {
     pub model: String,
     /// Backend name.
     pub backend: String,
+    /// Precision name.
+    pub precision: String,
+    /// The file that ran (a precision without a variant of this model runs the fp32 file).
+    pub file: String,
+    /// The accuracy-gate record of this precision on this backend: "pass", "refused", "none"
+    /// ("-" for fp32).
+    pub gate: String,
     /// Parse + optimise (or session creation), milliseconds.
-    pub load_ms: f64,
+    pub load_ms: Option<f64>,
     /// Run times, milliseconds.
-    pub run: Stats,
-    /// Largest difference from the first backend's output, relative to its largest magnitude.
+    pub run: Option<Stats>,
+    /// Largest difference from the first candidate's output, relative to its largest magnitude.
     pub max_rel_diff_vs_first: Option<f64>,
+    /// Why the candidate could not load or run this model.
+    pub error: Option<String>,
 }
 
 fn rel_diff(a: &[f32], reference: &[f32]) -> f64 {
@@ -90,19 +105,155 @@ pub fn spread_points(n: usize, w: usize, h: usize) -> Vec<PromptPoint> {
         .collect()
 }
 
+/// A backend at a precision.
+struct Candidate {
+    backend: Box<dyn Backend>,
+    bundle: Bundle,
+    gate: String,
+}
+
+impl Candidate {
+    fn path(&self, which: Which) -> std::path::PathBuf {
+        match which {
+            Which::Encoder => self.bundle.encoder_path(),
+            Which::Decoder => self.bundle.decoder_path(),
+        }
+    }
+
+    fn load(&self, which: Which, spec: &ModelSpec) -> Result<Box<dyn Model>> {
+        let path = self.path(which);
+        let half = self.bundle.precision == Precision::F16;
+        self.backend.load(&path, &spec.clone().in_half(half))
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Which {
+    Encoder,
+    Decoder,
+}
+
+/// What the gate records of a bundle say of a precision on a backend.
+fn gate_status(bundle: &Bundle, backend: &str) -> String {
+    if bundle.precision == Precision::Fp32 {
+        return "-".into();
+    }
+    let records = bundle.gate_records(backend);
+    if records.is_empty() {
+        "none".into()
+    } else if records.iter().all(|g| g.mask_iou >= GATE_MIN_MASK_IOU) {
+        "pass".into()
+    } else {
+        "refused".into()
+    }
+}
+
+/// A loaded model and the inputs it is timed on.
+type Loaded = (Box<dyn Model>, Vec<Tensor>);
+
+/// One model measured on every candidate.
 struct Case {
     name: String,
-    /// Per backend: the model and its inputs.
-    models: Vec<(Box<dyn Model>, Vec<Tensor>)>,
-    backends: Vec<String>,
-    samples: Vec<Vec<f64>>,
-    outputs: Vec<Vec<f32>>,
+    which: Which,
+    /// Per candidate: the model and its inputs, or why it could not load.
+    models: Vec<Result<Loaded>>,
+}
+
+impl Case {
+    fn new(
+        name: String,
+        candidates: &[Candidate],
+        which: Which,
+        spec: &ModelSpec,
+        inputs: impl Fn() -> Result<Vec<Tensor>>,
+    ) -> Case {
+        let models = candidates
+            .iter()
+            .map(|c| Ok((c.load(which, spec)?, inputs()?)))
+            .collect();
+        Case {
+            name,
+            which,
+            models,
+        }
+    }
+
+    /// One warm-up run per candidate (its output kept for the agreement check), then `runs`
+    /// interleaved timed runs.
+    fn measure(&mut self, candidates: &[Candidate], runs: usize) -> Vec<Row> {
+        let mut outputs: Vec<Option<Vec<f32>>> = vec![];
+        for m in &mut self.models {
+            let out = match m {
+                Ok((model, inputs)) => run_once(model.as_ref(), inputs),
+                Err(_) => Ok(vec![]),
+            };
+            match out {
+                Ok(o) => outputs.push(Some(o)),
+                Err(e) => {
+                    *m = Err(e);
+                    outputs.push(None);
+                }
+            }
+        }
+        let mut samples = vec![vec![]; self.models.len()];
+        for _ in 0..runs {
+            for (i, m) in self.models.iter_mut().enumerate() {
+                let Ok((model, inputs)) = m else { continue };
+                let t = Instant::now();
+                if let Err(e) = run_once(model.as_ref(), inputs) {
+                    *m = Err(e);
+                    continue;
+                }
+                samples[i].push(t.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+        let reference = outputs.first().cloned().flatten();
+        self.models
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let c = &candidates[i];
+                let mut row = Row {
+                    model: self.name.clone(),
+                    backend: c.backend.name().into(),
+                    precision: c.bundle.precision.name().into(),
+                    file: c
+                        .path(self.which)
+                        .file_name()
+                        .map_or(String::new(), |f| f.to_string_lossy().into_owned()),
+                    gate: c.gate.clone(),
+                    load_ms: None,
+                    run: None,
+                    max_rel_diff_vs_first: None,
+                    error: None,
+                };
+                match m {
+                    Ok((model, _)) => {
+                        row.load_ms = Some(model.load_timings().total().as_secs_f64() * 1e3);
+                        row.run = Some(Stats::of(&samples[i]));
+                        if let (true, Some(r), Some(Some(o))) = (i > 0, &reference, outputs.get(i))
+                        {
+                            row.max_rel_diff_vs_first = Some(rel_diff(o, r));
+                        }
+                    }
+                    Err(e) => row.error = Some(format!("{e:#}")),
+                }
+                row
+            })
+            .collect()
+    }
+}
+
+fn run_once(model: &dyn Model, inputs: &[Tensor]) -> Result<Vec<f32>> {
+    let views: Vec<_> = inputs.iter().map(|t| t.view()).collect();
+    let out = model.run(&views)?;
+    Ok(out.iter().flat_map(|t| t.data().iter().copied()).collect())
 }
 
 /// Runs `alignsam bench-models`.
 pub fn run(args: BenchModelsArgs) -> Result<ExitCode> {
-    if args.backends.is_empty() || args.runs == 0 {
-        bail!("--backends and --runs must not be empty or zero");
+    if args.backends.is_empty() || args.precisions.is_empty() || args.runs == 0 {
+        bail!("--backends, --precisions and --runs must not be empty or zero");
     }
     let bundle = args.engine.open_bundle(&args.bundle)?;
     let m = &bundle.manifest;
@@ -113,12 +264,23 @@ pub fn run(args: BenchModelsArgs) -> Result<ExitCode> {
     let options = EngineOptions {
         threads: args.engine.threads,
     };
-    let backends: Vec<_> = args
-        .backends
-        .iter()
-        .map(|b| b.create(&options))
-        .collect::<Result<_>>()?;
-    let names: Vec<String> = backends.iter().map(|b| b.name().to_string()).collect();
+    let mut candidates = vec![];
+    for kind in &args.backends {
+        for &precision in &args.precisions {
+            let backend = kind.create(&options)?;
+            let variant = bundle.clone();
+            let variant = Bundle {
+                allow_ungated: true,
+                ..variant
+            }
+            .with_precision(precision)?;
+            candidates.push(Candidate {
+                gate: gate_status(&variant, backend.name()),
+                backend,
+                bundle: variant,
+            });
+        }
+    }
 
     let config = preprocess::PreprocessConfig {
         frame: m.image.size,
@@ -126,24 +288,12 @@ pub fn run(args: BenchModelsArgs) -> Result<ExitCode> {
         pixel_std: m.image.pixel_std,
     };
     let (input, geometry) = preprocess::preprocess(&image, &config)?;
-    let mut rows = vec![];
-    let mut cases: Vec<Case> = vec![];
-
-    // Encoder.
-    let mut enc_case = Case {
-        name: "encoder".into(),
-        models: vec![],
-        backends: names.clone(),
-        samples: vec![],
-        outputs: vec![],
+    // The embedding every decoder case uses: the fp32 encoder's on the first backend.
+    let embedding = {
+        let backend = args.backends[0].create(&options)?;
+        let encoder = backend.load(&bundle.encoder_path_at(Precision::Fp32), &Encoder::spec(m))?;
+        encoder.run(&[input.view()])?.remove(0)
     };
-    for b in &backends {
-        let model = b.load(&bundle.encoder_path(), &Encoder::spec(m))?;
-        enc_case.models.push((model, vec![input.clone()]));
-    }
-    // The embedding every decoder case uses: the first backend's.
-    let embedding = enc_case.models[0].0.run(&[input.view()])?.remove(0);
-    cases.push(enc_case);
 
     let (h, w) = geometry.original;
     let low_res = m.embedding.low_res_size();
@@ -158,76 +308,45 @@ pub fn run(args: BenchModelsArgs) -> Result<ExitCode> {
             p.orig_size,
         ])
     };
+    let mut cases = vec![Case::new(
+        "encoder".into(),
+        &candidates,
+        Which::Encoder,
+        &Encoder::spec(m),
+        || Ok(vec![input.clone()]),
+    )];
     for &n in &args.points {
-        let mut case = Case {
-            name: format!("decoder, {n} points + padding, low-res outputs"),
-            models: vec![],
-            backends: names.clone(),
-            samples: vec![],
-            outputs: vec![],
-        };
-        for b in &backends {
-            case.models.push((
-                b.load(&bundle.decoder_path(), &Decoder::spec(m))?,
-                decoder_inputs(n)?,
-            ));
-        }
-        cases.push(case);
+        cases.push(Case::new(
+            format!("decoder, {n} points + padding, low-res outputs"),
+            &candidates,
+            Which::Decoder,
+            &Decoder::spec(m),
+            || decoder_inputs(n),
+        ));
     }
     if m.models.decoder.form == DecoderForm::Standard {
         for &n in &args.points {
-            let mut case = Case {
-                name: format!("decoder, {n} points + padding, full-size masks"),
-                models: vec![],
-                backends: names.clone(),
-                samples: vec![],
-                outputs: vec![],
-            };
-            for b in &backends {
-                // The standard decoder's own spec for this image size, as FullResDecoder uses it.
-                let spec = FullResDecoder::spec_for(m, h, w);
-                case.models
-                    .push((b.load(&bundle.decoder_path(), &spec)?, decoder_inputs(n)?));
-            }
-            cases.push(case);
+            // The standard decoder's own spec for this image size, as FullResDecoder uses it.
+            cases.push(Case::new(
+                format!("decoder, {n} points + padding, full-size masks"),
+                &candidates,
+                Which::Decoder,
+                &FullResDecoder::spec_for(m, h, w),
+                || decoder_inputs(n),
+            ));
         }
     }
-
-    for case in &mut cases {
-        case.samples = vec![vec![]; case.models.len()];
-        // One warm-up run per backend, keeping its output for the agreement check.
-        for (model, inputs) in &case.models {
-            let views: Vec<_> = inputs.iter().map(|t| t.view()).collect();
-            let out = model.run(&views)?;
-            case.outputs
-                .push(out.iter().flat_map(|t| t.data().iter().copied()).collect());
-        }
-        for _ in 0..args.runs {
-            for (i, (model, inputs)) in case.models.iter().enumerate() {
-                let views: Vec<_> = inputs.iter().map(|t| t.view()).collect();
-                let t = Instant::now();
-                model.run(&views)?;
-                case.samples[i].push(t.elapsed().as_secs_f64() * 1e3);
-            }
-        }
-        for (i, (model, _)) in case.models.iter().enumerate() {
-            rows.push(Row {
-                model: case.name.clone(),
-                backend: case.backends[i].clone(),
-                load_ms: model.load_timings().total().as_secs_f64() * 1e3,
-                run: Stats::of(&case.samples[i]),
-                max_rel_diff_vs_first: (i > 0)
-                    .then(|| rel_diff(&case.outputs[i], &case.outputs[0])),
-            });
-        }
-    }
+    let rows: Vec<Row> = cases
+        .iter_mut()
+        .flat_map(|case| case.measure(&candidates, args.runs))
+        .collect();
 
     if args.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "alignsam bench-models: bundle {}, {} threads, image {}x{}, {} runs after 1 warm-up, interleaved across backends",
+        "alignsam bench-models: bundle {}, {} threads, image {}x{}, {} runs after 1 warm-up, interleaved across candidates",
         m.name,
         options.resolved_threads(),
         w,
@@ -235,20 +354,33 @@ pub fn run(args: BenchModelsArgs) -> Result<ExitCode> {
         args.runs
     );
     println!(
-        "  {:<46} {:<6} {:>9} {:>10} {:>10} {:>12}",
-        "model", "backend", "load ms", "median ms", "p90 ms", "rel. diff"
+        "  {:<46} {:<6} {:<9} {:<26} {:<7} {:>9} {:>10} {:>10} {:>12}",
+        "model",
+        "backend",
+        "precision",
+        "file",
+        "gate",
+        "load ms",
+        "median ms",
+        "p90 ms",
+        "rel. diff"
     );
     for r in &rows {
-        println!(
-            "  {:<46} {:<6} {:>9.0} {:>10.1} {:>10.1} {:>12}",
-            r.model,
-            r.backend,
-            r.load_ms,
-            r.run.p50,
-            r.run.p90,
-            r.max_rel_diff_vs_first
-                .map_or("-".into(), |d| format!("{d:.1e}"))
+        let lead = format!(
+            "  {:<46} {:<6} {:<9} {:<26} {:<7}",
+            r.model, r.backend, r.precision, r.file, r.gate
         );
+        match (&r.run, r.load_ms) {
+            (Some(run), Some(load)) => println!(
+                "{lead} {:>9.0} {:>10.1} {:>10.1} {:>12}",
+                load,
+                run.p50,
+                run.p90,
+                r.max_rel_diff_vs_first
+                    .map_or("-".into(), |d| format!("{d:.1e}"))
+            ),
+            _ => println!("{lead} cannot run: {}", r.error.as_deref().unwrap_or("")),
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -3,12 +3,14 @@
 //! lives here.
 
 pub mod bench;
+mod bench_compare;
 mod bench_models;
 mod bench_reuse;
 mod bundle_cmd;
 mod decode;
 mod devices;
 pub mod eval;
+mod gate;
 mod info;
 pub mod output;
 mod profile;
@@ -24,7 +26,7 @@ use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 
 use crate::bundle::{Bundle, OpenOptions};
-use crate::engine::{Backend, BackendKind, EngineOptions};
+use crate::engine::{Backend, BackendKind, EngineOptions, Precision};
 
 pub use crate::exit::{EXIT_ERROR, EXIT_PARTIAL};
 
@@ -77,6 +79,21 @@ pub struct EngineArgs {
     /// Skip verifying the bundle's sha256 checksums (saves seconds on big encoders).
     #[arg(long)]
     pub no_verify: bool,
+    /// Precision of the SAM encoder and decoder: fp32, int8 or int8-qdq (variant files named in
+    /// bundle.toml), f16 (tract converts the fp32 files at load).
+    #[arg(long, default_value = "fp32", env = "ALIGNSAM_PRECISION", value_parser = precision_parser())]
+    pub precision: Precision,
+    /// Use a precision variant that has no passing accuracy-gate record (`alignsam gate`).
+    #[arg(long)]
+    pub allow_ungated: bool,
+}
+
+/// The precision names as clap's possible values, parsed into the library's [`Precision`].
+pub fn precision_parser() -> impl clap::builder::TypedValueParser<Value = Precision> {
+    use clap::builder::TypedValueParser;
+    let names: Vec<&'static str> = Precision::ALL.iter().map(|p| p.name()).collect();
+    clap::builder::PossibleValuesParser::new(names)
+        .map(|s| s.parse::<Precision>().expect("a possible value"))
 }
 
 /// The backend names as clap's possible values (listed in `--help`), parsed into the library's
@@ -102,6 +119,8 @@ impl EngineArgs {
             dir,
             OpenOptions {
                 verify_checksums: !self.no_verify,
+                precision: self.precision,
+                allow_ungated: self.allow_ungated,
             },
         )
     }
@@ -130,6 +149,8 @@ pub enum Command {
     BenchModels(bench_models::BenchModelsArgs),
     /// Where a model's time goes in tract, node by node and by operator.
     Profile(profile::ProfileArgs),
+    /// Precision variants, backends or CPUs against the fp32 reference, after the whole loop.
+    Gate(gate::GateArgs),
     /// Train a policy (PPO) and an SRM (Dice + BCE) on a dataset split, on cached embeddings.
     #[cfg(feature = "train")]
     Train(train::TrainArgs),
@@ -166,6 +187,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::BenchModels(args) => bench_models::run(args),
         Command::BenchReuse(args) => bench_reuse::run(args),
         Command::Profile(args) => profile::run(args),
+        Command::Gate(args) => gate::run(args),
         #[cfg(feature = "train")]
         Command::Train(args) => train::run(args),
         Command::Eval(args) => eval::run(args),

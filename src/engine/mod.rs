@@ -11,6 +11,7 @@
 
 pub mod onnx_build;
 pub mod onnx_io;
+pub mod precision;
 pub mod tensor;
 pub mod tract;
 
@@ -26,6 +27,7 @@ use std::time::Duration;
 use anyhow::{Result, bail};
 
 pub use onnx_io::{DeclaredIo, IoDecl};
+pub use precision::Precision;
 pub use tensor::{Tensor, TensorView};
 
 /// One dimension of a declared tensor shape: a fixed size, or a named symbol that may vary from
@@ -106,6 +108,10 @@ pub struct ModelSpec {
     /// time. Needed by tract for the standard decoder's `orig_im_size`, which sets the size of a
     /// Resize: one specialised model per image size.
     pub constants: Vec<(String, Tensor)>,
+    /// Compute the float parts in float16 (the `f16` precision). Only tract can: it converts
+    /// the graph at load, keeping reductions, normalisations and Softmax in float32. Other
+    /// backends refuse such a spec rather than silently run float32.
+    pub half: bool,
 }
 
 impl ModelSpec {
@@ -116,6 +122,7 @@ impl ModelSpec {
             inputs: vec![],
             outputs: vec![],
             constants: vec![],
+            half: false,
         }
     }
 
@@ -145,6 +152,12 @@ impl ModelSpec {
             name: name.into(),
             shape,
         });
+        self
+    }
+
+    /// Asks for float16 arithmetic (see [`ModelSpec::half`]).
+    pub fn in_half(mut self, half: bool) -> Self {
+        self.half = half;
         self
     }
 
@@ -219,6 +232,11 @@ pub trait Model: Send + Sync {
     fn profile(&self, inputs: &[TensorView<'_>]) -> Result<Option<Vec<NodeTime>>> {
         let _ = inputs;
         Ok(None)
+    }
+    /// The matrix-product kernels the engine chose for this model on this CPU (e.g. tract's
+    /// `arm64simd_mmm_f16_32x6`, rten's `arm-i8mm`): what an ARM result actually exercised.
+    fn kernels(&self) -> Vec<String> {
+        vec![]
     }
 }
 
@@ -317,6 +335,17 @@ impl std::str::FromStr for BackendKind {
                 format!("unknown backend '{s}' (known: {})", names.join(", "))
             })
     }
+}
+
+/// Refuses a float16 spec on a backend without a float16 path.
+pub fn refuse_half(backend: &str, path: &Path, spec: &ModelSpec) -> Result<()> {
+    if spec.half {
+        bail!(
+            "{}: precision f16 needs the tract backend ({backend} has no float16 path here); use --backend tract or another precision",
+            path.display()
+        );
+    }
+    Ok(())
 }
 
 /// An error naming the model file when an output holds NaN or infinity: corrupt weights (or

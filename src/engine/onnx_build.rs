@@ -109,6 +109,23 @@ impl GraphBuilder {
         name.into()
     }
 
+    /// Adds a uint8 initialiser (a quantisation zero point) and returns its name.
+    pub fn constant_u8(&mut self, name: &str, shape: &[usize], data: &[u8]) -> String {
+        assert_eq!(
+            shape.iter().product::<usize>(),
+            data.len(),
+            "initialiser {name}: shape and data disagree"
+        );
+        self.graph.initializer.push(pb::TensorProto {
+            name: name.into(),
+            dims: shape.iter().map(|&d| d as i64).collect(),
+            data_type: pb::tensor_proto::DataType::Uint8 as i32,
+            raw_data: data.to_vec(),
+            ..Default::default()
+        });
+        name.into()
+    }
+
     /// Adds a node with explicit output names.
     pub fn node(&mut self, op: &str, inputs: &[&str], outputs: &[&str], attrs: &[(&str, Attr)]) {
         let attribute = attrs

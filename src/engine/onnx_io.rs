@@ -280,3 +280,46 @@ pub fn inspect(path: &Path, spec: &ModelSpec) -> Result<(pb::ModelProto, Declare
     check_against_spec(path, &io, spec)?;
     Ok((proto, io))
 }
+
+/// Softmax nodes that sit between a DequantizeLinear and a QuantizeLinear (static QDQ
+/// quantisation that included Softmax). tract 0.23.9 folds DequantizeLinear -> Softmax ->
+/// QuantizeLinear into a lookup table as if Softmax were element-wise, and computes wrong
+/// outputs; the tract backend refuses such files (`tests/qdq_softmax.rs` shows the bug).
+pub fn quantized_softmax_nodes(proto: &pb::ModelProto) -> Vec<String> {
+    let Some(graph) = &proto.graph else {
+        return vec![];
+    };
+    let produced_by = |value: &str| {
+        graph
+            .node
+            .iter()
+            .find(|n| n.output.iter().any(|o| o == value))
+    };
+    let feeds_quantize = |value: &str| {
+        graph
+            .node
+            .iter()
+            .any(|c| c.op_type == "QuantizeLinear" && c.input.iter().any(|i| i == value))
+    };
+    graph
+        .node
+        .iter()
+        .filter(|n| n.op_type == "Softmax")
+        .filter(|n| {
+            let fed_by_dq = n
+                .input
+                .first()
+                .and_then(|i| produced_by(i))
+                .is_some_and(|p| p.op_type == "DequantizeLinear");
+            let feeds_q = n.output.first().is_some_and(|o| feeds_quantize(o));
+            fed_by_dq && feeds_q
+        })
+        .map(|n| {
+            if n.name.is_empty() {
+                n.output.first().cloned().unwrap_or_default()
+            } else {
+                n.name.clone()
+            }
+        })
+        .collect()
+}

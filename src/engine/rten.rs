@@ -51,6 +51,7 @@ impl Backend for RtenBackend {
         let start = Instant::now();
         let (proto, declared) = onnx_io::inspect(path, spec)?;
         drop(proto);
+        super::refuse_half("rten", path, spec)?;
         let parse = start.elapsed();
         let start = Instant::now();
         let p = path.display();
@@ -96,6 +97,21 @@ impl Backend for RtenBackend {
 impl Model for RtenModel {
     fn info(&self) -> &ModelInfo {
         &self.info
+    }
+
+    /// rten picks its kernels per CPU once, for the whole process: the float one and the int8
+    /// one (what a quantised model's MatMulInteger and ConvInteger run on).
+    fn kernels(&self) -> Vec<String> {
+        vec![
+            format!(
+                "f32: {}",
+                rten_gemm::GemmExecutor::<f32>::default().kernel_name()
+            ),
+            format!(
+                "int8: {}",
+                rten_gemm::GemmExecutor::<u8, i8, i32>::default().kernel_name()
+            ),
+        ]
     }
 
     fn run(&self, inputs: &[TensorView<'_>]) -> Result<Vec<Tensor>> {

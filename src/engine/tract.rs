@@ -45,6 +45,10 @@ struct TractModel {
     /// of this file, or folded into a constant).
     input_slots: Vec<Option<usize>>,
     model_inputs: usize,
+    /// The element type of each optimised model input (f16 after the f16 transform).
+    input_types: Vec<DatumType>,
+    /// The matrix-product kernels tract picked, for reports.
+    kernels: Vec<String>,
     state: Mutex<TypedSimpleState>,
     _plan: Plan,
 }
@@ -58,6 +62,7 @@ impl Backend for TractBackend {
         let start = Instant::now();
         let (proto, declared) = onnx_io::inspect(path, spec)?;
         let p = path.display();
+        refuse_quantized_softmax(path, &proto)?;
         let model_dir = path.parent().and_then(|d| d.to_str());
         let mut model = tract_onnx::onnx()
             .parse(&proto, model_dir)
@@ -77,6 +82,8 @@ impl Backend for TractBackend {
             .and_then(|m| m.into_decluttered())
             .map_err(|e| anyhow!("{p}: tract cannot type the {}: {e:#}", spec.role))?;
         check_typed_outputs(path, spec, &typed)?;
+        let typed = if spec.half { to_half(typed) } else { Ok(typed) }
+            .map_err(|e| anyhow!("{p}: tract cannot convert the {} to f16: {e:#}", spec.role))?;
         let optimised = typed
             .into_optimized()
             .map_err(|e| anyhow!("{p}: tract cannot optimise the {}: {e:#}", spec.role))?;
@@ -92,6 +99,12 @@ impl Backend for TractBackend {
             })
             .collect();
         let model_inputs = optimised.inputs.len();
+        let input_types = optimised
+            .inputs
+            .iter()
+            .map(|o| optimised.outlet_fact(*o).map(|f| f.datum_type))
+            .collect::<TractResult<Vec<_>>>()?;
+        let kernels = matmul_kernels(&optimised);
         let executor = (self.threads > 1).then(|| Executor::multithread(self.threads));
         let options = RunOptions {
             executor,
@@ -112,6 +125,8 @@ impl Backend for TractBackend {
             },
             input_slots,
             model_inputs,
+            input_types,
+            kernels,
             state: Mutex::new(state),
             _plan: plan,
         }))
@@ -153,6 +168,50 @@ fn check_typed_outputs(path: &Path, spec: &ModelSpec, typed: &TypedModel) -> Res
     Ok(())
 }
 
+/// Refuses a static-QDQ file whose Softmax was quantised: tract 0.23.9 would compute it wrong.
+fn refuse_quantized_softmax(path: &Path, proto: &tract_onnx::pb::ModelProto) -> Result<()> {
+    let nodes = onnx_io::quantized_softmax_nodes(proto);
+    if let Some(first) = nodes.first() {
+        anyhow::bail!(
+            "{}: Softmax node '{first}' (and {} more) is quantised (DequantizeLinear -> Softmax -> QuantizeLinear); tract 0.23.9 folds that into a lookup table as if Softmax were element-wise and gives wrong outputs. Quantise with Softmax kept float (calibration/quantize.py does by default) or use another backend",
+            path.display(),
+            nodes.len() - 1
+        );
+    }
+    Ok(())
+}
+
+/// Operators that stay float32 in the f16 transform: sums over many values (reductions,
+/// normalisations, Softmax) overflow or lose their small terms in float16's 11-bit mantissa.
+fn keeps_f32(node: &TypedNode) -> bool {
+    let op = node.op.name();
+    ["Reduce", "Softmax", "Norm", "Pool", "Resize"]
+        .iter()
+        .any(|k| op.contains(k))
+}
+
+/// tract's float precision translator, f32 to f16, except what [`keeps_f32`] names.
+fn to_half(model: TypedModel) -> TractResult<TypedModel> {
+    use tract_onnx::tract_core::floats::FloatPrecisionTranslator;
+    use tract_onnx::tract_core::transform::ModelTransform;
+    FloatPrecisionTranslator::with_filter(f32::datum_type(), f16::datum_type(), |n| !keeps_f32(n))
+        .transform_into(model)
+}
+
+/// The distinct matrix-multiplication kernels in an optimised model.
+fn matmul_kernels(model: &TypedModel) -> Vec<String> {
+    use tract_onnx::tract_core::ops::matmul::optimized::OptMatMul;
+    let mut names: Vec<String> = model
+        .nodes
+        .iter()
+        .filter_map(|n| n.op_as::<OptMatMul>())
+        .flat_map(|op| op.mmm.iter().map(|k| format!("{k:?}")))
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
 impl TractModel {
     /// Checks the inputs and orders them as the optimised model wants them.
     fn values(&self, inputs: &[TensorView<'_>]) -> Result<TVec<TValue>> {
@@ -161,6 +220,7 @@ impl TractModel {
         for (slot, view) in self.input_slots.iter().zip(inputs) {
             if let Some(ix) = slot {
                 let t = tract_onnx::prelude::Tensor::from_shape(view.shape, view.data)?;
+                let t = t.cast_to_dt(self.input_types[*ix])?.into_owned();
                 slots[*ix] = Some(t.into_tvalue());
             }
         }
@@ -182,6 +242,10 @@ impl TractModel {
 impl Model for TractModel {
     fn info(&self) -> &ModelInfo {
         &self.info
+    }
+
+    fn kernels(&self) -> Vec<String> {
+        self.kernels.clone()
     }
 
     fn profile(&self, inputs: &[TensorView<'_>]) -> Result<Option<Vec<NodeTime>>> {

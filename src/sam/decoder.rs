@@ -18,7 +18,7 @@ use super::encoder::Embedding;
 use super::postprocess::Map;
 use super::transform::FrameGeometry;
 use crate::bundle::{DecoderForm, Manifest};
-use crate::engine::{Backend, Dim, Model, ModelSpec, Tensor, fixed};
+use crate::engine::{Backend, Dim, Model, ModelSpec, Precision, Tensor, fixed};
 
 /// A prompt point's label, as SAM encodes it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -182,7 +182,18 @@ impl Decoder {
 
     /// Loads the decoder, checking that its outputs match the manifest's `form`.
     pub fn load(backend: &dyn Backend, path: &Path, manifest: &Manifest) -> Result<Self> {
-        let model = backend.load(path, &Self::spec(manifest))?;
+        Self::load_in(backend, path, manifest, Precision::Fp32)
+    }
+
+    /// Loads the decoder to run at a precision (see [`super::Encoder::load_in`]).
+    pub fn load_in(
+        backend: &dyn Backend,
+        path: &Path,
+        manifest: &Manifest,
+        precision: Precision,
+    ) -> Result<Self> {
+        let spec = Self::spec(manifest).in_half(precision == Precision::F16);
+        let model = backend.load(path, &spec)?;
         let form = manifest.models.decoder.form;
         let has_masks = model.declared().outputs.iter().any(|o| o.name == "masks");
         match (form, has_masks) {

@@ -5,7 +5,7 @@ use std::path::Path;
 use anyhow::Result;
 
 use crate::bundle::Manifest;
-use crate::engine::{Backend, Model, ModelSpec, Tensor, fixed};
+use crate::engine::{Backend, Model, ModelSpec, Precision, Tensor, fixed};
 
 /// An image embedding `[1, C, H, W]` (`[1, 256, 64, 64]` for SAM).
 #[derive(Clone, Debug, PartialEq)]
@@ -36,8 +36,20 @@ impl Encoder {
 
     /// Loads and optimises the encoder.
     pub fn load(backend: &dyn Backend, path: &Path, manifest: &Manifest) -> Result<Self> {
+        Self::load_in(backend, path, manifest, Precision::Fp32)
+    }
+
+    /// Loads the encoder to run at a precision: `path` is already the variant's file for int8;
+    /// f16 asks the backend to convert the float file.
+    pub fn load_in(
+        backend: &dyn Backend,
+        path: &Path,
+        manifest: &Manifest,
+        precision: Precision,
+    ) -> Result<Self> {
+        let spec = Self::spec(manifest).in_half(precision == Precision::F16);
         Ok(Encoder {
-            model: backend.load(path, &Self::spec(manifest))?,
+            model: backend.load(path, &spec)?,
         })
     }
 

@@ -37,16 +37,21 @@ pub struct Sam {
 
 impl Sam {
     /// Loads and optimises the bundle's encoder and decoder.
+    ///
+    /// The bundle's precision chooses the files (int8 variants) or the arithmetic (f16); a
+    /// variant without a passing accuracy-gate record for this backend is refused.
     pub fn load(bundle: &Bundle, backend: &dyn Backend) -> Result<Self> {
         let m = &bundle.manifest;
+        bundle.check_gate(backend.name())?;
+        let p = bundle.precision;
         Ok(Sam {
             preprocess: PreprocessConfig {
                 frame: m.image.size,
                 pixel_mean: m.image.pixel_mean,
                 pixel_std: m.image.pixel_std,
             },
-            encoder: Encoder::load(backend, &bundle.encoder_path(), m)?,
-            decoder: Decoder::load(backend, &bundle.decoder_path(), m)?,
+            encoder: Encoder::load_in(backend, &bundle.encoder_path(), m, p)?,
+            decoder: Decoder::load_in(backend, &bundle.decoder_path(), m, p)?,
         })
     }
 

@@ -1,0 +1,224 @@
+//! `alignsam gate`: precision variants (and backends, and CPUs) against the fp32 reference, on
+//! real images, after the whole prompting loop. See [`crate::gate`].
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use serde::Serialize;
+
+use super::{backend_parser, precision_parser};
+use crate::bundle::{Bundle, MANIFEST_FILE, Manifest, OpenOptions};
+use crate::dataset::Dataset;
+use crate::engine::{BackendKind, EngineOptions, Precision};
+use crate::exit::{EXIT_OK, EXIT_PARTIAL};
+use crate::gate::{GATE_MIN_MASK_IOU, GateResult, Reference};
+
+/// Arguments of `alignsam gate`.
+#[derive(Debug, Args)]
+pub struct GateArgs {
+    /// Bundle directory (its fp32 files are the reference; its variants are the candidates).
+    #[arg(long)]
+    pub bundle: PathBuf,
+    /// Dataset folder (images/, masks/, splits/) whose images the gate runs on.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Split of the dataset.
+    #[arg(long, default_value = "eval")]
+    pub split: String,
+    /// Images: the split's first N.
+    #[arg(long, default_value_t = 8, value_parser = super::validate::count(1, 100_000))]
+    pub images: usize,
+    /// Precisions to check (fp32 checks a backend or a CPU against the reference).
+    #[arg(long, value_delimiter = ',', default_value = "int8,int8-qdq,f16", value_parser = precision_parser())]
+    pub precisions: Vec<Precision>,
+    /// Backends to check each precision on.
+    #[arg(long, value_delimiter = ',', default_value = "tract", value_parser = backend_parser())]
+    pub backends: Vec<BackendKind>,
+    /// Backend of the fp32 reference.
+    #[arg(long, default_value = "tract", value_parser = backend_parser())]
+    pub reference_backend: BackendKind,
+    /// Read the reference from this file (written by --save-reference, possibly on another
+    /// machine) instead of computing it.
+    #[arg(long, conflicts_with = "save_reference")]
+    pub reference: Option<PathBuf>,
+    /// Write the reference to this file.
+    #[arg(long)]
+    pub save_reference: Option<PathBuf>,
+    /// Write each result into the bundle's bundle.toml as a [[gate]] record (replacing one of the
+    /// same precision, backend and CPU architecture): the runtime uses a variant only with a
+    /// passing record.
+    #[arg(long)]
+    pub record: bool,
+    /// Threads per model run (0: all cores).
+    #[arg(long, default_value_t = 0, env = "ALIGNSAM_THREADS", value_parser = super::validate::count(0, 1024))]
+    pub threads: usize,
+    /// Skip verifying the bundle's checksums.
+    #[arg(long)]
+    pub no_verify: bool,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// One candidate's outcome.
+#[derive(Debug, Serialize)]
+struct Row {
+    precision: String,
+    backend: String,
+    /// The comparison, when the candidate could run.
+    result: Option<GateResult>,
+    /// Why it could not run (no variant file, an operator the engine lacks, ...).
+    error: Option<String>,
+}
+
+/// Runs `alignsam gate`.
+pub fn run(args: GateArgs) -> Result<ExitCode> {
+    let options = EngineOptions {
+        threads: args.threads,
+    };
+    let open = |precision| {
+        Bundle::open(
+            &args.bundle,
+            OpenOptions {
+                verify_checksums: !args.no_verify,
+                precision,
+                allow_ungated: true,
+            },
+        )
+    };
+    let fp32 = open(Precision::Fp32)?;
+    let data = Dataset::open(&args.data, &args.split)?;
+    let reference = match &args.reference {
+        Some(path) => {
+            let r = Reference::load(path)?;
+            r.check_fits(&fp32)
+                .with_context(|| format!("{}", path.display()))?;
+            r
+        }
+        None => {
+            let backend = args.reference_backend.create(&options)?;
+            Reference::compute(&fp32, backend.as_ref(), &data, args.images)?
+        }
+    };
+    if let Some(path) = &args.save_reference {
+        reference.save(path)?;
+        eprintln!("wrote the fp32 reference to {}", path.display());
+    }
+
+    let mut rows = vec![];
+    for kind in &args.backends {
+        let backend = match kind.create(&options) {
+            Ok(b) => b,
+            Err(e) => {
+                for p in &args.precisions {
+                    rows.push(Row::failed(*p, *kind, &e));
+                }
+                continue;
+            }
+        };
+        for &p in &args.precisions {
+            let outcome = open(p).and_then(|b| reference.compare(&b, backend.as_ref(), &data));
+            rows.push(match outcome {
+                Ok(result) => Row {
+                    precision: p.name().into(),
+                    backend: kind.name().into(),
+                    result: Some(result),
+                    error: None,
+                },
+                Err(e) => Row::failed(p, *kind, &e),
+            });
+        }
+    }
+
+    if args.record {
+        record(&fp32, &reference, &rows)?;
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        print_table(&reference, &rows);
+    }
+    let all_passed = rows
+        .iter()
+        .all(|r| r.result.as_ref().is_some_and(GateResult::passed));
+    Ok(ExitCode::from(if all_passed {
+        EXIT_OK
+    } else {
+        EXIT_PARTIAL
+    }))
+}
+
+impl Row {
+    fn failed(p: Precision, kind: BackendKind, e: &anyhow::Error) -> Row {
+        Row {
+            precision: p.name().into(),
+            backend: kind.name().into(),
+            result: None,
+            error: Some(format!("{e:#}")),
+        }
+    }
+}
+
+/// Writes the results into bundle.toml's [[gate]] records.
+fn record(bundle: &Bundle, reference: &Reference, rows: &[Row]) -> Result<()> {
+    let path = bundle.dir.join(MANIFEST_FILE);
+    let mut manifest = Manifest::read(&path)?;
+    // fp32 needs no record: it is the reference the runtime always accepts.
+    let variants = rows
+        .iter()
+        .filter_map(|r| r.result.as_ref())
+        .filter(|r| r.precision != Precision::Fp32.name());
+    for r in variants {
+        let new = r.record(reference);
+        manifest.gate.retain(|g| {
+            (&g.precision, &g.backend, &g.arch) != (&new.precision, &new.backend, &new.arch)
+        });
+        manifest.gate.push(new);
+    }
+    manifest.gate.sort_by(|a, b| {
+        (&a.precision, &a.backend, &a.arch).cmp(&(&b.precision, &b.backend, &b.arch))
+    });
+    std::fs::write(&path, manifest.to_toml()?)
+        .with_context(|| format!("{}: cannot write the gate records", path.display()))?;
+    eprintln!("recorded the results in {}", path.display());
+    Ok(())
+}
+
+fn print_table(reference: &Reference, rows: &[Row]) {
+    println!(
+        "alignsam gate: bundle {}, fp32 reference on {} ({}), {} images ({}), {} CPU; pass: mean mask IoU >= {GATE_MIN_MASK_IOU}",
+        reference.bundle,
+        reference.backend,
+        reference.arch,
+        reference.items.len(),
+        reference.images,
+        std::env::consts::ARCH
+    );
+    println!(
+        "  {:<9} {:<7} {:>10} {:>10} {:>9} {:>9}  verdict",
+        "precision", "backend", "emb. cos", "logit MAE", "mask IoU", "min IoU"
+    );
+    for row in rows {
+        match (&row.result, &row.error) {
+            (Some(r), _) => println!(
+                "  {:<9} {:<7} {:>10.5} {:>10.4} {:>9.4} {:>9.4}  {}  kernels: {}",
+                row.precision,
+                row.backend,
+                r.embedding_cosine,
+                r.logit_mae,
+                r.mask_iou,
+                r.min_mask_iou,
+                if r.passed() { "pass" } else { "REFUSED" },
+                r.kernels.join("; ")
+            ),
+            (None, e) => println!(
+                "  {:<9} {:<7} cannot run: {}",
+                row.precision,
+                row.backend,
+                e.as_deref().unwrap_or("")
+            ),
+        }
+    }
+}
