@@ -15,7 +15,7 @@ use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 use sha2::{Digest, Sha256};
 
 use crate::bundle::Manifest;
-use crate::engine::Tensor;
+use crate::engine::{Precision, Tensor};
 use crate::sam::{Embedding, FrameGeometry, Sam};
 
 /// A directory of cached embeddings for one encoder and preprocessing.
@@ -49,11 +49,18 @@ pub fn default_dir() -> PathBuf {
 }
 
 impl EmbeddingCache {
-    /// The cache for a bundle's encoder under `root`. The key covers the encoder's checksum and
-    /// everything in preprocessing that changes the embedding (frame size, pixel mean and std).
-    pub fn new(root: &Path, manifest: &Manifest) -> Result<Self> {
+    /// The cache for a bundle's encoder under `root`. The key covers the encoder's checksum (the
+    /// variant's, at another precision than fp32) and everything in preprocessing that changes
+    /// the embedding (frame size, pixel mean and std).
+    pub fn new(root: &Path, manifest: &Manifest, precision: Precision) -> Result<Self> {
         let mut h = Sha256::new();
         h.update(manifest.models.encoder.sha256.as_bytes());
+        if precision != Precision::Fp32 {
+            h.update(precision.name().as_bytes());
+            if let Some(v) = manifest.models.encoder.variants.get(precision.name()) {
+                h.update(v.sha256.as_bytes());
+            }
+        }
         h.update(manifest.image.size.to_le_bytes());
         for v in manifest
             .image
@@ -224,7 +231,12 @@ form = "low-res"
         let tmp = tempfile::tempdir().unwrap();
         let img = tmp.path().join("a.png");
         std::fs::write(&img, b"pixels").unwrap();
-        let cache = EmbeddingCache::new(&tmp.path().join("c"), &manifest(&"a".repeat(64))).unwrap();
+        let cache = EmbeddingCache::new(
+            &tmp.path().join("c"),
+            &manifest(&"a".repeat(64)),
+            Precision::Fp32,
+        )
+        .unwrap();
         assert!(cache.get(&img).unwrap().is_none());
         let values: Vec<f32> = (0..32).map(|v| v as f32 * 0.1 - 1.0).collect();
         let e = Embedding(Tensor::new(vec![1, 2, 4, 4], values.clone()).unwrap());
@@ -242,7 +254,12 @@ form = "low-res"
         std::fs::write(&copy, b"other").unwrap();
         assert!(cache.get(&copy).unwrap().is_none());
         // Another encoder: another directory, so a miss.
-        let other = EmbeddingCache::new(&tmp.path().join("c"), &manifest(&"b".repeat(64))).unwrap();
+        let other = EmbeddingCache::new(
+            &tmp.path().join("c"),
+            &manifest(&"b".repeat(64)),
+            Precision::Fp32,
+        )
+        .unwrap();
         assert_ne!(other.dir(), cache.dir());
         assert!(other.get(&img).unwrap().is_none());
     }
@@ -252,7 +269,12 @@ form = "low-res"
         let tmp = tempfile::tempdir().unwrap();
         let img = tmp.path().join("a.png");
         std::fs::write(&img, b"pixels").unwrap();
-        let cache = EmbeddingCache::new(&tmp.path().join("c"), &manifest(&"a".repeat(64))).unwrap();
+        let cache = EmbeddingCache::new(
+            &tmp.path().join("c"),
+            &manifest(&"a".repeat(64)),
+            Precision::Fp32,
+        )
+        .unwrap();
         let e = Embedding(Tensor::zeros(vec![1, 2, 4, 4]));
         cache
             .put(&img, &e, &FrameGeometry::new(3, 4, 1024))

@@ -53,7 +53,7 @@ pub struct Reference {
     pub bundle: String,
     /// The checksum of the fp32 encoder it came from (a reference only fits that model).
     pub encoder_sha256: String,
-    /// `DATASET:SPLIT:COUNT`.
+    /// `DATASET:SPLIT:COUNT images:STEPS steps`.
     pub images: String,
     /// Backend and CPU architecture it ran on.
     pub backend: String,
@@ -82,6 +82,8 @@ pub struct GateResult {
     pub images: usize,
     /// The matrix kernels the backend chose for the encoder and decoder on this CPU.
     pub kernels: Vec<String>,
+    /// Seconds spent encoding and replaying the loop, over every image (loading excluded).
+    pub seconds: f64,
 }
 
 impl GateResult {
@@ -90,8 +92,9 @@ impl GateResult {
         self.mask_iou >= GATE_MIN_MASK_IOU
     }
 
-    /// The record `alignsam gate --record` writes into bundle.toml.
-    pub fn record(&self, reference: &Reference) -> GateRecord {
+    /// The record `alignsam gate --record` writes into bundle.toml; `fp32_seconds` is the same
+    /// work's time in fp32 on the same backend in the same run, for the speed-up.
+    pub fn record(&self, reference: &Reference, fp32_seconds: Option<f64>) -> GateRecord {
         GateRecord {
             precision: self.precision.clone(),
             backend: self.backend.clone(),
@@ -101,6 +104,7 @@ impl GateResult {
             logit_mae: round(self.logit_mae, 5),
             mask_iou: round(self.mask_iou, 4),
             min_mask_iou: round(self.min_mask_iou, 4),
+            speedup: fp32_seconds.map(|f| round(f / self.seconds.max(1e-9), 3)),
         }
     }
 }
@@ -111,13 +115,15 @@ fn round(v: f64, digits: i32) -> f64 {
 }
 
 impl Reference {
-    /// Runs the agent's loop (greedy policy, the bundle's step limit, no early stop) in the
-    /// bundle's fp32 precision on the first `count` images of `data`.
+    /// Runs the agent's loop (greedy policy, `steps` steps, no early stop) in the bundle's fp32
+    /// precision on the first `count` images of `data`. The gate proper uses the bundle's step
+    /// limit; fewer steps make a quicker check (emulated CPUs).
     pub fn compute(
         bundle: &Bundle,
         backend: &dyn Backend,
         data: &Dataset,
         count: usize,
+        steps: usize,
     ) -> Result<Reference> {
         if bundle.precision != crate::engine::Precision::Fp32 {
             bail!(
@@ -126,7 +132,7 @@ impl Reference {
             );
         }
         let agent = Agent::load(bundle, backend)?;
-        let options = LoopOptions::fixed_steps(bundle.manifest.agent.max_steps);
+        let options = LoopOptions::fixed_steps(steps);
         let data = data.take(count);
         let mut items = vec![];
         for sample in data.items() {
@@ -149,7 +155,12 @@ impl Reference {
         Ok(Reference {
             bundle: bundle.manifest.name.clone(),
             encoder_sha256: bundle.manifest.models.encoder.sha256.clone(),
-            images: format!("{}:{}:{}", data.dir().display(), data.split(), items.len()),
+            images: format!(
+                "{}:{}:{} images:{steps} steps",
+                data.dir().display(),
+                data.split(),
+                items.len()
+            ),
             backend: backend.name().into(),
             arch: std::env::consts::ARCH.into(),
             items,
@@ -180,6 +191,7 @@ impl Reference {
         self.check_fits(bundle)?;
         let sam = Sam::load(bundle, backend)?;
         let (mut cosine, mut mae, mut iou, mut min_iou) = (0.0, 0.0, 0.0, f64::INFINITY);
+        let mut seconds = 0.0;
         for item in &self.items {
             let sample = data
                 .items()
@@ -190,9 +202,11 @@ impl Reference {
                 })?;
             let (image, _) = sample.load()?;
             let (input, geometry) = preprocess::preprocess(&image, &sam.preprocess)?;
+            let t = std::time::Instant::now();
             let embedding = sam.encoder.encode(&input)?;
-            cosine += cosine_similarity(embedding.0.data(), item.embedding.data());
             let low_res = replay(&sam, &embedding, &geometry, item)?;
+            seconds += t.elapsed().as_secs_f64();
+            cosine += cosine_similarity(embedding.0.data(), item.embedding.data());
             mae += mean_abs_diff(&low_res.data, &item.low_res.data);
             let mask = |m: &Map| postprocess::threshold(&postprocess::upscale_logits(m, &geometry));
             let i = binary_iou(mask(&low_res).into_iter().zip(mask(&item.low_res))) as f64;
@@ -209,6 +223,7 @@ impl Reference {
             min_mask_iou: if self.items.is_empty() { 0.0 } else { min_iou },
             images: self.items.len(),
             kernels: kernels_of(&sam),
+            seconds,
         })
     }
 

@@ -48,7 +48,8 @@ fn variants_with_a_passing_record_pass_the_gate_on_the_demo_images() {
         .create(&EngineOptions { threads: 2 })
         .unwrap();
     let fp32 = open(&small_sam(), Precision::Fp32, false).unwrap();
-    let reference = Reference::compute(&fp32, tract.as_ref(), &demo(), 3).unwrap();
+    let steps = fp32.manifest.agent.max_steps;
+    let reference = Reference::compute(&fp32, tract.as_ref(), &demo(), 3, steps).unwrap();
     assert_eq!(reference.items.len(), 3);
 
     // Replaying the loop's own prompts in fp32 on the same backend gives the loop's masks back:

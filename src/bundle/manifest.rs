@@ -141,7 +141,7 @@ pub struct GateRecord {
     pub backend: String,
     /// The CPU architecture it ran on (`x86_64`, `aarch64`).
     pub arch: String,
-    /// The images of the gate, as `DATASET:SPLIT:COUNT`.
+    /// The images of the gate and the loop's length, as `DATASET:SPLIT:COUNT images:STEPS steps`.
     pub images: String,
     /// Mean cosine similarity of the embeddings to the reference's.
     pub embedding_cosine: f64,
@@ -151,6 +151,11 @@ pub struct GateRecord {
     pub mask_iou: f64,
     /// The lowest IoU of one image.
     pub min_mask_iou: f64,
+    /// fp32 time / this precision's time for the same work (encoder and every decoder step of
+    /// the gate's images) on the same backend, measured in the same gate run. Emulated CPUs
+    /// (qemu) make this meaningless: record on the real board.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub speedup: Option<f64>,
 }
 
 /// An external data file of a model, and its checksum.

@@ -208,6 +208,22 @@ impl Bundle {
         Ok(self)
     }
 
+    /// The precision `--precision auto` runs on `backend`: the variant whose gate record, taken
+    /// on this CPU architecture, passed and measured the largest speed-up over fp32 (at least
+    /// 5%); fp32 when none did. A record from another architecture, or without a speed-up (an
+    /// emulated run), never makes a variant the default.
+    pub fn fastest_gated(&self, backend: &str) -> Precision {
+        self.manifest
+            .gate
+            .iter()
+            .filter(|g| g.backend == backend && g.arch == std::env::consts::ARCH)
+            .filter(|g| g.mask_iou >= GATE_MIN_MASK_IOU && g.speedup.is_some_and(|s| s >= 1.05))
+            .filter_map(|g| Some((g.precision.parse::<Precision>().ok()?, g.speedup?)))
+            .filter(|(p, _)| self.clone().with_precision(*p).is_ok())
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .map_or(Precision::Fp32, |(p, _)| p)
+    }
+
     /// The accuracy-gate records of the chosen precision on `backend`.
     pub fn gate_records(&self, backend: &str) -> Vec<&GateRecord> {
         self.manifest

@@ -29,7 +29,7 @@ pub struct BenchModelsArgs {
     pub bundle: PathBuf,
     /// Backends to compare (the first backend at the first precision is the reference for
     /// output agreement).
-    #[arg(long, value_delimiter = ',', default_value = "tract", value_parser = super::backend_parser())]
+    #[arg(long, value_delimiter = ',', default_values_t = [BackendKind::default()], value_parser = super::backend_parser())]
     pub backends: Vec<BackendKind>,
     /// Precisions to compare on every backend (variants need no passing gate record here; the
     /// table says whether each has one).

@@ -264,7 +264,7 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("{}: cannot create", args.out.display()))?;
     let cache_root = args.cache.clone().unwrap_or_else(default_dir);
-    let cache = EmbeddingCache::new(&cache_root, &bundle.manifest)?;
+    let cache = EmbeddingCache::new(&cache_root, &bundle.manifest, bundle.precision)?;
 
     let samples = dataset.items();
     let bar = progress(samples.len(), args.no_progress, "embeddings");

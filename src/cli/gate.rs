@@ -30,11 +30,15 @@ pub struct GateArgs {
     /// Images: the split's first N.
     #[arg(long, default_value_t = 8, value_parser = super::validate::count(1, 100_000))]
     pub images: usize,
+    /// Steps of the reference loop (default: the bundle's max_steps, the gate proper). Fewer make a
+    /// quicker check, e.g. on an emulated CPU; records say how many were run.
+    #[arg(long, conflicts_with = "reference", value_parser = super::validate::count(1, 10_000))]
+    pub steps: Option<usize>,
     /// Precisions to check (fp32 checks a backend or a CPU against the reference).
     #[arg(long, value_delimiter = ',', default_value = "int8,int8-qdq,f16", value_parser = precision_parser())]
     pub precisions: Vec<Precision>,
-    /// Backends to check each precision on.
-    #[arg(long, value_delimiter = ',', default_value = "tract", value_parser = backend_parser())]
+    /// Backends to check each precision on (default: the build's default backend).
+    #[arg(long, value_delimiter = ',', default_values_t = [BackendKind::default()], value_parser = backend_parser())]
     pub backends: Vec<BackendKind>,
     /// Backend of the fp32 reference.
     #[arg(long, default_value = "tract", value_parser = backend_parser())]
@@ -99,7 +103,8 @@ pub fn run(args: GateArgs) -> Result<ExitCode> {
         }
         None => {
             let backend = args.reference_backend.create(&options)?;
-            Reference::compute(&fp32, backend.as_ref(), &data, args.images)?
+            let steps = args.steps.unwrap_or(fp32.manifest.agent.max_steps);
+            Reference::compute(&fp32, backend.as_ref(), &data, args.images, steps)?
         }
     };
     if let Some(path) = &args.save_reference {
@@ -108,17 +113,22 @@ pub fn run(args: GateArgs) -> Result<ExitCode> {
     }
 
     let mut rows = vec![];
+    // fp32 runs on every backend as well: the baseline of the speed-ups the records keep.
+    let mut precisions = args.precisions.clone();
+    if args.record && !precisions.contains(&Precision::Fp32) {
+        precisions.insert(0, Precision::Fp32);
+    }
     for kind in &args.backends {
         let backend = match kind.create(&options) {
             Ok(b) => b,
             Err(e) => {
-                for p in &args.precisions {
+                for p in &precisions {
                     rows.push(Row::failed(*p, *kind, &e));
                 }
                 continue;
             }
         };
-        for &p in &args.precisions {
+        for &p in &precisions {
             let outcome = open(p).and_then(|b| reference.compare(&b, backend.as_ref(), &data));
             rows.push(match outcome {
                 Ok(result) => Row {
@@ -171,7 +181,12 @@ fn record(bundle: &Bundle, reference: &Reference, rows: &[Row]) -> Result<()> {
         .filter_map(|r| r.result.as_ref())
         .filter(|r| r.precision != Precision::Fp32.name());
     for r in variants {
-        let new = r.record(reference);
+        let fp32_seconds = rows
+            .iter()
+            .filter_map(|row| row.result.as_ref())
+            .find(|f| f.backend == r.backend && f.precision == Precision::Fp32.name())
+            .map(|f| f.seconds);
+        let new = r.record(reference, fp32_seconds);
         manifest.gate.retain(|g| {
             (&g.precision, &g.backend, &g.arch) != (&new.precision, &new.backend, &new.arch)
         });
@@ -197,19 +212,20 @@ fn print_table(reference: &Reference, rows: &[Row]) {
         std::env::consts::ARCH
     );
     println!(
-        "  {:<9} {:<7} {:>10} {:>10} {:>9} {:>9}  verdict",
-        "precision", "backend", "emb. cos", "logit MAE", "mask IoU", "min IoU"
+        "  {:<9} {:<7} {:>10} {:>10} {:>9} {:>9} {:>9}  verdict",
+        "precision", "backend", "emb. cos", "logit MAE", "mask IoU", "min IoU", "seconds"
     );
     for row in rows {
         match (&row.result, &row.error) {
             (Some(r), _) => println!(
-                "  {:<9} {:<7} {:>10.5} {:>10.4} {:>9.4} {:>9.4}  {}  kernels: {}",
+                "  {:<9} {:<7} {:>10.5} {:>10.4} {:>9.4} {:>9.4} {:>9.2}  {}  kernels: {}",
                 row.precision,
                 row.backend,
                 r.embedding_cosine,
                 r.logit_mae,
                 r.mask_iou,
                 r.min_mask_iou,
+                r.seconds,
                 if r.passed() { "pass" } else { "REFUSED" },
                 r.kernels.join("; ")
             ),

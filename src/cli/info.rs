@@ -134,5 +134,41 @@ pub fn run(args: InfoArgs) -> Result<ExitCode> {
             }
         );
     }
+    print_variants(&bundle);
     Ok(ExitCode::SUCCESS)
+}
+
+/// The precision variants, and what the accuracy gate measured of each.
+fn print_variants(bundle: &crate::bundle::Bundle) {
+    let m = &bundle.manifest;
+    let files = [
+        ("encoder", &m.models.encoder.variants),
+        ("decoder", &m.models.decoder.variants),
+    ];
+    if files.iter().all(|(_, v)| v.is_empty()) && m.gate.is_empty() {
+        return;
+    }
+    println!("  precision variants (--precision; f16 needs no file: tract converts fp32 at load)");
+    for (role, variants) in files {
+        for (name, v) in variants {
+            println!("    {name:<9} {role} {}", v.file);
+        }
+    }
+    for g in &m.gate {
+        println!(
+            "    gate {:<9} {:<6} {:<8} mask IoU {:.4} (min {:.4}), embedding cosine {:.5}: {} ({})",
+            g.precision,
+            g.backend,
+            g.arch,
+            g.mask_iou,
+            g.min_mask_iou,
+            g.embedding_cosine,
+            if g.mask_iou >= crate::bundle::GATE_MIN_MASK_IOU {
+                "pass"
+            } else {
+                "refused"
+            },
+            g.images
+        );
+    }
 }

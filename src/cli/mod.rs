@@ -71,7 +71,7 @@ impl Cli {
 #[derive(Debug, Clone, Args)]
 pub struct EngineArgs {
     /// Inference backend.
-    #[arg(long, default_value = "tract", env = "ALIGNSAM_BACKEND", value_parser = backend_parser())]
+    #[arg(long, default_value_t, env = "ALIGNSAM_BACKEND", value_parser = backend_parser())]
     pub backend: BackendKind,
     /// Threads per model run (0: all cores).
     #[arg(long, default_value_t = 0, env = "ALIGNSAM_THREADS", value_parser = validate::count(0, 1024))]
@@ -80,12 +80,34 @@ pub struct EngineArgs {
     #[arg(long)]
     pub no_verify: bool,
     /// Precision of the SAM encoder and decoder: fp32, int8 or int8-qdq (variant files named in
-    /// bundle.toml), f16 (tract converts the fp32 files at load).
-    #[arg(long, default_value = "fp32", env = "ALIGNSAM_PRECISION", value_parser = precision_parser())]
-    pub precision: Precision,
+    /// bundle.toml), f16 (tract converts the fp32 files at load), or auto: the fastest variant
+    /// that passed the accuracy gate on this backend and CPU architecture (fp32 when none did).
+    #[arg(long, default_value = "auto", env = "ALIGNSAM_PRECISION", value_parser = precision_choice_parser())]
+    pub precision: PrecisionChoice,
     /// Use a precision variant that has no passing accuracy-gate record (`alignsam gate`).
     #[arg(long)]
     pub allow_ungated: bool,
+}
+
+/// `--precision`: a fixed precision, or `auto`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PrecisionChoice {
+    /// The fastest variant that passed the gate here ([`Bundle::fastest_gated`]).
+    Auto,
+    /// This precision.
+    Fixed(Precision),
+}
+
+/// `auto` or a precision name.
+pub fn precision_choice_parser() -> impl clap::builder::TypedValueParser<Value = PrecisionChoice> {
+    use clap::builder::TypedValueParser;
+    let names: Vec<&'static str> = std::iter::once("auto")
+        .chain(Precision::ALL.iter().map(|p| p.name()))
+        .collect();
+    clap::builder::PossibleValuesParser::new(names).map(|s| match s.as_str() {
+        "auto" => PrecisionChoice::Auto,
+        name => PrecisionChoice::Fixed(name.parse().expect("a possible value")),
+    })
 }
 
 /// The precision names as clap's possible values, parsed into the library's [`Precision`].
@@ -113,16 +135,32 @@ impl EngineArgs {
         })
     }
 
-    /// Opens a bundle with these options.
+    /// Opens a bundle with these options, resolving `--precision auto` for this backend.
     pub fn open_bundle(&self, dir: &std::path::Path) -> Result<Bundle> {
-        Bundle::open(
+        let bundle = Bundle::open(
             dir,
             OpenOptions {
                 verify_checksums: !self.no_verify,
-                precision: self.precision,
+                precision: match self.precision {
+                    PrecisionChoice::Fixed(p) => p,
+                    PrecisionChoice::Auto => Precision::Fp32,
+                },
                 allow_ungated: self.allow_ungated,
             },
-        )
+        )?;
+        match self.precision {
+            PrecisionChoice::Fixed(_) => Ok(bundle),
+            PrecisionChoice::Auto => {
+                let p = bundle.fastest_gated(self.backend.name());
+                if p != Precision::Fp32 {
+                    log::info!(
+                        "precision auto: {p} (passed the accuracy gate on {} here, fastest)",
+                        self.backend
+                    );
+                }
+                bundle.with_precision(p)
+            }
+        }
     }
 }
 

@@ -11,6 +11,7 @@
 
 pub mod onnx_build;
 pub mod onnx_io;
+mod onnx_wire;
 pub mod precision;
 pub mod tensor;
 pub mod tract;
@@ -281,6 +282,19 @@ pub enum BackendKind {
     Ort,
     /// rten, pure Rust (needs the `rten` feature).
     Rten,
+}
+
+impl Default for BackendKind {
+    /// rten where the build has it, tract otherwise: rten ran the encoder 1.3-1.5x and the
+    /// decoder step 1.2-1.5x faster than tract on both measured models, with the same outputs
+    /// (README.md, "Engines and precisions", for the table and its command).
+    fn default() -> Self {
+        if cfg!(feature = "rten") {
+            BackendKind::Rten
+        } else {
+            BackendKind::Tract
+        }
+    }
 }
 
 impl BackendKind {

@@ -190,9 +190,11 @@ impl GraphBuilder {
         }
     }
 
-    /// Encodes the model and writes it to `path`.
+    /// Encodes the model (repeated numbers unpacked, as ONNX's proto2 schema has them: see
+    /// [`super::onnx_wire`]) and writes it to `path`.
     pub fn save(self, path: &Path, producer: &str) -> Result<()> {
-        let bytes = self.into_model(producer).encode_to_vec();
+        let bytes = super::onnx_wire::unpacked(&self.into_model(producer).encode_to_vec())
+            .with_context(|| format!("{}: re-encoding the model", path.display()))?;
         std::fs::write(path, bytes)
             .with_context(|| format!("{}: cannot write model", path.display()))
     }

@@ -220,7 +220,7 @@ pub struct TrainReport {
 /// Only fills the embedding cache for the job's images (and the held-out ones): the first stage
 /// of [`run`], for preparing a run ahead of time. Returns (computed, seconds).
 pub fn fill_only(job: &TrainJob, progress: &mut dyn FnMut(Progress)) -> Result<(usize, f64)> {
-    let cache = EmbeddingCache::new(&job.cache_root, &job.bundle.manifest)?;
+    let cache = EmbeddingCache::new(&job.cache_root, &job.bundle.manifest, job.bundle.precision)?;
     let t = Instant::now();
     let mut computed = 0;
     for (stage, d) in [
@@ -253,7 +253,7 @@ pub fn run(job: &TrainJob, progress: &mut dyn FnMut(Progress)) -> Result<TrainRe
     }
     let mut timing = Timing::default();
 
-    let cache = EmbeddingCache::new(&job.cache_root, manifest)?;
+    let cache = EmbeddingCache::new(&job.cache_root, manifest, job.bundle.precision)?;
     let t = Instant::now();
     progress(Progress::Start(Stage::Cache, job.dataset.len()));
     timing.cache_computed =
