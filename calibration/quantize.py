@@ -1,30 +1,25 @@
 #!/usr/bin/env python3
-"""Int8 quantisation of a bundle's encoder, calibrated on images preprocessed exactly as SAM does.
+"""Int8 variants of a bundle's encoder (and decoder), calibrated on images preprocessed as SAM does.
 
-Static (QDQ) quantisation needs calibration data: activation ranges measured on real inputs. This
-script feeds it images from a dataset folder (images/, splits/<split>.txt, as in ../shared/data),
-each resized, normalised and padded like `SamPredictor.set_image`, and writes:
+`--variants int8,int8-qdq` writes the variant files into the bundle and names them in its
+bundle.toml ([models.encoder.variants.int8], with sha256), where `alignsam --precision` finds them:
 
-* `--out FILE`: a QDQ int8 encoder (`onnxruntime.quantization.quantize_static`), for ONNX Runtime
-  and tract. Softmax nodes are kept in float by default: tract 0.23 folds
-  DequantizeLinear -> Softmax -> QuantizeLinear into a lookup table as if Softmax were
-  element-wise, which makes its outputs wrong (../shared/notes/tract-and-onnx.md). `--quantize-softmax`
-  turns that guard off, for runtimes without the bug.
-* `--trt-table DIR`: a TensorRT INT8 calibration table for the same encoder (ONNX Runtime's
-  calibrator), for the `ort` backend with the TensorRT execution provider on a Jetson.
+* `int8`: dynamic quantisation (weights int8, activations quantised at run time), MatMul and, with
+  `--dynamic-ops MatMul,Conv`, Conv; the Conv padding is first moved into a float Pad (rten 0.27's
+  ConvInteger pads wrongly when the input zero point is not 128).
+* `int8-qdq`: static QDQ, per-tensor activation ranges from the calibration images, per-channel
+  weights; Softmax and its neighbours kept float (tract 0.23.9 folds DequantizeLinear -> Softmax ->
+  QuantizeLinear into a wrong lookup table, and alignsam refuses such a file on tract).
 
-It then runs the float and the int8 encoder with ONNX Runtime on held-out images and prints how far
-apart they are (relative error, cosine similarity, sign agreement), so that a broken quantisation
-is seen here rather than as bad masks later.
+`--out FILE` writes one QDQ encoder anywhere, `--trt-table DIR` a TensorRT INT8 calibration table.
+Each int8 encoder is then compared with the float one in ONNX Runtime on held-out images (relative
+error, cosine, sign agreement). The runtime uses a variant only after `alignsam gate --record`
+measured it on the whole prompting loop (calibration/README.md).
 
     pip install -r models/requirements.txt
-    python calibration/quantize.py --bundle models/mobilesam-random \\
+    python calibration/quantize.py --bundle models/small-sam \\
         --data ../shared/data/saliency/SOD --split train --images 32 \\
-        --out out/encoder_int8.onnx
-
-Whether int8 is faster depends on the runtime and the CPU: on x86-64, tract's int8 kernels were
-slower than its fp32 ones on these models (see the notes); ARM is where they are meant to help.
-Measure on the board (`alignsam bench-models`) before switching a bundle to int8.
+        --variants int8,int8-qdq --dynamic-ops MatMul,Conv
 """
 
 from __future__ import annotations
@@ -228,8 +223,21 @@ def record_variants(bundle: Path, written: dict[tuple[str, str], Path]) -> None:
 
 
 def softmax_nodes(model_path: Path) -> list[str]:
+    """Softmax nodes and their direct neighbours (the MatMul before and after, in attention).
+
+    Excluding Softmax alone is not enough: its neighbours, quantised, still put a
+    DequantizeLinear before it and a QuantizeLinear after it, which is the pattern tract 0.23.9
+    folds into a wrong lookup table (and which alignsam refuses to run on tract)."""
     model = onnx.load(str(model_path), load_external_data=False)
-    return [n.name for n in model.graph.node if n.op_type == "Softmax"]
+    nodes = model.graph.node
+    names = set()
+    for n in nodes:
+        if n.op_type != "Softmax":
+            continue
+        names.add(n.name)
+        names.update(p.name for p in nodes if set(p.output) & set(n.input))
+        names.update(c.name for c in nodes if set(c.input) & set(n.output))
+    return sorted(names)
 
 
 def compare(fp32: Path, int8: Path, paths: list[Path], size: int, mean, std, threads: int) -> None:
@@ -318,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
             kept = quantize_qdq_int8(
                 encoder, dst, Images(calib, size, mean, std, input_name), args.quantize_softmax, not args.qdq_per_tensor_weights
             )
-            print(f"wrote {dst} (static QDQ int8, per-tensor activations, {'per-tensor' if args.qdq_per_tensor_weights else 'per-channel'} weights, {len(calib)} calibration images, {kept} Softmax nodes kept float)")
+            print(f"wrote {dst} (static QDQ int8, per-tensor activations, {'per-tensor' if args.qdq_per_tensor_weights else 'per-channel'} weights, {len(calib)} calibration images, {kept} Softmax nodes and neighbours kept float)")
             written[("encoder", "int8-qdq")] = dst
         for (role, _), dst in written.items():
             if role == "encoder" and held_out:

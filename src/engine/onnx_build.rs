@@ -190,8 +190,8 @@ impl GraphBuilder {
         }
     }
 
-    /// Encodes the model (repeated numbers unpacked, as ONNX's proto2 schema has them: see
-    /// [`super::onnx_wire`]) and writes it to `path`.
+    /// Encodes the model (repeated numbers unpacked, as ONNX's proto2 schema has them, which rten
+    /// requires; tract's generated types would pack them) and writes it to `path`.
     pub fn save(self, path: &Path, producer: &str) -> Result<()> {
         let bytes = super::onnx_wire::unpacked(&self.into_model(producer).encode_to_vec())
             .with_context(|| format!("{}: re-encoding the model", path.display()))?;
