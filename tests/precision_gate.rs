@@ -213,3 +213,41 @@ fn bench_compares_precisions_in_one_run() {
         "{stdout}"
     );
 }
+
+#[test]
+fn the_gate_command_exits_zero_when_every_candidate_passes_and_skips_f16_off_tract() {
+    let out = common::alignsam()
+        .args(["gate", "--bundle"])
+        .arg(small_sam())
+        .arg("--data")
+        .arg(common::root().join("demo"))
+        .args([
+            "--images",
+            "1",
+            "--steps",
+            "1",
+            "--precisions",
+            "int8,f16",
+            "--backends",
+            "rten",
+            "--threads",
+            "2",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if BackendKind::Rten.create(&EngineOptions::default()).is_err() {
+        assert_eq!(out.status.code(), Some(2), "{stdout}");
+        return;
+    }
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("not applicable: rten has no f16 path") && stdout.contains("pass"),
+        "{stdout}"
+    );
+}

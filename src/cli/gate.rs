@@ -15,7 +15,8 @@ use crate::engine::{BackendKind, EngineOptions, Precision};
 use crate::exit::{EXIT_OK, EXIT_PARTIAL};
 use crate::gate::{GATE_MIN_MASK_IOU, GateResult, Reference};
 
-/// Arguments of `alignsam gate`.
+/// Arguments of `alignsam gate`. Exit status 0 when every candidate passed (or does not apply:
+/// f16 off tract), 2 when one was refused or could not run.
 #[derive(Debug, Args)]
 pub struct GateArgs {
     /// Bundle directory (its fp32 files are the reference; its variants are the candidates).
@@ -129,6 +130,16 @@ pub fn run(args: GateArgs) -> Result<ExitCode> {
             }
         };
         for &p in &precisions {
+            if p == Precision::F16 && *kind != BackendKind::Tract {
+                // Not a failure: only tract has an f16 path (ModelSpec::half).
+                rows.push(Row {
+                    precision: p.name().into(),
+                    backend: kind.name().into(),
+                    result: None,
+                    error: Some(format!("not applicable: {kind} has no f16 path")),
+                });
+                continue;
+            }
             let outcome = open(p).and_then(|b| reference.compare(&b, backend.as_ref(), &data));
             rows.push(match outcome {
                 Ok(result) => Row {
@@ -150,9 +161,13 @@ pub fn run(args: GateArgs) -> Result<ExitCode> {
     } else {
         print_table(&reference, &rows);
     }
-    let all_passed = rows
-        .iter()
-        .all(|r| r.result.as_ref().is_some_and(GateResult::passed));
+    let all_passed = rows.iter().all(|r| match &r.result {
+        Some(result) => result.passed(),
+        None => r
+            .error
+            .as_deref()
+            .is_some_and(|e| e.starts_with("not applicable")),
+    });
     Ok(ExitCode::from(if all_passed {
         EXIT_OK
     } else {
@@ -229,6 +244,9 @@ fn print_table(reference: &Reference, rows: &[Row]) {
                 if r.passed() { "pass" } else { "REFUSED" },
                 r.kernels.join("; ")
             ),
+            (None, Some(e)) if e.starts_with("not applicable") => {
+                println!("  {:<9} {:<7} {e}", row.precision, row.backend)
+            }
             (None, e) => println!(
                 "  {:<9} {:<7} cannot run: {}",
                 row.precision,
