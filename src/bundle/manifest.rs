@@ -158,6 +158,14 @@ pub struct GateRecord {
     pub speedup: Option<f64>,
 }
 
+impl GateRecord {
+    /// Whether the record lets the runtime use the variant (mean mask IoU at least
+    /// [`crate::bundle::GATE_MIN_MASK_IOU`]).
+    pub fn passed(&self) -> bool {
+        self.mask_iou >= crate::bundle::GATE_MIN_MASK_IOU
+    }
+}
+
 /// An external data file of a model, and its checksum.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

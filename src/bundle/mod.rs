@@ -217,7 +217,7 @@ impl Bundle {
             .gate
             .iter()
             .filter(|g| g.backend == backend && g.arch == std::env::consts::ARCH)
-            .filter(|g| g.mask_iou >= GATE_MIN_MASK_IOU && g.speedup.is_some_and(|s| s >= 1.05))
+            .filter(|g| g.passed() && g.speedup.is_some_and(|s| s >= 1.05))
             .filter_map(|g| Some((g.precision.parse::<Precision>().ok()?, g.speedup?)))
             .filter(|(p, _)| self.clone().with_precision(*p).is_ok())
             .max_by(|a, b| a.1.total_cmp(&b.1))
@@ -249,7 +249,7 @@ impl Bundle {
                 self.dir.display()
             );
         }
-        if let Some(bad) = records.iter().find(|g| g.mask_iou < GATE_MIN_MASK_IOU) {
+        if let Some(bad) = records.iter().find(|g| !g.passed()) {
             bail!(
                 "{}: precision {p} on {backend} failed the accuracy gate: mean mask IoU {:.3} against fp32 (minimum {GATE_MIN_MASK_IOU}; {} on {}, embedding cosine {:.4}); pass --allow-ungated to use it anyway",
                 manifest.display(),

@@ -13,8 +13,8 @@ use serde::Serialize;
 use super::EngineArgs;
 use super::bench::synthetic_frame;
 use crate::bench::Stats;
+use crate::bundle::Bundle;
 use crate::bundle::DecoderForm;
-use crate::bundle::{Bundle, GATE_MIN_MASK_IOU};
 use crate::engine::{Backend, BackendKind, EngineOptions, Model, ModelSpec, Precision, Tensor};
 use crate::sam::{
     Decoder, Encoder, FullResDecoder, PointLabel, PromptPoint, decoder::PromptInputs, preprocess,
@@ -122,8 +122,8 @@ impl Candidate {
 
     fn load(&self, which: Which, spec: &ModelSpec) -> Result<Box<dyn Model>> {
         let path = self.path(which);
-        let half = self.bundle.precision == Precision::F16;
-        self.backend.load(&path, &spec.clone().in_half(half))
+        self.backend
+            .load(&path, &spec.clone().at_precision(self.bundle.precision))
     }
 }
 
@@ -141,7 +141,7 @@ fn gate_status(bundle: &Bundle, backend: &str) -> String {
     let records = bundle.gate_records(backend);
     if records.is_empty() {
         "none".into()
-    } else if records.iter().all(|g| g.mask_iou >= GATE_MIN_MASK_IOU) {
+    } else if records.iter().all(|g| g.passed()) {
         "pass".into()
     } else {
         "refused".into()

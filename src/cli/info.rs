@@ -163,11 +163,7 @@ fn print_variants(bundle: &crate::bundle::Bundle) {
             g.mask_iou,
             g.min_mask_iou,
             g.embedding_cosine,
-            if g.mask_iou >= crate::bundle::GATE_MIN_MASK_IOU {
-                "pass"
-            } else {
-                "refused"
-            },
+            if g.passed() { "pass" } else { "refused" },
             g.images
         );
     }

@@ -156,9 +156,10 @@ impl ModelSpec {
         self
     }
 
-    /// Asks for float16 arithmetic (see [`ModelSpec::half`]).
-    pub fn in_half(mut self, half: bool) -> Self {
-        self.half = half;
+    /// The spec for running at `precision`: f16 asks for float16 arithmetic (see
+    /// [`ModelSpec::half`]); the int8 precisions are other files, not another way of running.
+    pub fn at_precision(mut self, precision: Precision) -> Self {
+        self.half = precision == Precision::F16;
         self
     }
 

@@ -80,50 +80,59 @@ impl GraphBuilder {
         self.graph.output.push(value_info(name, shape));
     }
 
-    /// Adds a float initialiser (weights) and returns its name.
-    pub fn constant(&mut self, name: &str, shape: &[usize], data: &[f32]) -> String {
+    /// Adds an initialiser of `len` elements from their little-endian bytes; returns its name.
+    fn initializer(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+        len: usize,
+        data_type: pb::tensor_proto::DataType,
+        raw_data: Vec<u8>,
+    ) -> String {
         assert_eq!(
             shape.iter().product::<usize>(),
-            data.len(),
+            len,
             "initialiser {name}: shape and data disagree"
         );
         self.graph.initializer.push(pb::TensorProto {
             name: name.into(),
             dims: shape.iter().map(|&d| d as i64).collect(),
-            data_type: pb::tensor_proto::DataType::Float as i32,
-            raw_data: data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            data_type: data_type as i32,
+            raw_data,
             ..Default::default()
         });
         name.into()
+    }
+
+    /// Adds a float initialiser (weights) and returns its name.
+    pub fn constant(&mut self, name: &str, shape: &[usize], data: &[f32]) -> String {
+        let raw = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.initializer(
+            name,
+            shape,
+            data.len(),
+            pb::tensor_proto::DataType::Float,
+            raw,
+        )
     }
 
     /// Adds an int64 initialiser (shapes for Reshape, axes) and returns its name.
     pub fn constant_i64(&mut self, name: &str, data: &[i64]) -> String {
-        self.graph.initializer.push(pb::TensorProto {
-            name: name.into(),
-            dims: vec![data.len() as i64],
-            data_type: pb::tensor_proto::DataType::Int64 as i32,
-            raw_data: data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            ..Default::default()
-        });
-        name.into()
+        let raw = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let n = data.len();
+        self.initializer(name, &[n], n, pb::tensor_proto::DataType::Int64, raw)
     }
 
     /// Adds a uint8 initialiser (a quantisation zero point) and returns its name.
     pub fn constant_u8(&mut self, name: &str, shape: &[usize], data: &[u8]) -> String {
-        assert_eq!(
-            shape.iter().product::<usize>(),
-            data.len(),
-            "initialiser {name}: shape and data disagree"
-        );
-        self.graph.initializer.push(pb::TensorProto {
-            name: name.into(),
-            dims: shape.iter().map(|&d| d as i64).collect(),
-            data_type: pb::tensor_proto::DataType::Uint8 as i32,
-            raw_data: data.to_vec(),
-            ..Default::default()
-        });
-        name.into()
+        let n = data.len();
+        self.initializer(
+            name,
+            shape,
+            n,
+            pb::tensor_proto::DataType::Uint8,
+            data.to_vec(),
+        )
     }
 
     /// Adds a node with explicit output names.

@@ -192,7 +192,7 @@ impl Decoder {
         manifest: &Manifest,
         precision: Precision,
     ) -> Result<Self> {
-        let spec = Self::spec(manifest).in_half(precision == Precision::F16);
+        let spec = Self::spec(manifest).at_precision(precision);
         let model = backend.load(path, &spec)?;
         let form = manifest.models.decoder.form;
         let has_masks = model.declared().outputs.iter().any(|o| o.name == "masks");

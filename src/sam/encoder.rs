@@ -47,7 +47,7 @@ impl Encoder {
         manifest: &Manifest,
         precision: Precision,
     ) -> Result<Self> {
-        let spec = Self::spec(manifest).in_half(precision == Precision::F16);
+        let spec = Self::spec(manifest).at_precision(precision);
         Ok(Encoder {
             model: backend.load(path, &spec)?,
         })
