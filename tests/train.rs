@@ -13,7 +13,7 @@ use alignsam::agent::{Agent, LoopOptions};
 use alignsam::bundle::{Bundle, OpenOptions};
 use alignsam::dataset::Dataset;
 use alignsam::engine::{BackendKind, EngineOptions, Tensor};
-use alignsam::train::nets::{Arch, InputNorm, PolicyNet, SrmNet};
+use alignsam::train::nets::{Actor, ActorKind, Arch, InputNorm, PolicyNet, SrmNet};
 use alignsam::train::{self, TrainConfig, TrainJob, export};
 use candle_core::{DType, Device};
 use image::{GrayImage, Luma, Rgb, RgbImage};
@@ -48,8 +48,15 @@ fn scale(params: Vec<&alignsam::train::nets::Param>, factor: f64) {
 fn exported_networks_match_candle_within_1e_4() {
     let tmp = tempfile::tempdir().unwrap();
     let mut rng = StdRng::seed_from_u64(11);
-    for (c, grid) in [(32, 10), (256, 8)] {
-        let arch = Arch::new(c, 64, grid);
+    for (c, grid, actor) in [
+        (32, 10, ActorKind::Dense),
+        (256, 8, ActorKind::Dense),
+        (64, 10, ActorKind::Conv),
+    ] {
+        let arch = Arch {
+            actor,
+            ..Arch::new(c, 64, grid)
+        };
         // A non-trivial standardisation: offsets and scales per channel.
         let norm = |rng: &mut StdRng| InputNorm {
             mean: (0..c).map(|_| rng.random_range(-0.2f32..0.2)).collect(),
@@ -58,7 +65,11 @@ fn exported_networks_match_candle_within_1e_4() {
         let policy = PolicyNet::new(arch, norm(&mut rng), 1).unwrap();
         let srm = SrmNet::new(arch, norm(&mut rng), 2).unwrap();
         // Larger heads and a non-zero position bias than at initialisation.
-        scale(vec![&policy.logits.weight, &policy.value.weight], 1000.0);
+        let logits_weight = match &policy.actor {
+            Actor::Dense { logits, .. } => &logits.weight,
+            Actor::Conv(a) => &a.head.weight,
+        };
+        scale(vec![logits_weight, &policy.value.weight], 1000.0);
         scale(vec![&srm.conv3.weight], 10.0);
         let s = arch.srm_side();
         let bias: Vec<f32> = (0..s * s).map(|i| (i as f32 * 0.37).sin()).collect();
@@ -68,14 +79,14 @@ fn exported_networks_match_candle_within_1e_4() {
             .unwrap();
 
         let (pp, sp) = (
-            tmp.path().join(format!("policy{c}.onnx")),
-            tmp.path().join(format!("srm{c}.onnx")),
+            tmp.path().join(format!("policy{c}{actor:?}.onnx")),
+            tmp.path().join(format!("srm{c}{actor:?}.onnx")),
         );
         export::save_policy(&policy, &pp).unwrap();
         export::save_srm(&srm, &sp).unwrap();
         let states: Vec<Tensor> = (0..3).map(|_| random_state(c, &mut rng)).collect();
         let check = export::compare(backend().as_ref(), &policy, &srm, &pp, &sp, &states).unwrap();
-        assert!(check.max() <= TOLERANCE, "C = {c}: {check:?}");
+        assert!(check.max() <= TOLERANCE, "C = {c}, {actor:?}: {check:?}");
 
         // The outputs are not trivially small (the comparison would then prove little).
         let x = alignsam::train::nets::to_candle(&states[0]).unwrap();

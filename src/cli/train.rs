@@ -10,6 +10,7 @@ use indicatif::ProgressBar;
 
 use super::EngineArgs;
 use crate::dataset::Dataset;
+use crate::train::nets::ActorKind;
 use crate::train::{
     self, Progress, Stage, TrainConfig, TrainJob, episode_log::tail_mean, ppo::PpoConfig,
 };
@@ -101,6 +102,10 @@ pub struct TrainArgs {
     /// Hidden units of the policy's and the critic's fully connected layer.
     #[arg(long, default_value_t = 64, value_parser = super::validate::count(1, 1_048_576))]
     pub hidden: usize,
+    /// The actor: `dense` (a fully connected layer over the pooled state) or `conv`
+    /// (convolutions shared by every cell, then a small map from cells to patches).
+    #[arg(long, default_value = "dense")]
+    pub actor: ActorKind,
     /// After training, measure hit rates and SRM IoU on this split through the exported bundle,
     /// beside random-patch, centre-patch and constant-map baselines.
     #[arg(long)]
@@ -144,6 +149,7 @@ fn config(args: &TrainArgs, episodes: usize, bundle_steps: usize) -> TrainConfig
     config.srm_pool = args.srm_pool;
     config.width = args.width;
     config.hidden = args.hidden;
+    config.actor = args.actor;
     config
 }
 

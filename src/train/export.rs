@@ -9,7 +9,9 @@ use std::path::Path;
 
 use anyhow::Result;
 
-use super::nets::{Conv, InputNorm, Linear, Param, Pointwise, PolicyNet, SrmNet, Trunk};
+use super::nets::{
+    Actor, Conv, ConvActor, InputNorm, Linear, Param, Pointwise, PolicyNet, SrmNet, Trunk,
+};
 use crate::engine::onnx_build::{Attr, GraphBuilder};
 
 /// The producer name written into the files.
@@ -93,14 +95,30 @@ fn trunk(g: &mut GraphBuilder, x: &str, t: &Trunk) -> Result<String> {
     Ok(g.op("Relu", &[&x], &[]))
 }
 
+/// Conv1x1, Relu, Conv3x3, Relu, Conv1x1 (one score per cell), Flatten, Gemm.
+fn conv_actor(g: &mut GraphBuilder, x: &str, a: &ConvActor) -> Result<String> {
+    let x = pointwise(g, x, &a.conv1)?;
+    let x = g.op("Relu", &[&x], &[]);
+    let x = conv(g, &x, &a.conv2)?;
+    let x = g.op("Relu", &[&x], &[]);
+    let x = conv(g, &x, &a.conv3)?;
+    let x = g.op("Flatten", &[&x], &[("axis", Attr::Int(1))]);
+    gemm(g, &x, &a.head)
+}
+
 /// The policy's graph.
 pub fn policy_graph(net: &PolicyNet) -> Result<GraphBuilder> {
     let a = &net.arch;
     let mut g = GraphBuilder::new("alignsam_policy");
     let state = g.input("state", &[1, a.channels, a.side, a.side]);
     let x = front(&mut g, &state, a.policy_pool, &net.norm, "policy");
-    let actor = trunk(&mut g, &x, &net.actor)?;
-    let logits = gemm(&mut g, &actor, &net.logits)?;
+    let logits = match &net.actor {
+        Actor::Dense { trunk: t, logits } => {
+            let h = trunk(&mut g, &x, t)?;
+            gemm(&mut g, &h, logits)?
+        }
+        Actor::Conv(a) => conv_actor(&mut g, &x, a)?,
+    };
     let critic = trunk(&mut g, &x, &net.critic)?;
     let value = gemm(&mut g, &critic, &net.value)?;
     g.output(&logits, "logits", &[1, a.grid * a.grid]);

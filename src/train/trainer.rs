@@ -30,7 +30,7 @@ use rand::{RngExt, SeedableRng};
 
 use super::data::{TrainImage, random_start_points};
 use super::episode_log::EpisodeRecord;
-use super::nets::{Arch, InputNorm, PolicyNet, Prepared, SrmNet, to_candle, values};
+use super::nets::{ActorKind, Arch, InputNorm, PolicyNet, Prepared, SrmNet, to_candle, values};
 use super::ppo::{self, Batch, PpoConfig};
 use super::srm_loss::{dice_bce, target_tensors};
 use crate::agent::ground_truth::{self, map_iou};
@@ -70,6 +70,8 @@ pub struct TrainConfig {
     pub width: usize,
     /// The policy's hidden units.
     pub hidden: usize,
+    /// The actor's shape.
+    pub actor: ActorKind,
 }
 
 impl TrainConfig {
@@ -99,6 +101,7 @@ impl TrainConfig {
             srm_pool: 4,
             width: 16,
             hidden: 64,
+            actor: ActorKind::Dense,
         }
     }
 
@@ -116,6 +119,7 @@ impl TrainConfig {
             srm_pool: self.srm_pool,
             width: self.width,
             hidden: self.hidden,
+            actor: self.actor,
         };
         arch.validate()?;
         Ok(arch)
