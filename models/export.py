@@ -217,6 +217,11 @@ def torch_to_onnx(
             )
         model = onnx.load(str(raw))  # also loads external data, if the exporter wrote any
     strip_value_info(model)
+    if _initializer_bytes(model) <= EXTERNAL_DATA_THRESHOLD:  # shape inference serialises the model
+        n = channel_means_as_conv(model)
+        if n:
+            print(f"  {n} channel means (LayerNorm2d) written as 1x1 convolutions")
+        strip_value_info(model)
     for out in model.graph.output:
         if static_outputs and out.name in static_outputs:
             set_dims(out, static_outputs[out.name])
@@ -422,6 +427,49 @@ def validate_decoder(
 
 
 # --------------------------------------------------------------------------------------------------
+# Graph surgery: channel means as 1x1 convolutions
+
+
+def channel_means_as_conv(model: onnx.ModelProto) -> int:
+    """Rewrites every `ReduceMean(x, axes=[1], keepdims=1)` over a 4-D `x` with a known channel
+    count C as `Conv(x, W)`, W `[1, C, 1, 1]` filled with 1/C. Returns how many it rewrote.
+
+    SAM's LayerNorm2d (the decoder's mask downscaling and output upscaling) exports as two such
+    means over the channel axis of 128x128 and 256x256 maps. rten 0.27 reduces over a non-last
+    axis with a strided loop (15-18% of its MobileSAM decoder time) and fuses only last-axis
+    LayerNormalization; a 1x1 convolution is one matrix product in every engine. The result is
+    the same mean, summed in another order (differences of a few float32 ulps).
+    """
+    inferred = onnx.shape_inference.infer_shapes(model)
+    shapes = {}
+    for v in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
+        dims = v.type.tensor_type.shape.dim
+        shapes[v.name] = [d.dim_value if d.HasField("dim_value") else 0 for d in dims]
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    g = model.graph
+    rewritten = 0
+    for i, node in enumerate(list(g.node)):
+        if node.op_type != "ReduceMean" or node.domain not in ("", "ai.onnx"):
+            continue
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        axes = attrs.get("axes")
+        if axes is None and opset >= 18 and len(node.input) > 1:
+            axes = next((list(onnx.numpy_helper.to_array(t)) for t in g.initializer if t.name == node.input[1]), None)
+        shape = shapes.get(node.input[0], [])
+        if list(axes or []) not in ([1], [-3]) or attrs.get("keepdims", 1) != 1 or len(shape) != 4 or not shape[1]:
+            continue
+        c = shape[1]
+        w_name = f"{node.name or node.output[0]}/channel_mean_weight"
+        g.initializer.append(onnx.numpy_helper.from_array(np.full((1, c, 1, 1), 1.0 / c, dtype=np.float32), w_name))
+        conv = onnx.helper.make_node("Conv", [node.input[0], w_name], list(node.output), name=node.name,
+                                     kernel_shape=[1, 1])
+        g.node.remove(node)
+        g.node.insert(i, conv)
+        rewritten += 1
+    return rewritten
+
+
+# --------------------------------------------------------------------------------------------------
 # Graph surgery: standard -> low-res
 
 
@@ -480,6 +528,36 @@ def derive_lowres_model(model: onnx.ModelProto) -> onnx.ModelProto:
             elif out.name == "low_res_masks":
                 set_dims(out, (1, 1, 4 * dims[2], 4 * dims[3]))
     return model
+
+
+def rewrite_channel_means(src: str | os.PathLike, dst: str | os.PathLike, seed: int = 0, threads: int = 1) -> None:
+    """Writes `src` with its channel means as 1x1 convolutions (`channel_means_as_conv`) and checks
+    the outputs against the original's with ONNX Runtime on random inputs (dynamic dimensions: 5)."""
+    src, dst = Path(src), Path(dst)
+    model = onnx.load(str(src))
+    n = channel_means_as_conv(model)
+    print(f"channel-means: {src} -> {dst}: {n} ReduceMean over channels rewritten as Conv")
+    save_onnx(model, dst)
+    inputs, _ = io_shapes(src)
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for name, dims in inputs.items():
+        shape = [d if isinstance(d, int) and d > 0 else 5 for d in dims]
+        if name == "orig_im_size":
+            feeds[name] = np.array([700.0, 1100.0], dtype=np.float32)
+        elif name == "point_labels":
+            feeds[name] = rng.integers(-1, 4, shape).astype(np.float32)
+        elif name == "point_coords":
+            feeds[name] = rng.integers(0, 1024, shape).astype(np.float32)
+        elif name == "has_mask_input":
+            feeds[name] = np.ones(shape, dtype=np.float32)
+        else:
+            feeds[name] = rng.standard_normal(shape, dtype=np.float32)
+    ref = ort_session(src, threads).run(None, feeds)
+    got = ort_session(dst, threads).run(None, feeds)
+    names = [o.name for o in ort_session(dst, threads).get_outputs()]
+    for name, r, g in zip(names, ref, got):
+        compare(f"channel-means {name}", r, g, 1e-5)
 
 
 def derive_lowres(src: str | os.PathLike, dst: str | os.PathLike, seed: int = 0, threads: int = 1) -> None:
@@ -898,6 +976,10 @@ def _cmd_derive_lowres(args: argparse.Namespace) -> None:
     derive_lowres(args.decoder, args.out, threads=args.threads)
 
 
+def _cmd_channel_means(args: argparse.Namespace) -> None:
+    rewrite_channel_means(args.model, args.out, threads=args.threads)
+
+
 def _cmd_bundle(args: argparse.Namespace) -> None:
     write_bundle(args.dir, name=args.name, description=args.description, grid=args.grid, max_steps=args.max_steps)
 
@@ -944,6 +1026,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--decoder", required=True, help="standard-form decoder .onnx")
     p.add_argument("--out", required=True, help="low-res decoder .onnx to write")
     p.set_defaults(func=_cmd_derive_lowres)
+
+    p = sub.add_parser(
+        "channel-means",
+        help="rewrite an earlier export's LayerNorm2d channel means as 1x1 convolutions (what `export` now writes: "
+        "the MobileSAM decoder step 15%% faster on rten, unchanged on tract and ONNX Runtime)",
+    )
+    p.add_argument("--model", required=True, help=".onnx to read (an earlier export, any SAM part)")
+    p.add_argument("--out", required=True, help=".onnx to write")
+    p.set_defaults(func=_cmd_channel_means)
 
     p = sub.add_parser("bundle", help="(re)write DIR/bundle.toml from the .onnx files in DIR")
     p.add_argument("--dir", required=True)
