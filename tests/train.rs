@@ -181,6 +181,32 @@ fn train_tiny(
     train::run(&job, &mut |_| {}).unwrap()
 }
 
+/// The training options that change what an episode sees (`--srm-start`: inference's start
+/// points; `--actor conv`) are as repeatable as the default, and do change the run.
+#[test]
+fn srm_start_and_conv_actor_runs_repeat_and_differ_from_the_default() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("DS");
+    synthetic_dataset(&data, 3);
+    let cache = tmp.path().join("cache");
+    let log = |name: &str, config: TrainConfig| {
+        let out = tmp.path().join(name);
+        train_tiny(&data, &cache, &out, config, None);
+        std::fs::read_to_string(out.join("train_log.csv")).unwrap()
+    };
+    let default = log("default", short_config(5));
+    let mut srm_start = short_config(5);
+    srm_start.srm_start = true;
+    let mut conv = short_config(5);
+    conv.actor = ActorKind::Conv;
+    for (name, config) in [("srm-start", srm_start), ("conv", conv)] {
+        let a = log(&format!("{name}-a"), config.clone());
+        let b = log(&format!("{name}-b"), config);
+        assert_eq!(a, b, "{name}: same seed, different logs");
+        assert_ne!(a, default, "{name}: the option changed nothing");
+    }
+}
+
 #[test]
 fn same_seed_same_curves_and_the_bundle_segments() {
     let tmp = tempfile::tempdir().unwrap();

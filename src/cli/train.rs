@@ -49,6 +49,10 @@ pub struct TrainArgs {
     /// Embedding cache directory (default: $XDG_CACHE_HOME/alignsam/embeddings).
     #[arg(long)]
     pub cache: Option<PathBuf>,
+    /// Start each episode as inference does, from the SRM's most and least probable cells,
+    /// instead of random ground-truth points on and off the object (the paper).
+    #[arg(long)]
+    pub srm_start: bool,
     /// The policy's Adam learning rate.
     #[arg(long, default_value_t = 1e-4, value_parser = super::validate::positive(0.0, 1.0).f64())]
     pub lr: f64,
@@ -130,6 +134,7 @@ fn config(args: &TrainArgs, episodes: usize, bundle_steps: usize) -> TrainConfig
     let mut config = TrainConfig::new(args.seed, episodes);
     config.steps = args.steps.unwrap_or(bundle_steps);
     config.teacher_labels = args.teacher_labels;
+    config.srm_start = args.srm_start;
     config.lr = args.lr;
     config.srm_lr = args.srm_lr;
     config.srm_updates = args.srm_updates;

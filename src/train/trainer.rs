@@ -1,7 +1,8 @@
 //! The environment and the training loop, one episode at a time.
 //!
 //! Per episode (the paper's setting): one image; a random ground-truth point on the object (+)
-//! and one on the background (-) are decoded first; then for `t = 1..=T`:
+//! and one on the background (-) are decoded first (with `srm_start`, the SRM's most and least
+//! probable cells on `s_0`, as inference starts); then for `t = 1..=T`:
 //!
 //! ```text
 //! s_t = E * M_{t-1}               (crate::agent::state, as inference builds it)
@@ -34,6 +35,7 @@ use super::nets::{ActorKind, Arch, InputNorm, PolicyNet, Prepared, SrmNet, to_ca
 use super::ppo::{self, Batch, PpoConfig};
 use super::srm_loss::{dice_bce, target_tensors};
 use crate::agent::ground_truth::{self, map_iou};
+use crate::agent::srm::start_points;
 use crate::agent::state::{mask_probability, state};
 use crate::agent::{FrameMap, PatchGrid};
 use crate::cache::EmbeddingCache;
@@ -50,6 +52,9 @@ pub struct TrainConfig {
     pub steps: usize,
     /// Label the policy's points with the ground truth instead of the SRM.
     pub teacher_labels: bool,
+    /// Start each episode as inference does (the SRM's most and least probable cells on `s_0`)
+    /// instead of the paper's random ground-truth points.
+    pub srm_start: bool,
     /// The policy's Adam learning rate.
     pub lr: f64,
     /// The SRM's Adam learning rate.
@@ -82,6 +87,7 @@ impl TrainConfig {
             episodes,
             steps: 15,
             teacher_labels: false,
+            srm_start: false,
             lr: 1e-4,
             srm_lr: 1e-4,
             srm_updates: 1,
@@ -344,9 +350,23 @@ impl<'a> Trainer<'a> {
             size: self.srm.arch.srm_side(),
         };
 
-        // Start: one random point on the object and one on the background.
+        // The SRM on s_0 = E (one of its training states; also the source of the start points
+        // with `srm_start`).
+        let (_, s0) = self.states(&embedding, None)?;
+        let first = self.srm_step(&s0, idx)?;
+        let (mut srm_loss, mut srm_iou) = (first.loss as f64, first.iou as f64);
+
+        // Start: one random point on the object and one on the background (the paper), or the
+        // SRM's most and least probable cells (what inference starts from).
         let mut points = vec![];
-        let (pos, neg) = random_start_points(&img.gt, &mut self.rng);
+        let (pos, neg) = if self.config.srm_start {
+            match start_points(&first.prob, srm_map, &geometry) {
+                Some((p, n)) => (Some((p.x, p.y)), Some((n.x, n.y))),
+                None => (None, None),
+            }
+        } else {
+            random_start_points(&img.gt, &mut self.rng)
+        };
         if let Some((x, y)) = pos {
             points.push(PromptPoint {
                 x,
@@ -364,10 +384,6 @@ impl<'a> Trainer<'a> {
         let t = Instant::now();
         let mut current = self.decoder.decode(&embedding, &points, None, &geometry)?;
         self.times.decoder_s += t.elapsed().as_secs_f64();
-
-        let (_, s0) = self.states(&embedding, None)?;
-        let first = self.srm_step(&s0, idx)?;
-        let (mut srm_loss, mut srm_iou) = (first.loss as f64, first.iou as f64);
 
         let steps = self.config.steps;
         let mut states = Vec::with_capacity(steps);
