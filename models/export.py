@@ -554,8 +554,9 @@ def rewrite_channel_means(src: str | os.PathLike, dst: str | os.PathLike, seed: 
         else:
             feeds[name] = rng.standard_normal(shape, dtype=np.float32)
     ref = ort_session(src, threads).run(None, feeds)
-    got = ort_session(dst, threads).run(None, feeds)
-    names = [o.name for o in ort_session(dst, threads).get_outputs()]
+    rewritten = ort_session(dst, threads)
+    got = rewritten.run(None, feeds)
+    names = [o.name for o in rewritten.get_outputs()]
     for name, r, g in zip(names, ref, got):
         compare(f"channel-means {name}", r, g, 1e-5)
 

@@ -95,13 +95,25 @@ fn trunk(g: &mut GraphBuilder, x: &str, t: &Trunk) -> Result<String> {
     Ok(g.op("Relu", &[&x], &[]))
 }
 
-/// Conv1x1, Relu, Conv3x3, Relu, Conv1x1 (one score per cell), Flatten, Gemm.
+/// Conv1x1, Relu, Conv3x3, Relu, Conv1x1: one score per cell (the SRM's and the conv actor's,
+/// as `nets::cell_scores` computes them).
+fn cell_scores(
+    g: &mut GraphBuilder,
+    x: &str,
+    conv1: &Pointwise,
+    conv2: &Conv,
+    conv3: &Conv,
+) -> Result<String> {
+    let x = pointwise(g, x, conv1)?;
+    let x = g.op("Relu", &[&x], &[]);
+    let x = conv(g, &x, conv2)?;
+    let x = g.op("Relu", &[&x], &[]);
+    conv(g, &x, conv3)
+}
+
+/// Cell scores, Flatten, Gemm.
 fn conv_actor(g: &mut GraphBuilder, x: &str, a: &ConvActor) -> Result<String> {
-    let x = pointwise(g, x, &a.conv1)?;
-    let x = g.op("Relu", &[&x], &[]);
-    let x = conv(g, &x, &a.conv2)?;
-    let x = g.op("Relu", &[&x], &[]);
-    let x = conv(g, &x, &a.conv3)?;
+    let x = cell_scores(g, x, &a.conv1, &a.conv2, &a.conv3)?;
     let x = g.op("Flatten", &[&x], &[("axis", Attr::Int(1))]);
     gemm(g, &x, &a.head)
 }
@@ -133,11 +145,7 @@ pub fn srm_graph(net: &SrmNet) -> Result<GraphBuilder> {
     let mut g = GraphBuilder::new("alignsam_srm");
     let state = g.input("state", &[1, a.channels, a.side, a.side]);
     let x = front(&mut g, &state, a.srm_pool, &net.norm, "srm");
-    let x = pointwise(&mut g, &x, &net.conv1)?;
-    let x = g.op("Relu", &[&x], &[]);
-    let x = conv(&mut g, &x, &net.conv2)?;
-    let x = g.op("Relu", &[&x], &[]);
-    let x = conv(&mut g, &x, &net.conv3)?;
+    let x = cell_scores(&mut g, &x, &net.conv1, &net.conv2, &net.conv3)?;
     let position = weights(&mut g, &net.position)?;
     let x = g.op("Add", &[&x, &position], &[]);
     let x = g.op("Sigmoid", &[&x], &[]);

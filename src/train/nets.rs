@@ -435,8 +435,28 @@ impl Trunk {
     }
 }
 
+/// One score per pooled cell, `[N, 1, S, S]`: Conv1x1(C -> W) ReLU on the channels-last rows,
+/// Conv3x3(W -> W, pad 1) ReLU, Conv1x1(W -> 1). The SRM's map (before its position bias) and the
+/// convolutional actor's score map.
+fn cell_scores(
+    conv1: &Pointwise,
+    conv2: &Conv,
+    conv3: &Conv,
+    x: &Prepared,
+) -> candle_core::Result<Tensor> {
+    let (n, s) = (x.n, x.side);
+    let h = conv1.forward(&x.rows)?.relu()?;
+    let w = h.dim(1)?;
+    let h = h
+        .reshape((n, s, s, w))?
+        .permute((0, 3, 1, 2))?
+        .contiguous()?;
+    let h = conv2.forward(&h)?.relu()?;
+    conv3.forward(&h)
+}
+
 /// Conv1x1(C -> W) ReLU, Conv3x3(W -> W, pad 1) ReLU, Conv1x1(W -> 1): a score per pooled
-/// cell; Flatten; Linear(S*S -> G*G): the patches' logits from the score map (its bias is the
+/// cell ([`cell_scores`]); Flatten; Linear(S*S -> G*G): the patches' logits from the score map (its bias is the
 /// location prior).
 #[derive(Clone, Debug)]
 pub struct ConvActor {
@@ -463,16 +483,8 @@ impl ConvActor {
     }
 
     fn forward(&self, x: &Prepared) -> candle_core::Result<Tensor> {
-        let (n, s) = (x.n, x.side);
-        let h = self.conv1.forward(&x.rows)?.relu()?;
-        let w = h.dim(1)?;
-        let h = h
-            .reshape((n, s, s, w))?
-            .permute((0, 3, 1, 2))?
-            .contiguous()?;
-        let h = self.conv2.forward(&h)?.relu()?;
-        let score = self.conv3.forward(&h)?.reshape((n, s * s))?;
-        self.head.forward(&score)
+        let score = cell_scores(&self.conv1, &self.conv2, &self.conv3, x)?;
+        self.head.forward(&score.reshape((x.n, x.side * x.side))?)
     }
 
     fn params(&self) -> Vec<&Param> {
@@ -641,15 +653,7 @@ impl SrmNet {
 
     /// Logits (before the sigmoid) `[N, 1, S, S]` of prepared states.
     pub fn logits_prepared(&self, x: &Prepared) -> candle_core::Result<Tensor> {
-        let (n, s, w) = (x.n, x.side, self.arch.width);
-        let h = self.conv1.forward(&x.rows)?.relu()?;
-        let h = h
-            .reshape((n, s, s, w))?
-            .permute((0, 3, 1, 2))?
-            .contiguous()?;
-        let h = self.conv2.forward(&h)?.relu()?;
-        self.conv3
-            .forward(&h)?
+        cell_scores(&self.conv1, &self.conv2, &self.conv3, x)?
             .broadcast_add(self.position.var.as_tensor())
     }
 
