@@ -456,8 +456,8 @@ fn cell_scores(
 }
 
 /// Conv1x1(C -> W) ReLU, Conv3x3(W -> W, pad 1) ReLU, Conv1x1(W -> 1): a score per pooled
-/// cell ([`cell_scores`]); Flatten; Linear(S*S -> G*G): the patches' logits from the score map (its bias is the
-/// location prior).
+/// cell (`cell_scores`, shared with the SRM); Flatten; Linear(S*S -> G*G): the patches' logits
+/// from the score map (its bias is the location prior).
 #[derive(Clone, Debug)]
 pub struct ConvActor {
     /// Conv1x1 C -> W.
