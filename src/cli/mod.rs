@@ -185,7 +185,7 @@ pub enum Command {
     BenchReuse(bench_reuse::BenchReuseArgs),
     /// Load and run times of the encoder and decoder on each backend, measured together.
     BenchModels(bench_models::BenchModelsArgs),
-    /// Where a model's time goes in tract, node by node and by operator.
+    /// Where a model's time goes: tract node by node and by operator, rten by operator and shape.
     Profile(profile::ProfileArgs),
     /// Precision variants, backends or CPUs against the fp32 reference, after the whole loop.
     Gate(gate::GateArgs),

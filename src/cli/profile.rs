@@ -1,7 +1,9 @@
-//! `alignsam profile`: where a model's time goes, node by node, in tract's optimised graph.
+//! `alignsam profile`: where a model's time goes.
 //!
-//! Each node is timed through tract's plan-evaluation hook (the mechanism tract's own profiler
-//! uses); times are the median over several runs, grouped by operator.
+//! On tract, node by node in its optimised graph: each node is timed through tract's
+//! plan-evaluation hook (the mechanism tract's own profiler uses); times are the median over
+//! several runs, grouped by operator. On rten, whose API exposes no node times, rten's own report
+//! (time per operator and per input shape) of one run after the warm-up runs.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -16,7 +18,7 @@ use super::bench::synthetic_frame;
 use super::bench_models::spread_points;
 use crate::bench::percentile;
 use crate::bundle::DecoderForm;
-use crate::engine::{BackendKind, Model, Tensor};
+use crate::engine::{BackendKind, Model, Tensor, TensorView};
 use crate::sam::{Decoder, Encoder, FullResDecoder, decoder::PromptInputs, preprocess};
 use crate::source::load_rgb;
 
@@ -75,8 +77,11 @@ pub struct OpShare {
 
 /// Runs `alignsam profile`.
 pub fn run(args: ProfileArgs) -> Result<ExitCode> {
-    if args.engine.backend != BackendKind::Tract {
-        bail!("profile times tract's graph node by node; it does not apply to --backend ort");
+    if args.engine.backend == BackendKind::Ort {
+        bail!(
+            "profile runs on tract (node by node) and rten (its own report); for ONNX Runtime use \
+             its profiler (SessionOptions::enable_profiling)"
+        );
     }
     if args.runs == 0 {
         bail!("--runs must be at least 1");
@@ -131,6 +136,9 @@ pub fn run(args: ProfileArgs) -> Result<ExitCode> {
     };
     let views: Vec<_> = inputs.iter().map(|t| t.view()).collect();
     model.run(&views)?;
+    if args.engine.backend == BackendKind::Rten {
+        return print_rten_report(&args, model.as_ref(), &views);
+    }
     let mut per_node: Vec<(String, String, Vec<f64>)> = vec![];
     let mut totals = vec![];
     for _ in 0..args.runs {
@@ -219,6 +227,30 @@ pub fn run(args: ProfileArgs) -> Result<ExitCode> {
     println!("  slowest nodes:");
     for (name, op, ms) in nodes.iter().take(args.top) {
         println!("  {ms:>9.2} ms  {op:<24} {name}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// rten: `--runs` warm-up runs, then one run with rten's report (it prints it to stdout).
+fn print_rten_report(
+    args: &ProfileArgs,
+    model: &dyn Model,
+    views: &[TensorView<'_>],
+) -> Result<ExitCode> {
+    if args.json {
+        bail!("--json needs --backend tract: rten prints its report as text");
+    }
+    for _ in 0..args.runs {
+        model.run(views)?;
+    }
+    println!(
+        "alignsam profile: {:?} ({}) on rten, one run after {} warm-up runs; rten's report:",
+        args.model,
+        model.path().display(),
+        args.runs + 1
+    );
+    if !model.print_engine_timing(views)? {
+        bail!("this backend cannot profile");
     }
     Ok(ExitCode::SUCCESS)
 }

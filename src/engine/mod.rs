@@ -235,6 +235,12 @@ pub trait Model: Send + Sync {
         let _ = inputs;
         Ok(None)
     }
+    /// Runs once with the engine's own timing report printed to stdout, where the engine has one
+    /// but no node-level API (rten); `false` when it has none.
+    fn print_engine_timing(&self, inputs: &[TensorView<'_>]) -> Result<bool> {
+        let _ = inputs;
+        Ok(false)
+    }
     /// The matrix-product kernels the engine chose for this model on this CPU (e.g. tract's
     /// `arm64simd_mmm_f16_32x6`, rten's `arm-i8mm`): what an ARM result actually exercised.
     fn kernels(&self) -> Vec<String> {

@@ -115,6 +115,23 @@ impl Model for RtenModel {
     }
 
     fn run(&self, inputs: &[TensorView<'_>]) -> Result<Vec<Tensor>> {
+        self.run_with(inputs, RunOptions::default())
+    }
+
+    /// rten's own report: time per operator and per input shape, printed to stdout by rten
+    /// (the report `RTEN_TIMING=1` gives); node-level times are not exposed by its API.
+    fn print_engine_timing(&self, inputs: &[TensorView<'_>]) -> Result<bool> {
+        let mut options = RunOptions::default();
+        options.timing = true;
+        options.timing_by_shape = true;
+        self.run_with(inputs, options)?;
+        Ok(true)
+    }
+}
+
+impl RtenModel {
+    /// Runs on this backend's pool with `options` (timing flags and the like).
+    fn run_with(&self, inputs: &[TensorView<'_>], options: RunOptions) -> Result<Vec<Tensor>> {
         check_run_inputs(&self.info.path, &self.info.spec, inputs)?;
         let p = self.info.path.display();
         let values = self
@@ -125,7 +142,7 @@ impl Model for RtenModel {
                 id.map(|id| (id, RtenView::from_data(view.shape, view.data).into()))
             })
             .collect();
-        let options = RunOptions::default().with_thread_pool(Some(self.pool.clone()));
+        let options = options.with_thread_pool(Some(self.pool.clone()));
         let outputs = self
             .model
             .run(values, &self.outputs, Some(options))
