@@ -186,10 +186,7 @@ impl Bundle {
     pub fn with_precision(mut self, precision: Precision) -> Result<Self> {
         let m = &self.manifest.models;
         let name = precision.name();
-        if precision.has_own_file()
-            && !m.encoder.variants.contains_key(name)
-            && !m.decoder.variants.contains_key(name)
-        {
+        if !self.has_variant(precision) {
             let known: Vec<&str> = m
                 .encoder
                 .variants
@@ -208,6 +205,16 @@ impl Bundle {
         Ok(self)
     }
 
+    /// Whether the bundle can run at `precision`: fp32 and f16 (converted at load) always; a
+    /// variant with its own file when bundle.toml names one for the encoder or the decoder.
+    pub fn has_variant(&self, precision: Precision) -> bool {
+        let m = &self.manifest.models;
+        let name = precision.name();
+        !precision.has_own_file()
+            || m.encoder.variants.contains_key(name)
+            || m.decoder.variants.contains_key(name)
+    }
+
     /// The precision `--precision auto` runs on `backend`: the variant whose gate record, taken
     /// on this CPU architecture, passed and measured the largest speed-up over fp32 (at least
     /// 5%); fp32 when none did. A record from another architecture, or without a speed-up (an
@@ -219,7 +226,7 @@ impl Bundle {
             .filter(|g| g.backend == backend && g.arch == std::env::consts::ARCH)
             .filter(|g| g.passed() && g.speedup.is_some_and(|s| s >= 1.05))
             .filter_map(|g| Some((g.precision.parse::<Precision>().ok()?, g.speedup?)))
-            .filter(|(p, _)| self.clone().with_precision(*p).is_ok())
+            .filter(|(p, _)| self.has_variant(*p))
             .max_by(|a, b| a.1.total_cmp(&b.1))
             .map_or(Precision::Fp32, |(p, _)| p)
     }
@@ -607,6 +614,101 @@ fn relative_path(target_dir: &Path, from_dir: &Path) -> Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use manifest::GateRecord;
+
+    /// A bundle with an int8 encoder variant (no int8-qdq) and the given gate records.
+    fn gated_bundle(records: Vec<GateRecord>) -> Bundle {
+        let text = r#"
+            format = 1
+            name = "gated"
+            [image]
+            size = 1024
+            pixel_mean = [0.0, 0.0, 0.0]
+            pixel_std = [1.0, 1.0, 1.0]
+            [embedding]
+            shape = [8, 64, 64]
+            [models.encoder]
+            file = "encoder.onnx"
+            sha256 = "0000000000000000000000000000000000000000000000000000000000000000"
+            [models.encoder.variants.int8]
+            file = "encoder.int8.onnx"
+            sha256 = "0000000000000000000000000000000000000000000000000000000000000000"
+            [models.decoder]
+            file = "decoder.onnx"
+            form = "low-res"
+            sha256 = "0000000000000000000000000000000000000000000000000000000000000000"
+        "#;
+        let mut manifest = Manifest::parse(text, Path::new("bundle.toml")).unwrap();
+        manifest.gate = records;
+        Bundle {
+            dir: PathBuf::from("b"),
+            manifest,
+            from_file: true,
+            precision: Precision::Fp32,
+            allow_ungated: false,
+        }
+    }
+
+    fn record(precision: &str, arch: &str, mask_iou: f64, speedup: Option<f64>) -> GateRecord {
+        GateRecord {
+            precision: precision.into(),
+            backend: "rten".into(),
+            arch: arch.into(),
+            images: "d:eval:8 images:15 steps".into(),
+            embedding_cosine: 0.999,
+            logit_mae: 0.05,
+            mask_iou,
+            min_mask_iou: mask_iou,
+            speedup,
+        }
+    }
+
+    #[test]
+    fn auto_precision_needs_a_passing_record_here_that_is_5_percent_faster() {
+        let here = std::env::consts::ARCH;
+        let auto = |records| gated_bundle(records).fastest_gated("rten");
+        assert_eq!(
+            auto(vec![record("int8", here, 0.97, Some(1.2))]),
+            Precision::Int8
+        );
+        // Too slow, failed, unmeasured (emulated), another CPU, another backend: fp32.
+        assert_eq!(
+            auto(vec![record("int8", here, 0.97, Some(1.04))]),
+            Precision::Fp32
+        );
+        assert_eq!(
+            auto(vec![record("int8", here, 0.94, Some(1.5))]),
+            Precision::Fp32
+        );
+        assert_eq!(
+            auto(vec![record("int8", here, 0.97, None)]),
+            Precision::Fp32
+        );
+        assert_eq!(
+            auto(vec![record("int8", "sparc", 0.97, Some(1.5))]),
+            Precision::Fp32
+        );
+        assert_eq!(
+            gated_bundle(vec![record("int8", here, 0.97, Some(1.5))]).fastest_gated("tract"),
+            Precision::Fp32
+        );
+        // A record for a variant the bundle does not have (int8-qdq) is passed over; f16 needs
+        // no file of its own; the fastest passing one wins.
+        let records = vec![
+            record("int8", here, 0.97, Some(1.1)),
+            record("int8-qdq", here, 0.99, Some(2.0)),
+        ];
+        assert_eq!(auto(records), Precision::Int8);
+        let on_tract = |mut r: GateRecord| {
+            r.backend = "tract".into();
+            r
+        };
+        let records = vec![
+            on_tract(record("int8", here, 0.97, Some(1.1))),
+            on_tract(record("f16", here, 0.99, Some(1.3))),
+        ];
+        assert_eq!(gated_bundle(records).fastest_gated("tract"), Precision::F16);
+    }
 
     #[test]
     fn relative_paths_walk_up_and_down() {
