@@ -616,29 +616,18 @@ mod tests {
     use super::*;
     use manifest::GateRecord;
 
-    /// A bundle with an int8 encoder variant (no int8-qdq) and the given gate records.
+    /// The manifest tests' sample bundle with an int8 encoder variant (no int8-qdq) and the
+    /// given gate records.
     fn gated_bundle(records: Vec<GateRecord>) -> Bundle {
-        let text = r#"
-            format = 1
-            name = "gated"
-            [image]
-            size = 1024
-            pixel_mean = [0.0, 0.0, 0.0]
-            pixel_std = [1.0, 1.0, 1.0]
-            [embedding]
-            shape = [8, 64, 64]
-            [models.encoder]
-            file = "encoder.onnx"
-            sha256 = "0000000000000000000000000000000000000000000000000000000000000000"
-            [models.encoder.variants.int8]
-            file = "encoder.int8.onnx"
-            sha256 = "0000000000000000000000000000000000000000000000000000000000000000"
-            [models.decoder]
-            file = "decoder.onnx"
-            form = "low-res"
-            sha256 = "0000000000000000000000000000000000000000000000000000000000000000"
-        "#;
-        let mut manifest = Manifest::parse(text, Path::new("bundle.toml")).unwrap();
+        let mut manifest =
+            Manifest::parse(manifest::tests::SAMPLE, Path::new("bundle.toml")).unwrap();
+        manifest.models.encoder.variants.insert(
+            "int8".into(),
+            manifest::VariantFile {
+                file: "encoder.int8.onnx".into(),
+                sha256: "0".repeat(64),
+            },
+        );
         manifest.gate = records;
         Bundle {
             dir: PathBuf::from("b"),
