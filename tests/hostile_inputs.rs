@@ -52,6 +52,15 @@ fn tiny() -> String {
     common::tiny_bundle().to_string_lossy().into_owned()
 }
 
+/// `alignsam segment --bundle <tiny> INPUT --out OUT EXTRA...`, killed after `limit_s` seconds.
+fn segment_tiny(input: &Path, out: &Path, extra: &[&str], limit_s: u64) -> Output {
+    let mut args = vec!["segment", "--bundle"];
+    let (bundle, input, out) = (tiny(), s(input), s(out));
+    args.extend([bundle.as_str(), input.as_str(), "--out", out.as_str()]);
+    args.extend(extra);
+    run_within(alignsam(&args), Duration::from_secs(limit_s))
+}
+
 fn s(p: &Path) -> String {
     p.to_string_lossy().into_owned()
 }
@@ -89,17 +98,7 @@ fn segment_refuses_to_write_into_the_dataset_it_reads() {
         (ds.join("images"), ds.clone()),
         (ds.join("masks"), ds.clone()),
     ] {
-        let o = run_within(
-            alignsam(&[
-                "segment",
-                "--bundle",
-                &tiny(),
-                &s(&input),
-                "--out",
-                &s(&out),
-            ]),
-            Duration::from_secs(60),
-        );
+        let o = segment_tiny(&input, &out, &[], 60);
         let err = text(&o.stderr);
         assert_eq!(o.status.code(), Some(1), "{err}");
         assert!(err.contains("would") || err.contains("refusing"), "{err}");
@@ -178,19 +177,7 @@ fn json_output_over_an_input_is_refused() {
     std::fs::create_dir_all(img.parent().unwrap()).unwrap();
     picture(40, 30).save(&img).unwrap();
     let before = std::fs::read(&img).unwrap();
-    let o = run_within(
-        alignsam(&[
-            "segment",
-            "--bundle",
-            &tiny(),
-            &s(&img),
-            "--out",
-            &s(&tmp.path().join("out")),
-            "--json",
-            &s(&img),
-        ]),
-        Duration::from_secs(60),
-    );
+    let o = segment_tiny(&img, &tmp.path().join("out"), &["--json", &s(&img)], 60);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
     assert!(text(&o.stderr).contains("overwrite an input"));
     assert_eq!(std::fs::read(&img).unwrap(), before);
@@ -206,19 +193,7 @@ fn inputs_with_one_stem_get_distinct_outputs() {
     picture(30, 40).save(dir.join("img.jpg")).unwrap();
     picture(50, 20).save(dir.join("img-2.png")).unwrap();
     let out = tmp.path().join("out");
-    let o = run_within(
-        alignsam(&[
-            "segment",
-            "--bundle",
-            &tiny(),
-            &s(&dir),
-            "--out",
-            &s(&out),
-            "--steps",
-            "1",
-        ]),
-        Duration::from_secs(120),
-    );
+    let o = segment_tiny(&dir, &out, &["--steps", "1"], 120);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
     let lines: Vec<serde_json::Value> = text(&o.stdout)
         .lines()
@@ -308,19 +283,7 @@ fn an_output_that_cannot_be_written_is_named() {
     let out = tmp.path().join("out");
     // A directory where the mask file should go: the write must fail, and say where.
     std::fs::create_dir_all(out.join("masks/a.png")).unwrap();
-    let o = run_within(
-        alignsam(&[
-            "segment",
-            "--bundle",
-            &tiny(),
-            &s(&img),
-            "--out",
-            &s(&out),
-            "--steps",
-            "1",
-        ]),
-        Duration::from_secs(60),
-    );
+    let o = segment_tiny(&img, &out, &["--steps", "1"], 60);
     let err = text(&o.stderr);
     assert_ne!(o.status.code(), Some(0), "{err}");
     assert!(err.contains(&s(&out.join("masks"))), "{err}");
@@ -400,19 +363,7 @@ fn an_extremely_elongated_image_is_one_failure_among_many() {
     picture(20000, 1).save(dir.join("b-wide.png")).unwrap();
     picture(30, 40).save(dir.join("c.png")).unwrap();
     let out = tmp.path().join("out");
-    let o = run_within(
-        alignsam(&[
-            "segment",
-            "--bundle",
-            &tiny(),
-            &s(&dir),
-            "--out",
-            &s(&out),
-            "--steps",
-            "1",
-        ]),
-        Duration::from_secs(120),
-    );
+    let o = segment_tiny(&dir, &out, &["--steps", "1"], 120);
     let err = text(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(
@@ -513,10 +464,7 @@ fn a_huge_image_is_refused_from_its_header() {
     let big = tmp.path().join("big.png");
     std::fs::write(&big, png_claiming(20000, 20000)).unwrap();
     let out = tmp.path().join("out");
-    let o = run_within(
-        alignsam(&["segment", "--bundle", &tiny(), &s(&big), "--out", &s(&out)]),
-        Duration::from_secs(30),
-    );
+    let o = segment_tiny(&big, &out, &[], 30);
     let err = text(&o.stderr);
     assert_ne!(o.status.code(), Some(0), "{err}");
     assert!(
@@ -524,19 +472,7 @@ fn a_huge_image_is_refused_from_its_header() {
         "{err}"
     );
     // Raising the limit lets it through to the decoder, which finds the body corrupt.
-    let o = run_within(
-        alignsam(&[
-            "segment",
-            "--bundle",
-            &tiny(),
-            &s(&big),
-            "--out",
-            &s(&out),
-            "--max-pixels",
-            "500000000",
-        ]),
-        Duration::from_secs(60),
-    );
+    let o = segment_tiny(&big, &out, &["--max-pixels", "500000000"], 60);
     let err = text(&o.stderr);
     assert!(
         err.contains("big.png") && !err.contains("limit of"),
@@ -772,19 +708,7 @@ fn odd_file_names_keep_the_json_valid() {
     picture(40, 30).save(&newline).unwrap();
     picture(40, 30).save(&latin1).unwrap();
     let out = tmp.path().join("out");
-    let o = run_within(
-        alignsam(&[
-            "segment",
-            "--bundle",
-            &tiny(),
-            &s(&dir),
-            "--out",
-            &s(&out),
-            "--steps",
-            "1",
-        ]),
-        Duration::from_secs(120),
-    );
+    let o = segment_tiny(&dir, &out, &["--steps", "1"], 120);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
     let lines: Vec<serde_json::Value> = text(&o.stdout)
         .lines()
