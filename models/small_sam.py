@@ -187,11 +187,16 @@ class ClickDecoder(nn.Module):
 class SmallSam(nn.Module):
     """Encoder + decoder, the pair that training optimises together."""
 
-    def __init__(self, embed_dim: int = 64) -> None:
+    def __init__(self, embed_dim: int = 64, objectness_head: bool = False) -> None:
         super().__init__()
         self.embed_dim = embed_dim
         self.encoder = SmallEncoder(embed_dim)
         self.decoder = ClickDecoder(embed_dim)
+        # Training only, never exported: a linear read-out of "where is the object" from the
+        # embedding, with no click. Its loss makes the embedding carry object information, as a
+        # real SAM's does, which a prompting agent needs before its first click; clicks alone
+        # teach the encoder boundaries, not which object a dataset is about.
+        self.objectness = nn.Conv2d(embed_dim, 1, 1) if objectness_head else None
 
 
 # --------------------------------------------------------------------------------------------------

@@ -16,6 +16,9 @@ The recipe (SAM's, section 3 and appendix A, scaled down to a CPU):
   number of these rounds runs without gradient, then two with it (RITM's trick, which keeps an
   iteration's cost bounded while the network sees long click sequences);
 * loss: 20 x focal + dice on the 256x256 logits, MSE between the predicted and the true IoU;
+  plus (`--objectness`, 0.5) BCE + dice of a 1x1 read-out of the embedding against the object's
+  mask with no click, so that the embedding says where the object is, as a real SAM's does (the
+  agent's SRM and policy read the embedding before any click);
 * augmentation: crops that zoom in (scale/crop), flips, brightness/contrast/saturation jitter.
 
 Validation (`val.csv`, the curve's right panel): a few images held out of each *train* split,
@@ -309,14 +312,17 @@ class Config:
     # model stay float32.
     bf16: bool = True
     channels_last: bool = True
-    weights: str = "SOD=0.35,Kvasir-SEG=0.25,CVC-ClinicDB=0.15,DAVIS2016=0.25"
+    weights: str = "SOD=0.40,Kvasir-SEG=0.20,CVC-ClinicDB=0.15,DAVIS2016=0.25"
+    # weight of the objectness loss (BCE + dice of a 1x1 read-out of the embedding against the
+    # object's mask, no click); 0 trains without it, as the first committed model was
+    objectness: float = 0.5
 
 
 class Trainer:
     def __init__(self, cfg: Config, sources: list[Source], val: list[tuple[str, Path, Path]], out: Path) -> None:
         self.cfg, self.out = cfg, out
         torch.manual_seed(cfg.seed)
-        self.model = S.SmallSam(cfg.embed_dim)
+        self.model = S.SmallSam(cfg.embed_dim, objectness_head=cfg.objectness > 0)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -394,6 +400,7 @@ class Trainer:
         number of rounds."""
         cfg = self.cfg
         emb = self.model.encoder.forward_256(frames)
+        aux = self.objectness_loss(emb, gts) if cfg.objectness > 0 else 0.0
 
         points = [[(*point_in(g, rng), 1)] for g in gt_np]
         for b, g in enumerate(gt_np):  # sometimes a background click too, as the SRM start gives
@@ -425,7 +432,16 @@ class Trainer:
             for b in range(B):
                 points[b].append(sampled_click(pn[b], gt_np[b], rng))
             mask_in, has = logits.detach(), torch.ones(B)
-        return torch.stack(losses).mean(), ious, free + 2
+        return torch.stack(losses).mean() + cfg.objectness * aux, ious, free + 2
+
+    def objectness_loss(self, emb: torch.Tensor, gts: torch.Tensor) -> torch.Tensor:
+        """BCE + dice of the objectness read-out (64x64, upsampled to the masks' 256) against the
+        object's mask: no click, so the embedding alone has to say where the object is."""
+        logits = F.interpolate(self.model.objectness(emb).float(), size=gts.shape[-2:], mode="bilinear",
+                               align_corners=False)
+        tgt = gts[:, None]
+        return (F.binary_cross_entropy_with_logits(logits, tgt, reduction="none").mean(dim=(1, 2, 3))
+                + dice_loss(logits, tgt)).mean()
 
     # ---- validation
     @torch.no_grad()
@@ -433,7 +449,7 @@ class Trainer:
         self.model.eval()
         res = {}
         by_name: dict[str, list[list[float]]] = {}
-        effects = []
+        effects, objectness = [], []
         for i in range(0, len(self.val), 16):
             chunk = self.val[i : i + 16]
             names = [c[0] for c in chunk]
@@ -443,6 +459,10 @@ class Trainer:
             for name, c in zip(names, curves):
                 by_name.setdefault(name, []).append(c)
             effects += effect
+            if self.model.objectness is not None:
+                obj = self.model.objectness(self.model.encoder.forward_256(frames))
+                obj = F.interpolate(obj, size=gts.shape[-2:], mode="bilinear", align_corners=False)
+                objectness += batch_iou((obj > 0)[:, 0], gts).tolist()
         for name, cs in by_name.items():
             arr = np.array(cs)
             for k in (1, 3, 5):
@@ -451,6 +471,8 @@ class Trainer:
         for k in (1, 3, 5):
             res[f"all@{k}"] = float(allc[:, k - 1].mean())
         res["click_effect"] = float(np.mean(effects))
+        if objectness:  # mIoU of the objectness read-out alone, no click
+            res["objectness@0"] = float(np.mean(objectness))
         return res
 
     def train(self) -> None:
@@ -579,8 +601,8 @@ def export(ckpt: Path, bundle: Path, threads: int = 2, seed: int = 0) -> None:
     import export as E  # models/export.py
 
     ck = torch.load(ckpt, map_location="cpu", weights_only=False)
-    cfg = Config(**ck["config"])
-    model = S.SmallSam(cfg.embed_dim)
+    cfg = Config(**{"objectness": 0.0, **ck["config"]})  # checkpoints older than the field had no head
+    model = S.SmallSam(cfg.embed_dim, objectness_head=cfg.objectness > 0)
     model.load_state_dict(ck["model"])
     model = model.to(memory_format=torch.contiguous_format).eval()
     bundle.mkdir(parents=True, exist_ok=True)
