@@ -437,8 +437,7 @@ class Trainer:
     def objectness_loss(self, emb: torch.Tensor, gts: torch.Tensor) -> torch.Tensor:
         """BCE + dice of the objectness read-out (64x64, upsampled to the masks' 256) against the
         object's mask: no click, so the embedding alone has to say where the object is."""
-        logits = F.interpolate(self.model.objectness(emb).float(), size=gts.shape[-2:], mode="bilinear",
-                               align_corners=False)
+        logits = objectness_logits(self.model, emb, gts.shape[-1])
         tgt = gts[:, None]
         return (F.binary_cross_entropy_with_logits(logits, tgt, reduction="none").mean(dim=(1, 2, 3))
                 + dice_loss(logits, tgt)).mean()
@@ -455,13 +454,13 @@ class Trainer:
             names = [c[0] for c in chunk]
             frames = torch.stack([c[1] for c in chunk])
             gts = torch.stack([c[2] for c in chunk])
-            curves, effect = oracle_curve(self.model, frames, gts, clicks=5)
+            emb = self.model.encoder.forward_256(frames)
+            curves, effect = oracle_curve(self.model, emb, gts, clicks=5)
             for name, c in zip(names, curves):
                 by_name.setdefault(name, []).append(c)
             effects += effect
             if self.model.objectness is not None:
-                obj = self.model.objectness(self.model.encoder.forward_256(frames))
-                obj = F.interpolate(obj, size=gts.shape[-2:], mode="bilinear", align_corners=False)
+                obj = objectness_logits(self.model, emb, gts.shape[-1])
                 objectness += batch_iou((obj > 0)[:, 0], gts).tolist()
         for name, cs in by_name.items():
             arr = np.array(cs)
@@ -507,12 +506,17 @@ class Trainer:
         bar.close()
 
 
+def objectness_logits(model: S.SmallSam, emb: torch.Tensor, side: int) -> torch.Tensor:
+    """The training-only objectness read-out of the embedding, upsampled to `side` x `side`."""
+    return F.interpolate(model.objectness(emb).float(), size=(side, side), mode="bilinear", align_corners=False)
+
+
 @torch.no_grad()
-def oracle_curve(model: S.SmallSam, frames: torch.Tensor, gts: torch.Tensor, clicks: int) -> tuple[list, list]:
-    """IoU after 1..clicks oracle clicks for each image (at the 256 frame), and the click effect."""
-    emb = model.encoder.forward_256(frames)
+def oracle_curve(model: S.SmallSam, emb: torch.Tensor, gts: torch.Tensor, clicks: int) -> tuple[list, list]:
+    """IoU after 1..clicks oracle clicks for each image (at the 256 frame, from its embedding),
+    and the click effect."""
     gt_np = gts.numpy() > 0.5
-    B = len(frames)
+    B = len(emb)
     points: list[list] = [[] for _ in range(B)]
     empty = np.zeros_like(gt_np[0])
     for b in range(B):
