@@ -10,9 +10,9 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use alignsam::agent::{Agent, LoopOptions};
-use alignsam::bundle::{Bundle, OpenOptions};
+use alignsam::bundle::{Bundle, InferOptions, OpenOptions, write_bundle};
 use alignsam::dataset::Dataset;
-use alignsam::engine::{BackendKind, EngineOptions, Tensor};
+use alignsam::engine::{BackendKind, EngineOptions, Precision, Tensor};
 use alignsam::train::nets::{Actor, ActorKind, Arch, InputNorm, PolicyNet, SrmNet};
 use alignsam::train::{self, TrainConfig, TrainJob, export};
 use candle_core::{DType, Device};
@@ -166,10 +166,22 @@ fn train_tiny(
     holdout: Option<&Dataset>,
 ) -> train::TrainReport {
     let bundle = Bundle::open(&common::tiny_bundle(), OpenOptions::default()).unwrap();
+    train_with(&bundle, data, cache, out, config, holdout)
+}
+
+/// Trains with `bundle` into `out` and returns the report.
+fn train_with(
+    bundle: &Bundle,
+    data: &Path,
+    cache: &Path,
+    out: &Path,
+    config: TrainConfig,
+    holdout: Option<&Dataset>,
+) -> train::TrainReport {
     let dataset = Dataset::open(data, "train").unwrap();
     let backend = backend();
     let job = TrainJob {
-        bundle: &bundle,
+        bundle,
         backend: backend.as_ref(),
         dataset: &dataset,
         cache_root: cache.to_path_buf(),
@@ -278,6 +290,71 @@ fn same_seed_same_curves_and_the_bundle_segments() {
         )
         .unwrap();
     assert_eq!((r.points.len(), r.mask.len()), (2 + 4, 96 * 64));
+}
+
+/// Trained through a quantised variant, the output bundle still names the fp32 files as its
+/// models and lists the variants beside them (without the source's gate records, which measured
+/// another policy): a quantised file is never passed off as fp32.
+#[test]
+fn training_on_a_variant_keeps_fp32_as_the_model_and_the_variants_as_variants() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("DS");
+    synthetic_dataset(&data, 3);
+    // The tiny bundle with an int8 "variant" of its encoder: a copy, so it runs the same way,
+    // but another file.
+    let source = tmp.path().join("source");
+    std::fs::create_dir_all(&source).unwrap();
+    for f in [
+        "encoder.onnx",
+        "decoder_lowres.onnx",
+        "policy.onnx",
+        "srm.onnx",
+    ] {
+        std::fs::copy(common::tiny_bundle().join(f), source.join(f)).unwrap();
+    }
+    let int8 = source.join("encoder.int8.onnx");
+    std::fs::copy(source.join("encoder.onnx"), &int8).unwrap();
+    let options = InferOptions {
+        encoder_variants: [("int8".to_string(), int8.clone())].into(),
+        ..InferOptions::default()
+    };
+    write_bundle(&source, &source, &options).unwrap();
+    let open = OpenOptions {
+        precision: Precision::Int8,
+        allow_ungated: true,
+        ..OpenOptions::default()
+    };
+    let bundle = Bundle::open(&source, open).unwrap();
+    assert_eq!(bundle.encoder_path(), source.join("encoder.int8.onnx"));
+
+    let out = tmp.path().join("out");
+    train_with(
+        &bundle,
+        &data,
+        &tmp.path().join("cache"),
+        &out,
+        short_config(5),
+        None,
+    );
+    let trained = Bundle::open(&out, OpenOptions::default()).unwrap();
+    let encoder = &trained.manifest.models.encoder;
+    let same = |a: PathBuf, b: &Path| a.canonicalize().unwrap() == b.canonicalize().unwrap();
+    assert!(
+        same(trained.path(&encoder.file), &source.join("encoder.onnx")),
+        "the trained bundle's encoder is {}",
+        encoder.file
+    );
+    assert!(same(trained.path(&encoder.variants["int8"].file), &int8));
+    assert!(
+        trained.manifest.gate.is_empty(),
+        "gate records were carried"
+    );
+    assert!(
+        trained.manifest.description.contains("int8 embeddings"),
+        "{}",
+        trained.manifest.description
+    );
+    assert_eq!(trained.encoder_path(), trained.path(&encoder.file));
 }
 
 fn cli(args: &[&str]) -> std::process::Output {

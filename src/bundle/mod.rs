@@ -8,6 +8,7 @@
 
 pub mod manifest;
 
+use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -174,10 +175,7 @@ impl Bundle {
         .encoder_path()
     }
 
-    fn variant_file<'a>(
-        &self,
-        variants: &'a std::collections::BTreeMap<String, VariantFile>,
-    ) -> Option<&'a str> {
+    fn variant_file<'a>(&self, variants: &'a BTreeMap<String, VariantFile>) -> Option<&'a str> {
         variants.get(self.precision.name()).map(|v| v.file.as_str())
     }
 
@@ -311,6 +309,12 @@ pub struct InferOptions {
     pub policy: Option<PathBuf>,
     /// See `encoder`.
     pub srm: Option<PathBuf>,
+    /// Precision variants of the encoder (`int8`, `int8-qdq`: files with the same interface),
+    /// as paths like `encoder`; listed in the manifest with their checksums. No gate record
+    /// comes with them: `--precision auto` runs fp32 until `alignsam gate --record` passes one.
+    pub encoder_variants: BTreeMap<String, PathBuf>,
+    /// See `encoder_variants`.
+    pub decoder_variants: BTreeMap<String, PathBuf>,
     /// Agent grid and step limit.
     pub agent: AgentSection,
     /// Pixel statistics (SAM's by default).
@@ -328,6 +332,8 @@ impl Default for InferOptions {
             decoder: None,
             policy: None,
             srm: None,
+            encoder_variants: BTreeMap::new(),
+            decoder_variants: BTreeMap::new(),
             agent: AgentSection::default(),
             pixel_mean: [123.675, 116.28, 103.53],
             pixel_std: [58.395, 57.12, 57.375],
@@ -373,6 +379,21 @@ fn pick(
         None if required => bail!("{}: no {default} in this directory", dir.display()),
         None => Ok(None),
     }
+}
+
+/// The manifest's entries for variant files given as paths: relative to `dir`, with checksums.
+fn variant_entries(
+    dir: &Path,
+    files: &BTreeMap<String, PathBuf>,
+    checksum: &dyn Fn(&str) -> Result<String>,
+) -> Result<BTreeMap<String, VariantFile>> {
+    let mut entries = BTreeMap::new();
+    for (precision, path) in files {
+        let file = pick(dir, &Some(path.clone()), "", true)?.expect("a given path is picked");
+        let sha256 = checksum(&file)?;
+        entries.insert(precision.clone(), VariantFile { file, sha256 });
+    }
+    Ok(entries)
 }
 
 /// Describes the models in a directory: shapes and forms read from the files, checksums
@@ -513,13 +534,13 @@ pub fn infer_manifest(dir: &Path, options: &InferOptions) -> Result<Manifest> {
                 sha256: checksum(&encoder_file)?,
                 file: encoder_file,
                 data: encoder_data,
-                variants: Default::default(),
+                variants: variant_entries(dir, &options.encoder_variants, &checksum)?,
             },
             decoder: DecoderEntry {
                 sha256: checksum(&decoder_file)?,
                 file: decoder_file,
                 form,
-                variants: Default::default(),
+                variants: variant_entries(dir, &options.decoder_variants, &checksum)?,
             },
             policy,
             srm,
@@ -576,6 +597,10 @@ pub fn write_bundle(models_dir: &Path, out_dir: &Path, options: &InferOptions) -
         rebase(&mut d.file)?;
     }
     rebase(&mut manifest.models.decoder.file)?;
+    let variants = manifest.models.encoder.variants.values_mut();
+    for v in variants.chain(manifest.models.decoder.variants.values_mut()) {
+        rebase(&mut v.file)?;
+    }
     if let Some(p) = &mut manifest.models.policy {
         rebase(&mut p.file)?;
     }

@@ -49,6 +49,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::agent::Agent;
 use crate::agent::state::{mask_probability, state};
+use crate::bundle::manifest::VariantFile;
 use crate::bundle::{Bundle, InferOptions, OpenOptions, write_bundle};
 use crate::cache::EmbeddingCache;
 use crate::dataset::Dataset;
@@ -305,8 +306,15 @@ pub fn run(job: &TrainJob, progress: &mut dyn FnMut(Progress)) -> Result<TrainRe
     export::save_policy(&trainer.policy, &policy_path)?;
     export::save_srm(&trainer.srm, &srm_path)?;
     write_output_manifest(job, &records)?;
-    // The written bundle must open (checksums) and load as an agent, as `segment` will load it.
-    let bundle = Bundle::open(out, OpenOptions::default())?;
+    // The written bundle must open (checksums) and load as an agent, as `segment` will load it;
+    // at the precision it trained on, so that the held-out figures measure what was trained (the
+    // source's gate record allowed it; the output has none of its own yet).
+    let open = OpenOptions {
+        precision: job.bundle.precision,
+        allow_ungated: true,
+        ..OpenOptions::default()
+    };
+    let bundle = Bundle::open(out, open)?;
     let agent = Agent::load(&bundle, job.backend)
         .with_context(|| format!("{}: the trained bundle does not load", out.display()))?;
 
@@ -404,25 +412,38 @@ fn dataset_name(dir: &Path) -> String {
         .unwrap_or_else(|| dir.display().to_string())
 }
 
-/// `bundle.toml` for the output: the source's encoder and decoder (paths relative to the output
-/// directory), its grid, step limit and pixel statistics, and the new policy and SRM.
+/// `bundle.toml` for the output: the source's encoder and decoder with their precision variants
+/// (paths relative to the output directory; the fp32 files as the models, whatever precision
+/// trained, so that the output never passes a quantised file off as fp32), its grid, step limit
+/// and pixel statistics, and the new policy and SRM. The source's gate records stay behind: they
+/// measured its own policy and SRM.
 fn write_output_manifest(job: &TrainJob, records: &[EpisodeRecord]) -> Result<()> {
-    let m = &job.bundle.manifest;
+    let source = job.bundle;
+    let m = &source.manifest;
+    let variant_paths = |variants: &std::collections::BTreeMap<String, VariantFile>| {
+        variants
+            .iter()
+            .map(|(name, v)| (name.clone(), source.path(&v.file)))
+            .collect()
+    };
     let options = InferOptions {
         name: Some(format!("{}-trained", m.name)),
         description: format!(
-            "policy (PPO) and SRM (Dice + BCE) trained by alignsam train on {} split {} ({} images, {} episodes, seed {}); SAM encoder and decoder from {}",
+            "policy (PPO) and SRM (Dice + BCE) trained by alignsam train on {} split {} ({} images, {} episodes, seed {}, {} embeddings); SAM encoder and decoder from {}",
             dataset_name(job.dataset.dir()),
             job.dataset.split(),
             job.dataset.len(),
             records.len(),
             job.config.seed,
-            job.bundle.dir.display()
+            source.precision.name(),
+            source.dir.display()
         ),
-        encoder: Some(job.bundle.encoder_path()),
-        decoder: Some(job.bundle.decoder_path()),
+        encoder: Some(source.path(&m.models.encoder.file)),
+        decoder: Some(source.path(&m.models.decoder.file)),
         policy: Some(job.out_dir.join(files::POLICY)),
         srm: Some(job.out_dir.join(files::SRM)),
+        encoder_variants: variant_paths(&m.models.encoder.variants),
+        decoder_variants: variant_paths(&m.models.decoder.variants),
         agent: m.agent.clone(),
         pixel_mean: m.image.pixel_mean,
         pixel_std: m.image.pixel_std,
