@@ -296,7 +296,7 @@ def batch_iou(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
 @dataclass
 class Config:
     seed: int = 0
-    iterations: int = 6000  # the committed models/small-sam: 102 min of steps on 2 cores
+    iterations: int = 6000  # the committed models/small-sam: 97.2 min of steps on 2 cores (models/README.md)
     batch: int = 8
     lr: float = 1e-3
     weight_decay: float = 1e-4
