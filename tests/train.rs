@@ -150,6 +150,14 @@ fn synthetic_dataset(dir: &Path, n: usize) {
     .unwrap();
 }
 
+/// A temporary directory with a synthetic dataset of `n` images in it (`DS/`).
+fn temp_dataset(n: usize) -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("DS");
+    synthetic_dataset(&data, n);
+    (tmp, data)
+}
+
 fn short_config(seed: u64) -> TrainConfig {
     let mut c = TrainConfig::new(seed, 4);
     c.steps = 3;
@@ -197,9 +205,7 @@ fn train_with(
 /// points; `--actor conv`) are as repeatable as the default, and do change the run.
 #[test]
 fn srm_start_and_conv_actor_runs_repeat_and_differ_from_the_default() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("DS");
-    synthetic_dataset(&data, 3);
+    let (tmp, data) = temp_dataset(3);
     let cache = tmp.path().join("cache");
     let log = |name: &str, config: TrainConfig| {
         let out = tmp.path().join(name);
@@ -221,9 +227,7 @@ fn srm_start_and_conv_actor_runs_repeat_and_differ_from_the_default() {
 
 #[test]
 fn same_seed_same_curves_and_the_bundle_segments() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("DS");
-    synthetic_dataset(&data, 3);
+    let (tmp, data) = temp_dataset(3);
     let cache = tmp.path().join("cache");
     let (a, b, c) = (
         tmp.path().join("a"),
@@ -297,9 +301,7 @@ fn same_seed_same_curves_and_the_bundle_segments() {
 /// another policy): a quantised file is never passed off as fp32.
 #[test]
 fn training_on_a_variant_keeps_fp32_as_the_model_and_the_variants_as_variants() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("DS");
-    synthetic_dataset(&data, 3);
+    let (tmp, data) = temp_dataset(3);
     // The tiny bundle with an int8 "variant" of its encoder: a copy, so it runs the same way,
     // but another file.
     let source = tmp.path().join("source");
@@ -363,9 +365,7 @@ fn cli(args: &[&str]) -> std::process::Output {
 
 #[test]
 fn cli_trains_then_segment_and_bench_load_the_bundle() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("DS");
-    synthetic_dataset(&data, 2);
+    let (tmp, data) = temp_dataset(2);
     let out = tmp.path().join("out");
     let (tiny, cache) = (common::tiny_bundle(), tmp.path().join("cache"));
     let s = |p: &Path| p.to_str().unwrap().to_string();
