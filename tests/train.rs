@@ -165,16 +165,9 @@ fn short_config(seed: u64) -> TrainConfig {
     c
 }
 
-/// Trains on the tiny bundle into `out` and returns the report.
-fn train_tiny(
-    data: &Path,
-    cache: &Path,
-    out: &Path,
-    config: TrainConfig,
-    holdout: Option<&Dataset>,
-) -> train::TrainReport {
-    let bundle = Bundle::open(&common::tiny_bundle(), OpenOptions::default()).unwrap();
-    train_with(&bundle, data, cache, out, config, holdout)
+/// The committed tiny bundle, opened at fp32.
+fn tiny() -> Bundle {
+    Bundle::open(&common::tiny_bundle(), OpenOptions::default()).unwrap()
 }
 
 /// Trains with `bundle` into `out` and returns the report.
@@ -206,10 +199,10 @@ fn train_with(
 #[test]
 fn srm_start_and_conv_actor_runs_repeat_and_differ_from_the_default() {
     let (tmp, data) = temp_dataset(3);
-    let cache = tmp.path().join("cache");
+    let (cache, tiny) = (tmp.path().join("cache"), tiny());
     let log = |name: &str, config: TrainConfig| {
         let out = tmp.path().join(name);
-        train_tiny(&data, &cache, &out, config, None);
+        train_with(&tiny, &data, &cache, &out, config, None);
         std::fs::read_to_string(out.join("train_log.csv")).unwrap()
     };
     let default = log("default", short_config(5));
@@ -234,11 +227,11 @@ fn same_seed_same_curves_and_the_bundle_segments() {
         tmp.path().join("b"),
         tmp.path().join("c"),
     );
-    let eval = Dataset::open(&data, "eval").unwrap();
-    let report = train_tiny(&data, &cache, &a, short_config(5), Some(&eval));
+    let (eval, tiny) = (Dataset::open(&data, "eval").unwrap(), tiny());
+    let report = train_with(&tiny, &data, &cache, &a, short_config(5), Some(&eval));
     assert_eq!(report.timing.cache_computed, 3);
-    train_tiny(&data, &cache, &b, short_config(5), None);
-    train_tiny(&data, &cache, &c, short_config(6), None);
+    train_with(&tiny, &data, &cache, &b, short_config(5), None);
+    train_with(&tiny, &data, &cache, &c, short_config(6), None);
 
     let csv = |d: &PathBuf| std::fs::read(d.join("train_log.csv")).unwrap();
     assert_eq!(csv(&a), csv(&b), "same seed, different training logs");

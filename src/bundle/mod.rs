@@ -364,21 +364,25 @@ fn pick(
     required: bool,
 ) -> Result<Option<String>> {
     match given {
-        Some(f) => {
-            if !f.is_file() {
-                bail!("{}: file not found", f.display());
-            }
-            let parent = f
-                .parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .unwrap_or(Path::new("."));
-            let rel = relative_path(parent, dir)?.join(f.file_name().expect("a file has a name"));
-            Ok(Some(rel.to_string_lossy().into_owned()))
-        }
+        Some(f) => Ok(Some(relative_to_dir(dir, f)?)),
         None if dir.join(default).exists() => Ok(Some(default.to_string())),
         None if required => bail!("{}: no {default} in this directory", dir.display()),
         None => Ok(None),
     }
+}
+
+/// A file given as a path (absolute, or relative to the working directory), as the manifest in
+/// `dir` stores it: relative to `dir`. The file must exist.
+fn relative_to_dir(dir: &Path, f: &Path) -> Result<String> {
+    if !f.is_file() {
+        bail!("{}: file not found", f.display());
+    }
+    let parent = f
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let rel = relative_path(parent, dir)?.join(f.file_name().expect("a file has a name"));
+    Ok(rel.to_string_lossy().into_owned())
 }
 
 /// The manifest's entries for variant files given as paths: relative to `dir`, with checksums.
@@ -389,7 +393,7 @@ fn variant_entries(
 ) -> Result<BTreeMap<String, VariantFile>> {
     let mut entries = BTreeMap::new();
     for (precision, path) in files {
-        let file = pick(dir, &Some(path.clone()), "", true)?.expect("a given path is picked");
+        let file = relative_to_dir(dir, path)?;
         let sha256 = checksum(&file)?;
         entries.insert(precision.clone(), VariantFile { file, sha256 });
     }
