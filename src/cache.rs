@@ -201,29 +201,21 @@ mod tests {
     use super::*;
     use crate::bundle::Manifest;
 
+    /// The manifest tests' sample with a 2x4x4 embedding and the given encoder checksum.
     fn manifest(encoder_sha: &str) -> Manifest {
-        let text = format!(
-            r#"format = 1
-name = "t"
-[image]
-size = 1024
-pixel_mean = [123.675, 116.28, 103.53]
-pixel_std = [58.395, 57.12, 57.375]
-[embedding]
-shape = [2, 4, 4]
-[agent]
-grid = 2
-max_steps = 3
-[models.encoder]
-file = "e.onnx"
-sha256 = "{encoder_sha}"
-[models.decoder]
-file = "d.onnx"
-sha256 = "{encoder_sha}"
-form = "low-res"
-"#
-        );
-        Manifest::parse(&text, Path::new("bundle.toml")).unwrap()
+        let mut m = Manifest::parse(
+            crate::bundle::manifest::tests::SAMPLE,
+            Path::new("bundle.toml"),
+        )
+        .unwrap();
+        m.embedding.shape = [2, 4, 4];
+        m.models.encoder.sha256 = encoder_sha.to_string();
+        m
+    }
+
+    /// An empty cache in `tmp/c` for an encoder with checksum `encoder_sha`.
+    fn cache_in(tmp: &Path, encoder_sha: &str) -> EmbeddingCache {
+        EmbeddingCache::new(&tmp.join("c"), &manifest(encoder_sha), Precision::Fp32).unwrap()
     }
 
     #[test]
@@ -231,12 +223,7 @@ form = "low-res"
         let tmp = tempfile::tempdir().unwrap();
         let img = tmp.path().join("a.png");
         std::fs::write(&img, b"pixels").unwrap();
-        let cache = EmbeddingCache::new(
-            &tmp.path().join("c"),
-            &manifest(&"a".repeat(64)),
-            Precision::Fp32,
-        )
-        .unwrap();
+        let cache = cache_in(tmp.path(), &"a".repeat(64));
         assert!(cache.get(&img).unwrap().is_none());
         let values: Vec<f32> = (0..32).map(|v| v as f32 * 0.1 - 1.0).collect();
         let e = Embedding(Tensor::new(vec![1, 2, 4, 4], values.clone()).unwrap());
@@ -254,12 +241,7 @@ form = "low-res"
         std::fs::write(&copy, b"other").unwrap();
         assert!(cache.get(&copy).unwrap().is_none());
         // Another encoder: another directory, so a miss.
-        let other = EmbeddingCache::new(
-            &tmp.path().join("c"),
-            &manifest(&"b".repeat(64)),
-            Precision::Fp32,
-        )
-        .unwrap();
+        let other = cache_in(tmp.path(), &"b".repeat(64));
         assert_ne!(other.dir(), cache.dir());
         assert!(other.get(&img).unwrap().is_none());
     }
@@ -269,12 +251,7 @@ form = "low-res"
         let tmp = tempfile::tempdir().unwrap();
         let img = tmp.path().join("a.png");
         std::fs::write(&img, b"pixels").unwrap();
-        let cache = EmbeddingCache::new(
-            &tmp.path().join("c"),
-            &manifest(&"a".repeat(64)),
-            Precision::Fp32,
-        )
-        .unwrap();
+        let cache = cache_in(tmp.path(), &"a".repeat(64));
         let e = Embedding(Tensor::zeros(vec![1, 2, 4, 4]));
         cache
             .put(&img, &e, &FrameGeometry::new(3, 4, 1024))

@@ -8,7 +8,6 @@ mod common;
 
 use alignsam::bundle::{Bundle, OpenOptions};
 use alignsam::dataset::load_mask;
-use alignsam::engine::{BackendKind, EngineOptions};
 use alignsam::eval::run_oracle;
 use alignsam::sam::Sam;
 use alignsam::source::load_rgb;
@@ -23,9 +22,7 @@ const FLOORS: [(&str, f64); 3] = [("ball", 0.94), ("mug", 0.80), ("leaf", 0.56)]
 fn small_sam_segments_the_demo_objects() {
     let root = common::root();
     let bundle = Bundle::open(&root.join("models/small-sam"), OpenOptions::default()).unwrap();
-    let backend = BackendKind::Tract
-        .create(&EngineOptions { threads: 2 })
-        .unwrap();
+    let backend = common::tract(2);
     let sam = Sam::load(&bundle, backend.as_ref()).unwrap();
     let mut report = vec![];
     for (name, floor) in FLOORS {

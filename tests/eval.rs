@@ -10,7 +10,6 @@ use std::process::Output;
 use alignsam::agent::{Agent, LoopOptions, PointOrigin};
 use alignsam::bundle::{Bundle, OpenOptions};
 use alignsam::dataset::Mask;
-use alignsam::engine::{BackendKind, EngineOptions};
 use alignsam::eval::montage::{CAPTION_HEIGHT, GAP, TILE_HEIGHT, tile_width};
 use alignsam::eval::{Method, MethodRunner, srm_scores};
 use image::{GrayImage, Luma, RgbImage};
@@ -361,9 +360,7 @@ fn random_tiny_bundle_end_to_end() {
 #[test]
 fn baselines_click_where_they_should() {
     let b = Bundle::open(&common::tiny_bundle(), OpenOptions::default()).unwrap();
-    let backend = BackendKind::Tract
-        .create(&EngineOptions { threads: 2 })
-        .unwrap();
+    let backend = common::tract(2);
     let agent = Agent::load(&b, backend.as_ref()).unwrap();
     let img = RgbImage::from_fn(90, 60, |x, y| {
         image::Rgb([(x * 2) as u8, (y * 3) as u8, 40])

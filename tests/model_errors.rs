@@ -157,9 +157,7 @@ fn a_model_in_place_of_another() {
 #[test]
 fn wrong_tensor_shape_at_run_time() {
     let bundle = Bundle::open(&common::tiny_bundle(), OpenOptions::default()).unwrap();
-    let backend = BackendKind::Tract
-        .create(&EngineOptions { threads: 1 })
-        .unwrap();
+    let backend = common::tract(1);
     let sam = Sam::load(&bundle, backend.as_ref()).unwrap();
     let bad = Tensor::zeros(vec![1, 3, 512, 512]);
     let msg = format!("{:#}", sam.encoder.encode(&bad).unwrap_err());

@@ -196,9 +196,7 @@ fn tiny_matches_with(bundle: &Bundle, backend: &dyn alignsam::engine::Backend) {
 #[test]
 fn tiny_standard_decoder_matches_in_both_uses() {
     let bundle = Bundle::open(&common::tiny_bundle(), OpenOptions::default()).unwrap();
-    let backend = BackendKind::Tract
-        .create(&EngineOptions { threads: 2 })
-        .unwrap();
+    let backend = common::tract(2);
     let mut manifest = bundle.manifest.clone();
     manifest.models.decoder.file = "decoder.onnx".into();
     manifest.models.decoder.form = alignsam::bundle::DecoderForm::Standard;

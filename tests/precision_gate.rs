@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use alignsam::bundle::{Bundle, MANIFEST_FILE, Manifest, OpenOptions};
 use alignsam::dataset::Dataset;
-use alignsam::engine::{Backend, BackendKind, EngineOptions, Precision};
+use alignsam::engine::{Backend, BackendKind, Precision};
 use alignsam::gate::Reference;
 use alignsam::sam::Sam;
 
@@ -34,7 +34,7 @@ fn open(dir: &Path, precision: Precision, allow_ungated: bool) -> anyhow::Result
 fn backends() -> Vec<Box<dyn Backend>> {
     [BackendKind::Tract, BackendKind::Rten]
         .into_iter()
-        .filter_map(|k| k.create(&EngineOptions { threads: 2 }).ok())
+        .filter_map(|k| common::backend(k, 2))
         .collect()
 }
 
@@ -44,9 +44,7 @@ fn demo() -> Dataset {
 
 #[test]
 fn variants_with_a_passing_record_pass_the_gate_on_the_demo_images() {
-    let tract = BackendKind::Tract
-        .create(&EngineOptions { threads: 2 })
-        .unwrap();
+    let tract = common::tract(2);
     let fp32 = open(&small_sam(), Precision::Fp32, false).unwrap();
     let steps = fp32.manifest.agent.max_steps;
     let reference = Reference::compute(&fp32, tract.as_ref(), &demo(), 3, steps).unwrap();
@@ -101,9 +99,7 @@ fn bundle_with_records(edit: impl Fn(&mut Manifest)) -> (tempfile::TempDir, Path
 }
 
 fn load_error(dir: &Path, precision: Precision) -> String {
-    let tract = BackendKind::Tract
-        .create(&EngineOptions { threads: 1 })
-        .unwrap();
+    let tract = common::tract(1);
     let bundle = open(dir, precision, false).unwrap();
     match Sam::load(&bundle, tract.as_ref()) {
         Ok(_) => panic!("{precision} should have been refused"),
@@ -127,9 +123,7 @@ fn a_variant_that_failed_the_gate_is_refused_with_its_figure() {
         "{err}"
     );
     // int8-qdq's records are untouched: it still loads.
-    let tract = BackendKind::Tract
-        .create(&EngineOptions { threads: 1 })
-        .unwrap();
+    let tract = common::tract(1);
     Sam::load(
         &open(&dir, Precision::Int8Qdq, false).unwrap(),
         tract.as_ref(),
@@ -170,7 +164,7 @@ fn a_precision_without_a_variant_file_says_how_to_make_one() {
 
 #[test]
 fn f16_is_refused_by_backends_without_an_f16_path() {
-    let Ok(rten) = BackendKind::Rten.create(&EngineOptions { threads: 1 }) else {
+    let Some(rten) = common::backend(BackendKind::Rten, 1) else {
         return; // rten not built in
     };
     let bundle = open(&small_sam(), Precision::F16, true).unwrap();
@@ -236,7 +230,7 @@ fn the_gate_command_exits_zero_when_every_candidate_passes_and_skips_f16_off_tra
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    if BackendKind::Rten.create(&EngineOptions::default()).is_err() {
+    if common::backend(BackendKind::Rten, 1).is_none() {
         assert_eq!(out.status.code(), Some(2), "{stdout}");
         return;
     }

@@ -7,6 +7,8 @@
 //! directly on a minimal graph to show the bug (when it fails, tract is fixed and the refusal can
 //! go); the others check the refusal and that a graph with Softmax kept float is accepted.
 
+mod common;
+
 use std::path::Path;
 
 use alignsam::engine::onnx_build::{Attr, GraphBuilder};
@@ -99,9 +101,7 @@ fn the_tract_backend_refuses_a_quantised_softmax_and_says_why() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("qdq_softmax.onnx");
     qdq_softmax_model(&path, true);
-    let backend = BackendKind::Tract
-        .create(&EngineOptions { threads: 1 })
-        .unwrap();
+    let backend = common::tract(1);
     let err = format!("{:#}", backend.load(&path, &spec()).err().unwrap());
     assert!(
         err.contains("qdq_softmax.onnx")
@@ -119,7 +119,7 @@ fn softmax_kept_float_is_accepted_and_right() {
     qdq_softmax_model(&path, false);
     let input = alignsam::engine::Tensor::new(vec![1, 8], ROW.to_vec()).unwrap();
     for kind in [BackendKind::Tract, BackendKind::Rten] {
-        let Ok(backend) = kind.create(&EngineOptions { threads: 1 }) else {
+        let Some(backend) = common::backend(kind, 1) else {
             continue; // rten not built in
         };
         let model = backend.load(&path, &spec()).unwrap();

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use alignsam::bundle::{InferOptions, write_bundle};
 use alignsam::engine::onnx_build::constant_model;
+use alignsam::engine::{Backend, BackendKind, EngineOptions};
 use safetensors::{Dtype, SafeTensors};
 
 /// The repository root.
@@ -33,6 +34,19 @@ pub fn alignsam() -> std::process::Command {
         }
         _ => std::process::Command::new(exe),
     }
+}
+
+/// A backend of `kind` with `threads` threads; `None` when this build does not have it (rten and
+/// ONNX Runtime are cargo features).
+pub fn backend(kind: BackendKind, threads: usize) -> Option<Box<dyn Backend>> {
+    kind.create(&EngineOptions { threads }).ok()
+}
+
+/// tract, which every build has, with `threads` threads.
+pub fn tract(threads: usize) -> Box<dyn Backend> {
+    BackendKind::Tract
+        .create(&EngineOptions { threads })
+        .expect("tract is always built in")
 }
 
 /// The committed tiny bundle.
