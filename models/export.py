@@ -885,6 +885,8 @@ def write_bundle(
             "[agent]",
             f"grid = {grid}",
             f"max_steps = {max_steps}",
+            # how the policy was trained to be run (alignsam train --step-labels); absent: "state"
+            *([f"step_labels = {_toml_str(old_agent['step_labels'])}"] if "step_labels" in old_agent else []),
             "",
             *lines_models,
             "",

@@ -6,9 +6,9 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use alignsam::agent::{Agent, LoopOptions, PointOrigin, StopReason};
+use alignsam::agent::state::state;
+use alignsam::agent::{Agent, ImageOptions, LoopOptions, PointOrigin, StepLabels, StopReason};
 use alignsam::bundle::{Bundle, OpenOptions};
-use alignsam::engine::{BackendKind, EngineOptions};
 use alignsam::sam::PointLabel;
 use image::RgbImage;
 
@@ -35,9 +35,7 @@ fn bundle_with(tmp: &Path, patch: usize) -> PathBuf {
 
 fn agent(bundle: &Path) -> Agent {
     let b = Bundle::open(bundle, OpenOptions::default()).unwrap();
-    let backend = BackendKind::Tract
-        .create(&EngineOptions { threads: 2 })
-        .unwrap();
+    let backend = common::tract(2);
     Agent::load(&b, backend.as_ref()).unwrap()
 }
 
@@ -88,6 +86,39 @@ fn points_follow_the_policy_and_labels_follow_the_srm() {
     }
     assert_eq!((r.steps, r.stop), (3, StopReason::StepLimit));
     assert_eq!(r.mask.len(), 300 * 200);
+}
+
+/// The tiny bundle's random SRM reads its input, so the map on `E * M` differs from the map on
+/// `E`: each step's recorded probability says which map labelled it.
+#[test]
+fn step_labels_come_from_the_map_the_options_name() {
+    let agent = agent(&common::tiny_bundle());
+    let encoded = agent.encode(&image(300, 200)).unwrap();
+    let (e, g) = (&encoded.embedding, &encoded.geometry);
+    let on_embedding = agent.srm.predict(&state(e, None), None).unwrap();
+    let from_embedding_map = |x, y| agent.srm.label_at(&on_embedding, x, y, g).0;
+    let run = |step_labels| {
+        let options = LoopOptions {
+            step_labels,
+            ..fixed(4)
+        };
+        let r = agent
+            .run_on_embedding(e, g, &options, ImageOptions::default())
+            .unwrap();
+        r.points[2..].to_vec()
+    };
+    let steps = run(StepLabels::Embedding);
+    assert_eq!(steps.len(), 4);
+    for p in &steps {
+        assert_eq!(p.srm_prob, from_embedding_map(p.x, p.y), "{p:?}");
+    }
+    let paper = run(StepLabels::State);
+    assert!(
+        paper
+            .iter()
+            .any(|p| p.srm_prob != from_embedding_map(p.x, p.y)),
+        "labels on E * M should differ from the map on E somewhere: {paper:?}"
+    );
 }
 
 #[test]

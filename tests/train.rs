@@ -9,10 +9,10 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use alignsam::agent::{Agent, LoopOptions};
+use alignsam::agent::{Agent, LoopOptions, StepLabels};
 use alignsam::bundle::{Bundle, InferOptions, OpenOptions, write_bundle};
 use alignsam::dataset::Dataset;
-use alignsam::engine::{BackendKind, EngineOptions, Precision, Tensor};
+use alignsam::engine::{Precision, Tensor};
 use alignsam::train::nets::{Actor, ActorKind, Arch, InputNorm, PolicyNet, SrmNet};
 use alignsam::train::{self, TrainConfig, TrainJob, export};
 use candle_core::{DType, Device};
@@ -21,12 +21,6 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
 const TOLERANCE: f32 = 1e-4;
-
-fn backend() -> Box<dyn alignsam::engine::Backend> {
-    BackendKind::Tract
-        .create(&EngineOptions { threads: 2 })
-        .unwrap()
-}
 
 /// A random state `[1, C, 64, 64]`, values scaled like an embedding gated by a mask.
 fn random_state(c: usize, rng: &mut StdRng) -> Tensor {
@@ -85,7 +79,8 @@ fn exported_networks_match_candle_within_1e_4() {
         export::save_policy(&policy, &pp).unwrap();
         export::save_srm(&srm, &sp).unwrap();
         let states: Vec<Tensor> = (0..3).map(|_| random_state(c, &mut rng)).collect();
-        let check = export::compare(backend().as_ref(), &policy, &srm, &pp, &sp, &states).unwrap();
+        let check =
+            export::compare(common::tract(2).as_ref(), &policy, &srm, &pp, &sp, &states).unwrap();
         assert!(check.max() <= TOLERANCE, "C = {c}, {actor:?}: {check:?}");
 
         // The outputs are not trivially small (the comparison would then prove little).
@@ -180,7 +175,7 @@ fn train_with(
     holdout: Option<&Dataset>,
 ) -> train::TrainReport {
     let dataset = Dataset::open(data, "train").unwrap();
-    let backend = backend();
+    let backend = common::tract(2);
     let job = TrainJob {
         bundle,
         backend: backend.as_ref(),
@@ -195,9 +190,10 @@ fn train_with(
 }
 
 /// The training options that change what an episode sees (`--srm-start`: inference's start
-/// points; `--actor conv`) are as repeatable as the default, and do change the run.
+/// points; `--actor conv`; `--step-labels embedding`) are as repeatable as the default, and do
+/// change the run; the label source is written to the bundle, so that inference labels alike.
 #[test]
-fn srm_start_and_conv_actor_runs_repeat_and_differ_from_the_default() {
+fn srm_start_conv_actor_and_embedding_labels_repeat_and_differ_from_the_default() {
     let (tmp, data) = temp_dataset(3);
     let (cache, tiny) = (tmp.path().join("cache"), tiny());
     let log = |name: &str, config: TrainConfig| {
@@ -210,12 +206,28 @@ fn srm_start_and_conv_actor_runs_repeat_and_differ_from_the_default() {
     srm_start.srm_start = true;
     let mut conv = short_config(5);
     conv.actor = ActorKind::Conv;
-    for (name, config) in [("srm-start", srm_start), ("conv", conv)] {
+    let mut embedding_labels = short_config(5);
+    embedding_labels.step_labels = StepLabels::Embedding;
+    for (name, config) in [
+        ("srm-start", srm_start),
+        ("conv", conv),
+        ("embedding-labels", embedding_labels),
+    ] {
         let a = log(&format!("{name}-a"), config.clone());
         let b = log(&format!("{name}-b"), config);
         assert_eq!(a, b, "{name}: same seed, different logs");
         assert_ne!(a, default, "{name}: the option changed nothing");
     }
+    let labels = |name: &str| {
+        let dir = tmp.path().join(name);
+        Bundle::open(&dir, OpenOptions::default())
+            .unwrap()
+            .manifest
+            .agent
+            .step_labels
+    };
+    assert_eq!(labels("default"), StepLabels::State);
+    assert_eq!(labels("embedding-labels-a"), StepLabels::Embedding);
 }
 
 #[test]
@@ -272,7 +284,7 @@ fn same_seed_same_curves_and_the_bundle_segments() {
     );
     assert_eq!(m.models.srm.as_ref().unwrap().map_size, 16);
     assert!(m.models.policy.as_ref().unwrap().value_head);
-    let agent = Agent::load(&bundle, backend().as_ref()).unwrap();
+    let agent = Agent::load(&bundle, common::tract(2).as_ref()).unwrap();
     let (img, _) = Dataset::open(&data, "train").unwrap().items()[0]
         .load()
         .unwrap();

@@ -19,7 +19,9 @@ pub mod stream;
 pub use chooser::{CentreChooser, PatchChooser, PolicyChooser, RandomChooser, SrmChooser};
 pub use grid::{FrameMap, PatchGrid};
 pub use policy::Policy;
-pub use prompt_loop::{Agent, Encoded, Episode, ImageOptions, LoopOptions, StepOutcome};
+pub use prompt_loop::{
+    Agent, Encoded, Episode, ImageOptions, LoopOptions, StepLabels, StepOutcome,
+};
 pub use record::{
     LoopResult, PointOrigin, PointRecord, StageTimes, StepTimes, StopReason, WarmStart,
 };

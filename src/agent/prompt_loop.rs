@@ -28,6 +28,7 @@ use super::record::{
 };
 use super::srm::{Srm, start_points};
 use super::state::{mask_probability, state};
+pub use crate::bundle::manifest::StepLabels;
 use crate::sam::{
     Embedding, FrameGeometry, LowResMask, Map, PointLabel, Sam, postprocess, preprocess,
 };
@@ -47,6 +48,8 @@ pub struct LoopOptions {
     /// Forbid choosing a patch twice. The paper does not mask actions; a repeated patch adds a
     /// duplicate point, which usually leaves the mask as it was and ends the loop by convergence.
     pub forbid_repeats: bool,
+    /// Which SRM map labels a step's point.
+    pub step_labels: StepLabels,
 }
 
 impl Default for LoopOptions {
@@ -57,6 +60,7 @@ impl Default for LoopOptions {
             stop_iou: Some(0.99),
             feed_mask: true,
             forbid_repeats: false,
+            step_labels: StepLabels::State,
         }
     }
 }
@@ -109,6 +113,9 @@ pub struct Episode<'e> {
     semantic: Option<&'e Map>,
     points: Vec<PointRecord>,
     current: LowResMask,
+    /// The SRM's map on `s_0 = E` (cold start: the start points' map; warm start: computed on
+    /// the first step that needs it, with [`StepLabels::Embedding`]).
+    embedding_map: Option<Map>,
     used: Vec<bool>,
     times: StageTimes,
     start_phase: Duration,
@@ -293,14 +300,14 @@ impl Agent {
     ) -> Result<Episode<'e>> {
         let t = Instant::now();
         let mut times = StageTimes::default();
-        let (mut points, mask_input) = match warm {
-            None => (
-                self.srm_start(embedding, geometry, semantic, &mut times)?,
-                None,
-            ),
+        let (mut points, embedding_map, mask_input) = match warm {
+            None => {
+                let (points, map) = self.srm_start(embedding, geometry, semantic, &mut times)?;
+                (points, Some(map), None)
+            }
             Some(prev) => {
                 let points = self.warm_start(embedding, geometry, prev, semantic, &mut times)?;
-                (points, options.feed_mask.then_some(&prev.low_res))
+                (points, None, options.feed_mask.then_some(&prev.low_res))
             }
         };
         let t_dec = Instant::now();
@@ -324,6 +331,7 @@ impl Agent {
             semantic,
             points,
             current: first,
+            embedding_map,
             used,
             times,
             start_phase,
@@ -332,14 +340,14 @@ impl Agent {
     }
 
     /// Cold start: a positive point at the SRM's highest score on `s_0`, a negative one at its
-    /// lowest.
+    /// lowest; also returns that map.
     fn srm_start(
         &self,
         embedding: &Embedding,
         geometry: &FrameGeometry,
         semantic: Option<&Map>,
         times: &mut StageTimes,
-    ) -> Result<Vec<PointRecord>> {
+    ) -> Result<(Vec<PointRecord>, Map)> {
         let t = Instant::now();
         let prob = self.srm.predict(&state(embedding, None), semantic)?;
         times.start_srm_ms = ms(t.elapsed());
@@ -348,7 +356,7 @@ impl Agent {
             bail!("the SRM map has no cell inside the {w}x{h} image");
         };
         let (h, w) = geometry.original;
-        Ok([(pos, PointLabel::Positive), (neg, PointLabel::Negative)]
+        let points = [(pos, PointLabel::Positive), (neg, PointLabel::Negative)]
             .into_iter()
             .map(|(sp, label)| PointRecord {
                 step: 0,
@@ -360,7 +368,8 @@ impl Agent {
                 srm_prob: sp.prob,
                 iou_prediction: f32::NAN,
             })
-            .collect())
+            .collect();
+        Ok((points, prob))
     }
 
     /// Warm start: the previous frame's points, relabelled by the SRM on `E * M_prev`.
@@ -432,9 +441,22 @@ impl Agent {
         st.policy_ms = ms(t.elapsed());
 
         let t = Instant::now();
-        let prob = self.srm.predict(&s, episode.semantic)?;
+        if options.step_labels == StepLabels::Embedding && episode.embedding_map.is_none() {
+            let map = self
+                .srm
+                .predict(&state(episode.embedding, None), episode.semantic)?;
+            episode.embedding_map = Some(map);
+        }
+        let on_state;
+        let prob = match (options.step_labels, &episode.embedding_map) {
+            (StepLabels::Embedding, Some(map)) => map,
+            _ => {
+                on_state = self.srm.predict(&s, episode.semantic)?;
+                &on_state
+            }
+        };
         let (x, y) = self.grid.centre(patch, h, w);
-        let (srm_prob, label) = self.srm.label_at(&prob, x, y, &episode.geometry);
+        let (srm_prob, label) = self.srm.label_at(prob, x, y, &episode.geometry);
         st.srm_ms = ms(t.elapsed());
         episode.points.push(PointRecord {
             step: episode.steps() + 1,

@@ -75,6 +75,10 @@ pub struct AgentSection {
     pub grid: usize,
     /// At most this many steps after the two start points (the paper uses 15).
     pub max_steps: usize,
+    /// Which SRM map labels a step's point (absent: `state`, the paper's). A policy trained with
+    /// one source of labels is run with the same.
+    #[serde(default, skip_serializing_if = "StepLabels::is_paper")]
+    pub step_labels: StepLabels,
 }
 
 impl Default for AgentSection {
@@ -82,6 +86,54 @@ impl Default for AgentSection {
         AgentSection {
             grid: 10,
             max_steps: 15,
+            step_labels: StepLabels::State,
+        }
+    }
+}
+
+/// Which SRM map labels a step's point (`[agent] step_labels`; `--step-labels`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StepLabels {
+    /// The SRM on the step's state `s_t = E * M_{t-1}` (the paper). Where the current mask is
+    /// near 0 the state is near 0 too, so the SRM can hardly call a point outside the mask
+    /// foreground: steps trim the mask more than they grow it.
+    #[default]
+    State,
+    /// The SRM's map on `s_0 = E`, the one that placed the start points, computed once per
+    /// image: labels that do not depend on the current mask, the role the paper's explicit
+    /// (CLIP) branch plays.
+    Embedding,
+}
+
+impl StepLabels {
+    /// Every value, as written in bundle.toml and on the command line.
+    pub const NAMES: [&str; 2] = ["state", "embedding"];
+
+    fn is_paper(&self) -> bool {
+        *self == StepLabels::State
+    }
+
+    /// Where the labels come from, in words (for reports).
+    pub fn describe(self) -> &'static str {
+        match self {
+            StepLabels::State => "the SRM on the step's state E * M (the paper)",
+            StepLabels::Embedding => "the SRM's map on the embedding E alone",
+        }
+    }
+}
+
+impl std::str::FromStr for StepLabels {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "state" => Ok(StepLabels::State),
+            "embedding" => Ok(StepLabels::Embedding),
+            _ => Err(format!(
+                "unknown step label source {s:?} (expected one of: {})",
+                StepLabels::NAMES.join(", ")
+            )),
         }
     }
 }
@@ -416,6 +468,22 @@ form = "standard"
     }
 
     #[test]
+    fn step_labels_default_to_the_papers_and_are_written_only_when_not() {
+        let paper = Manifest::parse(SAMPLE, Path::new("b/bundle.toml")).unwrap();
+        assert_eq!(paper.agent.step_labels, StepLabels::State);
+        assert!(!paper.to_toml().unwrap().contains("step_labels"));
+        let text = SAMPLE.replace(
+            "max_steps = 15",
+            "max_steps = 15\nstep_labels = \"embedding\"",
+        );
+        let m = Manifest::parse(&text, Path::new("b/bundle.toml")).unwrap();
+        assert_eq!(m.agent.step_labels, StepLabels::Embedding);
+        let written = m.to_toml().unwrap();
+        assert!(written.contains("step_labels = \"embedding\""), "{written}");
+        assert_eq!(Manifest::parse(&written, Path::new("x")).unwrap(), m);
+    }
+
+    #[test]
     fn malformed_manifests_name_the_file_and_the_problem() {
         let cases = [
             (
@@ -442,6 +510,10 @@ form = "standard"
             (
                 SAMPLE.replace("grid = 10", "grid = 0"),
                 "grid must be between",
+            ),
+            (
+                SAMPLE.replace("max_steps = 15", "max_steps = 15\nstep_labels = \"mask\""),
+                "unknown variant `mask`",
             ),
         ];
         for (text, expected) in cases {

@@ -170,7 +170,7 @@ fn run_sequence(
 pub fn run(args: BenchReuseArgs) -> Result<ExitCode> {
     let seqs = sequences(&args.sequences)?;
     let bundle = args.engine.open_bundle(&args.bundle)?;
-    let options = args.loop_args.options(bundle.manifest.agent.max_steps)?;
+    let options = args.loop_args.options(&bundle.manifest.agent)?;
     let backend = args.engine.backend()?;
     let agent = Agent::load(&bundle, backend.as_ref())?;
     let mut rows = vec![];

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::Args;
 
+use crate::bundle::manifest::StepLabels;
 use crate::bundle::{AgentSection, InferOptions, write_bundle};
 
 /// Arguments of `alignsam bundle`.
@@ -42,6 +43,10 @@ pub struct BundleArgs {
     /// Step limit of the prompting loop.
     #[arg(long, default_value_t = 15, value_parser = super::validate::count(0, 10_000))]
     pub max_steps: usize,
+    /// Which SRM map labels a step's point, as the policy was trained: `state` (the paper) or
+    /// `embedding`.
+    #[arg(long, default_value = "state")]
+    pub step_labels: StepLabels,
 }
 
 /// Runs `alignsam bundle`.
@@ -57,6 +62,7 @@ pub fn run(args: BundleArgs) -> Result<ExitCode> {
         agent: AgentSection {
             grid: args.grid,
             max_steps: args.max_steps,
+            step_labels: args.step_labels,
         },
         ..Default::default()
     };

@@ -21,6 +21,7 @@ use super::output::{check_dataset_outputs, progress};
 use super::segment::LoopArgs;
 use super::{EXIT_PARTIAL, EngineArgs};
 use crate::agent::{Agent, LoopOptions};
+use crate::bundle::manifest::AgentSection;
 use crate::cache::{EmbeddingCache, default_dir};
 use crate::dataset::{Dataset, Sample, load_mask};
 use crate::eval::report::{
@@ -84,15 +85,15 @@ pub struct EvalArgs {
 }
 
 impl EvalArgs {
-    /// The loop options of every method: the bundle's step limit unless `--steps`, and no early
-    /// stop unless `--early-stop`.
-    fn options(&self, bundle_max_steps: usize) -> Result<LoopOptions> {
+    /// The loop options of every method: the bundle's step limit and step labels unless
+    /// `--steps` and `--step-labels`, and no early stop unless `--early-stop`.
+    fn options(&self, agent: &AgentSection) -> Result<LoopOptions> {
         if !self.early_stop && self.loop_args.stop_iou != LOOP_ARGS_DEFAULT_STOP_IOU {
             bail!(
                 "--stop-iou needs --early-stop in eval (early stop is off by default, so that every method gets the same number of points)"
             );
         }
-        let mut options = self.loop_args.options(bundle_max_steps)?;
+        let mut options = self.loop_args.options(agent)?;
         if !self.early_stop {
             options.stop_iou = None;
         }
@@ -247,7 +248,7 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
     }
     let methods = distinct_methods(&args.methods)?;
     let bundle = args.engine.open_bundle(&args.bundle)?;
-    let options = args.options(bundle.manifest.agent.max_steps)?;
+    let options = args.options(&bundle.manifest.agent)?;
     let full = Dataset::open(&args.data, &args.split)?;
     let dataset = full.take(args.images.unwrap_or(full.len()));
     dataset.validate()?;
@@ -407,6 +408,7 @@ mod tests {
     use clap::Parser;
 
     use super::*;
+    use crate::agent::StepLabels;
 
     #[derive(Parser)]
     struct Cli {
@@ -426,12 +428,35 @@ mod tests {
             a.loop_args.stop_iou, LOOP_ARGS_DEFAULT_STOP_IOU,
             "LoopArgs's default --stop-iou changed"
         );
-        assert_eq!(a.options(15).unwrap().stop_iou, None);
-        assert_eq!(a.options(15).unwrap().max_steps, 15);
+        let paper = AgentSection::default();
+        assert_eq!(a.options(&paper).unwrap().stop_iou, None);
+        assert_eq!(a.options(&paper).unwrap().max_steps, 15);
         let a = parse(&["--early-stop", "--stop-iou", "0.9", "--steps", "4"]).unwrap();
-        assert_eq!(a.options(15).unwrap().stop_iou, Some(0.9));
-        assert_eq!(a.options(15).unwrap().max_steps, 4);
-        assert!(parse(&["--stop-iou", "0.9"]).unwrap().options(15).is_err());
+        assert_eq!(a.options(&paper).unwrap().stop_iou, Some(0.9));
+        assert_eq!(a.options(&paper).unwrap().max_steps, 4);
+        assert!(
+            parse(&["--stop-iou", "0.9"])
+                .unwrap()
+                .options(&paper)
+                .is_err()
+        );
         assert!(parse(&["--early-stop", "--no-early-stop"]).is_err());
+    }
+
+    #[test]
+    fn step_labels_follow_the_bundle_unless_given() {
+        let trained = AgentSection {
+            step_labels: StepLabels::Embedding,
+            ..AgentSection::default()
+        };
+        let bundle_says = parse(&[]).unwrap().options(&trained).unwrap();
+        assert_eq!(bundle_says.step_labels, StepLabels::Embedding);
+        let given = parse(&["--step-labels", "state"]).unwrap();
+        assert_eq!(
+            given.options(&trained).unwrap().step_labels,
+            StepLabels::State
+        );
+        let err = parse(&["--step-labels", "mask"]).unwrap_err().to_string();
+        assert!(err.contains("state, embedding"), "{err}");
     }
 }

@@ -88,14 +88,15 @@ pub fn run(args: InfoArgs) -> Result<ExitCode> {
         println!("  checksums verified (sha256)");
     }
     println!(
-        "  image {}px longest side, mean {:?}, std {:?}; embedding {:?}; grid {}x{}, at most {} steps",
+        "  image {}px longest side, mean {:?}, std {:?}; embedding {:?}; grid {}x{}, at most {} steps, step labels from {}",
         m.image.size,
         m.image.pixel_mean,
         m.image.pixel_std,
         m.embedding.shape,
         m.agent.grid,
         m.agent.grid,
-        m.agent.max_steps
+        m.agent.max_steps,
+        m.agent.step_labels.describe()
     );
     describe(
         backend.as_ref(),

@@ -140,7 +140,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         bail!("--save-every needs --out DIR");
     }
     let bundle = args.engine.open_bundle(&args.bundle)?;
-    let options = args.loop_args.options(bundle.manifest.agent.max_steps)?;
+    let options = args.loop_args.options(&bundle.manifest.agent)?;
     let backend = args.engine.backend()?;
     let agent = Agent::load(&bundle, backend.as_ref())?;
     if agent.srm.needs_semantic() {

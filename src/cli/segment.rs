@@ -12,7 +12,8 @@ use super::output::{
     progress,
 };
 use super::{EXIT_PARTIAL, EngineArgs};
-use crate::agent::{Agent, ImageOptions, LoopOptions};
+use crate::agent::{Agent, ImageOptions, LoopOptions, StepLabels};
+use crate::bundle::manifest::AgentSection;
 use crate::exit::EXIT_INTERRUPTED;
 use crate::pipeline::{StopFlag, install_ctrlc};
 use crate::sam::Map;
@@ -41,11 +42,16 @@ pub struct LoopArgs {
     /// Forbid choosing a patch twice (the paper does not mask actions).
     #[arg(long)]
     pub no_repeat: bool,
+    /// Which SRM map labels a step's point: `state`, the SRM on the step's state E * M (the
+    /// paper), or `embedding`, its map on E alone, the one that placed the start points
+    /// (default: the bundle's `[agent] step_labels`, the one its policy was trained with).
+    #[arg(long)]
+    pub step_labels: Option<StepLabels>,
 }
 
 impl LoopArgs {
-    /// The loop options, with the bundle's step limit as the default.
-    pub fn options(&self, bundle_max_steps: usize) -> Result<LoopOptions> {
+    /// The loop options, with the bundle's step limit and step labels as the defaults.
+    pub fn options(&self, agent: &AgentSection) -> Result<LoopOptions> {
         if let Some(b) = self.budget_ms
             && !(b > 0.0 && b.is_finite())
         {
@@ -55,11 +61,12 @@ impl LoopArgs {
             bail!("--stop-iou must be between 0 and 1, got {}", self.stop_iou);
         }
         Ok(LoopOptions {
-            max_steps: self.steps.unwrap_or(bundle_max_steps),
+            max_steps: self.steps.unwrap_or(agent.max_steps),
             budget: self.budget_ms.map(|ms| Duration::from_secs_f64(ms / 1e3)),
             stop_iou: (!self.no_early_stop).then_some(self.stop_iou),
             feed_mask: !self.no_mask_input,
             forbid_repeats: self.no_repeat,
+            step_labels: self.step_labels.unwrap_or(agent.step_labels),
         })
     }
 }
@@ -155,7 +162,7 @@ fn process_one(
 pub fn run(args: SegmentArgs, quiet: bool) -> Result<ExitCode> {
     let paths = expand_inputs(&args.inputs)?;
     let bundle = args.engine.open_bundle(&args.bundle)?;
-    let options = args.loop_args.options(bundle.manifest.agent.max_steps)?;
+    let options = args.loop_args.options(&bundle.manifest.agent)?;
     let backend = args.engine.backend()?;
     let agent = Agent::load(&bundle, backend.as_ref())?;
     if agent.srm.needs_semantic() && args.semantic_dir.is_none() {

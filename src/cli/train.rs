@@ -9,6 +9,7 @@ use clap::Args;
 use indicatif::ProgressBar;
 
 use super::EngineArgs;
+use crate::agent::StepLabels;
 use crate::dataset::Dataset;
 use crate::train::nets::ActorKind;
 use crate::train::{
@@ -46,6 +47,11 @@ pub struct TrainArgs {
     /// Label the chosen points with the ground truth instead of the SRM.
     #[arg(long)]
     pub teacher_labels: bool,
+    /// Which SRM map labels the chosen points: `state`, its map on E * M (the paper), or
+    /// `embedding`, its map on E alone from the episode's start. Written to the new bundle's
+    /// `[agent] step_labels`, so that inference labels as training did.
+    #[arg(long, default_value = "state", conflicts_with = "teacher_labels")]
+    pub step_labels: StepLabels,
     /// Embedding cache directory (default: $XDG_CACHE_HOME/alignsam/embeddings).
     #[arg(long)]
     pub cache: Option<PathBuf>,
@@ -134,6 +140,7 @@ fn config(args: &TrainArgs, episodes: usize, bundle_steps: usize) -> TrainConfig
     let mut config = TrainConfig::new(args.seed, episodes);
     config.steps = args.steps.unwrap_or(bundle_steps);
     config.teacher_labels = args.teacher_labels;
+    config.step_labels = args.step_labels;
     config.srm_start = args.srm_start;
     config.lr = args.lr;
     config.srm_lr = args.srm_lr;

@@ -73,6 +73,7 @@ pub fn describe_options(o: &LoopOptions) -> String {
     } else {
         ", repeated patches allowed (as in the paper)"
     });
+    let _ = write!(s, ", step labels from {}", o.step_labels.describe());
     s
 }
 

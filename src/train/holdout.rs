@@ -52,19 +52,18 @@ pub struct HoldoutReport {
     pub seconds: f64,
 }
 
-/// Evaluates `agent` on `images` (cached) with `steps` steps per image; `prior` is the training
+/// Evaluates `agent` on `images` (cached) with the loop's `options`; `prior` is the training
 /// set's mean target map. `progress` is called after each image.
 pub fn evaluate(
     agent: &Agent,
     images: &[TrainImage],
     cache: &EmbeddingCache,
-    steps: usize,
+    options: &LoopOptions,
     seed: u64,
     prior: Option<&Map>,
     mut progress: impl FnMut(usize),
 ) -> Result<HoldoutReport> {
     let start = Instant::now();
-    let options = LoopOptions::fixed_steps(steps);
     let mut scores = [
         ChooserScore::default(),
         ChooserScore::default(),
@@ -83,7 +82,7 @@ pub fn evaluate(
                 chooser: Some(chooser),
                 ..ImageOptions::default()
             };
-            let r = agent.run_on_embedding(&embedding, &img.geometry, &options, per_image)?;
+            let r = agent.run_on_embedding(&embedding, &img.geometry, options, per_image)?;
             for p in r.points.iter().filter(|p| p.origin == PointOrigin::Step) {
                 scores[k].points += 1;
                 hits[k] += ground_truth::hit(&img.gt, p.x, p.y) as usize;
@@ -111,7 +110,7 @@ pub fn evaluate(
     let [policy, random, centre] = scores;
     Ok(HoldoutReport {
         images: images.len(),
-        steps,
+        steps: options.max_steps,
         policy,
         random,
         centre,

@@ -49,7 +49,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::agent::Agent;
 use crate::agent::state::{mask_probability, state};
-use crate::bundle::manifest::VariantFile;
+use crate::bundle::manifest::{AgentSection, VariantFile};
 use crate::bundle::{Bundle, InferOptions, OpenOptions, write_bundle};
 use crate::cache::EmbeddingCache;
 use crate::dataset::Dataset;
@@ -372,7 +372,7 @@ pub fn run(job: &TrainJob, progress: &mut dyn FnMut(Progress)) -> Result<TrainRe
                 &agent,
                 &held,
                 &cache,
-                config.steps,
+                &config.loop_options(),
                 config.seed,
                 prior.as_ref(),
                 |i| progress(Progress::Advance(Stage::Holdout, i)),
@@ -444,7 +444,10 @@ fn write_output_manifest(job: &TrainJob, records: &[EpisodeRecord]) -> Result<()
         srm: Some(job.out_dir.join(files::SRM)),
         encoder_variants: variant_paths(&m.models.encoder.variants),
         decoder_variants: variant_paths(&m.models.decoder.variants),
-        agent: m.agent.clone(),
+        agent: AgentSection {
+            step_labels: job.config.step_labels,
+            ..m.agent.clone()
+        },
         pixel_mean: m.image.pixel_mean,
         pixel_std: m.image.pixel_std,
     };

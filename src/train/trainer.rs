@@ -7,7 +7,8 @@
 //! ```text
 //! s_t = E * M_{t-1}               (crate::agent::state, as inference builds it)
 //! a_t ~ softmax(policy(s_t))      (sampled: PPO is on-policy; inference is greedy)
-//! label = SRM(s_t) at the patch centre >= 0.5   (or the ground truth, --teacher-labels)
+//! label = SRM(s_t) at the patch centre >= 0.5   (or the ground truth, --teacher-labels;
+//!         or SRM(s_0) from the episode's start, --step-labels embedding)
 //! SRM: q Adam steps of Dice + BCE on s_t against the ground truth at its map size
 //! r_t = +1 if the centre is on the object, else -1   (+ optional shaping)
 //! M_t = decoder(all points, mask_input = M_{t-1} logits)   (the same decoder as inference)
@@ -37,7 +38,7 @@ use super::srm_loss::{dice_bce, target_tensors};
 use crate::agent::ground_truth::{self, map_iou};
 use crate::agent::srm::start_points;
 use crate::agent::state::{mask_probability, state};
-use crate::agent::{FrameMap, PatchGrid};
+use crate::agent::{FrameMap, LoopOptions, PatchGrid, StepLabels};
 use crate::cache::EmbeddingCache;
 use crate::sam::{Decoder, Embedding, FrameGeometry, Map, PointLabel, PromptPoint, postprocess};
 
@@ -52,6 +53,9 @@ pub struct TrainConfig {
     pub steps: usize,
     /// Label the policy's points with the ground truth instead of the SRM.
     pub teacher_labels: bool,
+    /// Which SRM map labels the policy's points: on `s_t` (the paper) or on `s_0 = E`, from the
+    /// episode's start (unless `teacher_labels`).
+    pub step_labels: StepLabels,
     /// Start each episode as inference does (the SRM's most and least probable cells on `s_0`)
     /// instead of the paper's random ground-truth points.
     pub srm_start: bool,
@@ -87,6 +91,7 @@ impl TrainConfig {
             episodes,
             steps: 15,
             teacher_labels: false,
+            step_labels: StepLabels::State,
             srm_start: false,
             lr: 1e-4,
             srm_lr: 1e-4,
@@ -108,6 +113,15 @@ impl TrainConfig {
             width: 16,
             hidden: 64,
             actor: ActorKind::Dense,
+        }
+    }
+
+    /// The inference loop that matches this training: `steps` steps on every image, no early
+    /// stop, step labels from the map the training labelled with.
+    pub fn loop_options(&self) -> LoopOptions {
+        LoopOptions {
+            step_labels: self.step_labels,
+            ..LoopOptions::fixed_steps(self.steps)
         }
     }
 
@@ -407,7 +421,11 @@ impl<'a> Trainer<'a> {
             srm_iou += srm.iou as f64;
             let (x, y) = self.grid.centre(action, h, w);
             let hit = ground_truth::hit(&img.gt, x, y);
-            let srm_says = srm.prob.data[srm_map.cell_at(x, y, &geometry)] >= 0.5;
+            let label_map = match self.config.step_labels {
+                StepLabels::Embedding => &first.prob,
+                StepLabels::State => &srm.prob,
+            };
+            let srm_says = label_map.data[srm_map.cell_at(x, y, &geometry)] >= 0.5;
             let positive = if self.config.teacher_labels {
                 hit
             } else {
