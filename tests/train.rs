@@ -190,10 +190,11 @@ fn train_with(
 }
 
 /// The training options that change what an episode sees (`--srm-start`: inference's start
-/// points; `--actor conv`; `--step-labels embedding`) are as repeatable as the default, and do
+/// points; `--actor conv`; `--step-labels embedding`; `--no-repeat`) are as repeatable as the
+/// default, and do
 /// change the run; the label source is written to the bundle, so that inference labels alike.
 #[test]
-fn srm_start_conv_actor_and_embedding_labels_repeat_and_differ_from_the_default() {
+fn episode_options_repeat_and_differ_from_the_default() {
     let (tmp, data) = temp_dataset(3);
     let (cache, tiny) = (tmp.path().join("cache"), tiny());
     let log = |name: &str, config: TrainConfig| {
@@ -208,10 +209,13 @@ fn srm_start_conv_actor_and_embedding_labels_repeat_and_differ_from_the_default(
     conv.actor = ActorKind::Conv;
     let mut embedding_labels = short_config(5);
     embedding_labels.step_labels = StepLabels::Embedding;
+    let mut no_repeat = short_config(5);
+    no_repeat.forbid_repeats = true;
     for (name, config) in [
         ("srm-start", srm_start),
         ("conv", conv),
         ("embedding-labels", embedding_labels),
+        ("no-repeat", no_repeat),
     ] {
         let a = log(&format!("{name}-a"), config.clone());
         let b = log(&format!("{name}-b"), config);

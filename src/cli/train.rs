@@ -97,6 +97,10 @@ pub struct TrainArgs {
     /// Reward shaping: subtracted when a patch is chosen again in an episode (paper: 0).
     #[arg(long, default_value_t = 0.0, value_parser = super::validate::real(0.0, 1000.0).f32())]
     pub repeat_penalty: f32,
+    /// Forbid a patch already chosen in the episode, in the rollouts and in PPO's
+    /// probabilities (paper: repeats allowed); run the bundle with `--no-repeat` too.
+    #[arg(long)]
+    pub no_repeat: bool,
     /// Reward shaping: this times the step's gain in mask IoU is added (paper: 0).
     #[arg(long, default_value_t = 0.0, value_parser = super::validate::real(0.0, 1000.0).f32())]
     pub iou_bonus: f32,
@@ -156,6 +160,7 @@ fn config(args: &TrainArgs, episodes: usize, bundle_steps: usize) -> TrainConfig
         centre_advantages: args.centre_advantages,
     };
     config.repeat_penalty = args.repeat_penalty;
+    config.forbid_repeats = args.no_repeat;
     config.iou_bonus = args.iou_bonus;
     config.policy_pool = args.policy_pool;
     config.srm_pool = args.srm_pool;

@@ -127,6 +127,24 @@ pub struct Batch {
     pub returns: Tensor,
     /// Advantages `[T]`.
     pub advantages: Tensor,
+    /// Added to the logits before the softmax, `[T, A]`: [`FORBIDDEN`] where an action was not
+    /// allowed at that step (patches already used, with repeats forbidden), 0 elsewhere.
+    pub forbidden: Option<Tensor>,
+}
+
+/// The logit offset of a forbidden action: its probability underflows to 0, and stays finite so
+/// that the entropy's `p * log p` is 0, not NaN.
+pub const FORBIDDEN: f32 = -1e9;
+
+/// The logit offsets `[rows, A]` for per-step masks of forbidden actions.
+pub fn forbidden_offsets(masks: &[Vec<bool>]) -> candle_core::Result<Tensor> {
+    let a = masks.first().map_or(0, Vec::len);
+    let data: Vec<f32> = masks
+        .iter()
+        .flatten()
+        .map(|&f| if f { FORBIDDEN } else { 0.0 })
+        .collect();
+    Tensor::from_vec(data, (masks.len(), a), &Device::Cpu)
 }
 
 impl Batch {
@@ -145,6 +163,15 @@ impl Batch {
             old_log_probs: Tensor::new(old_log_probs, d)?,
             returns: Tensor::new(returns, d)?,
             advantages: Tensor::new(advantages, d)?,
+            forbidden: None,
+        })
+    }
+
+    /// The same batch where `masks[t][a]` says action `a` was forbidden at step `t`.
+    pub fn with_forbidden(self, masks: &[Vec<bool>]) -> candle_core::Result<Self> {
+        Ok(Batch {
+            forbidden: Some(forbidden_offsets(masks)?),
+            ..self
         })
     }
 }
@@ -165,6 +192,10 @@ pub struct PpoLoss {
 /// PPO's loss for the current network on a batch.
 pub fn loss(net: &PolicyNet, batch: &Batch, config: &PpoConfig) -> candle_core::Result<PpoLoss> {
     let (logits, values) = net.forward_prepared(&batch.states)?;
+    let logits = match &batch.forbidden {
+        Some(offsets) => (logits + offsets)?,
+        None => logits,
+    };
     let log_probs = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
     let taken = log_probs
         .gather(&batch.actions.unsqueeze(1)?, 1)?
@@ -266,6 +297,24 @@ mod tests {
         );
         assert_eq!(advantages(&[1.25, 0.5], &[1.0, 1.0]), vec![0.25, -0.5]);
         assert!(discounted_returns(&[], 1.0, 0.9).is_empty());
+    }
+
+    #[test]
+    fn forbidden_actions_get_no_probability_and_a_finite_entropy() {
+        let masks = vec![vec![false, true, false], vec![true, true, false]];
+        let offsets = forbidden_offsets(&masks).unwrap();
+        assert_eq!(offsets.dims(), &[2, 3]);
+        let logits = Tensor::new(&[[1f32, 5.0, 1.0], [9.0, 9.0, 0.0]], &Device::Cpu).unwrap();
+        let lp = candle_nn::ops::log_softmax(&(logits + offsets).unwrap(), D::Minus1).unwrap();
+        let p = lp.exp().unwrap().to_vec2::<f32>().unwrap();
+        assert_eq!(p[0][1], 0.0);
+        assert!(
+            (p[0][0] - 0.5).abs() < 1e-6 && (p[0][2] - 0.5).abs() < 1e-6,
+            "{p:?}"
+        );
+        assert_eq!(p[1], vec![0.0, 0.0, 1.0]);
+        let entropy = (lp.exp().unwrap() * &lp).unwrap().sum_all().unwrap();
+        assert!(entropy.to_scalar::<f32>().unwrap().is_finite());
     }
 
     #[test]

@@ -69,6 +69,9 @@ pub struct TrainConfig {
     pub ppo: PpoConfig,
     /// Subtracted from the reward of a patch already chosen in the episode (0: the paper).
     pub repeat_penalty: f32,
+    /// Forbid a patch already chosen in the episode, in the rollouts and in PPO's probabilities
+    /// (inference's `--no-repeat`; the paper does not mask actions).
+    pub forbid_repeats: bool,
     /// Added to the reward times the gain in low-resolution mask IoU (0: the paper).
     pub iou_bonus: f32,
     /// Average pooling before the policy.
@@ -107,6 +110,7 @@ impl TrainConfig {
                 centre_advantages: false,
             },
             repeat_penalty: 0.0,
+            forbid_repeats: false,
             iou_bonus: 0.0,
             policy_pool: 8,
             srm_pool: 4,
@@ -121,6 +125,7 @@ impl TrainConfig {
     pub fn loop_options(&self) -> LoopOptions {
         LoopOptions {
             step_labels: self.step_labels,
+            forbid_repeats: self.forbid_repeats,
             ..LoopOptions::fixed_steps(self.steps)
         }
     }
@@ -407,11 +412,21 @@ impl<'a> Trainer<'a> {
         let mut rewards = Vec::with_capacity(steps);
         let (mut hits, mut labels_right) = (0usize, 0usize);
         let mut used = vec![false; self.grid.len()];
+        let mut forbidden = Vec::with_capacity(steps);
         for _ in 0..steps {
             let m = mask_probability(&current.logits, eh, ew);
             let (s, s_srm) = self.states(&embedding, Some(&m))?;
             let t = Instant::now();
             let (logits, value) = self.policy.forward_prepared(&s)?;
+            // Every patch used (more steps than patches): nothing left to forbid.
+            let forbid = self.config.forbid_repeats && !used.iter().all(|&u| u);
+            let logits = if forbid {
+                forbidden.push(used.clone());
+                (logits + ppo::forbidden_offsets(std::slice::from_ref(&used))?)?
+            } else {
+                forbidden.push(vec![false; used.len()]);
+                logits
+            };
             let lp = values(&candle_nn::ops::log_softmax(&logits, D::Minus1)?)?;
             let action = sample(&lp, &mut self.rng);
             self.times.policy_s += t.elapsed().as_secs_f64();
@@ -485,7 +500,10 @@ impl<'a> Trainer<'a> {
         }
         let t = Instant::now();
         let stats = if steps > 0 {
-            let batch = Batch::new(&states, &actions, &log_probs, &returns, &adv)?;
+            let mut batch = Batch::new(&states, &actions, &log_probs, &returns, &adv)?;
+            if self.config.forbid_repeats {
+                batch = batch.with_forbidden(&forbidden)?;
+            }
             ppo::update(&self.policy, &mut self.policy_opt, &batch, &self.config.ppo)?
         } else {
             ppo::UpdateStats::default()
