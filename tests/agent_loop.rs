@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use alignsam::agent::state::state;
-use alignsam::agent::{Agent, ImageOptions, LoopOptions, PointOrigin, StepLabels, StopReason};
+use alignsam::agent::{
+    Agent, ImageOptions, LoopOptions, LoopResult, PointOrigin, StepLabels, StopReason, WarmStart,
+};
 use alignsam::bundle::{Bundle, OpenOptions};
 use alignsam::sam::PointLabel;
 use image::RgbImage;
@@ -89,7 +91,8 @@ fn points_follow_the_policy_and_labels_follow_the_srm() {
 }
 
 /// The tiny bundle's random SRM reads its input, so the map on `E * M` differs from the map on
-/// `E`: each step's recorded probability says which map labelled it.
+/// `E`: each point's recorded probability says which map labelled it. A warm start relabels the
+/// previous frame's points with the same map as the steps.
 #[test]
 fn step_labels_come_from_the_map_the_options_name() {
     let agent = agent(&common::tiny_bundle());
@@ -97,27 +100,45 @@ fn step_labels_come_from_the_map_the_options_name() {
     let (e, g) = (&encoded.embedding, &encoded.geometry);
     let on_embedding = agent.srm.predict(&state(e, None), None).unwrap();
     let from_embedding_map = |x, y| agent.srm.label_at(&on_embedding, x, y, g).0;
-    let run = |step_labels| {
+    let run = |step_labels, warm: Option<&WarmStart>| {
         let options = LoopOptions {
             step_labels,
             ..fixed(4)
         };
-        let r = agent
-            .run_on_embedding(e, g, &options, ImageOptions::default())
-            .unwrap();
-        r.points[2..].to_vec()
+        let per_image = ImageOptions {
+            warm,
+            ..ImageOptions::default()
+        };
+        agent.run_on_embedding(e, g, &options, per_image).unwrap()
     };
-    let steps = run(StepLabels::Embedding);
-    assert_eq!(steps.len(), 4);
-    for p in &steps {
+    let cold = run(StepLabels::Embedding, None);
+    assert_eq!(cold.points.len(), 2 + 4);
+    for p in &cold.points[2..] {
         assert_eq!(p.srm_prob, from_embedding_map(p.x, p.y), "{p:?}");
     }
-    let paper = run(StepLabels::State);
+    let warm = WarmStart::from_result(&cold, 3);
+    for step_labels in [StepLabels::Embedding, StepLabels::State] {
+        let from_e = |r: &LoopResult| {
+            r.points
+                .iter()
+                .all(|p| p.srm_prob == from_embedding_map(p.x, p.y))
+        };
+        let warm_run = run(step_labels, Some(&warm));
+        assert_eq!(warm_run.points[0].origin, PointOrigin::PreviousFrame);
+        assert_eq!(
+            from_e(&warm_run),
+            step_labels == StepLabels::Embedding,
+            "{step_labels:?}: {:?}",
+            warm_run.points
+        );
+    }
+    let paper = run(StepLabels::State, None);
     assert!(
-        paper
+        paper.points[2..]
             .iter()
             .any(|p| p.srm_prob != from_embedding_map(p.x, p.y)),
-        "labels on E * M should differ from the map on E somewhere: {paper:?}"
+        "labels on E * M should differ from the map on E somewhere: {:?}",
+        paper.points
     );
 }
 

@@ -16,12 +16,11 @@ pub mod srm;
 pub mod state;
 pub mod stream;
 
+pub use crate::bundle::manifest::StepLabels;
 pub use chooser::{CentreChooser, PatchChooser, PolicyChooser, RandomChooser, SrmChooser};
 pub use grid::{FrameMap, PatchGrid};
 pub use policy::Policy;
-pub use prompt_loop::{
-    Agent, Encoded, Episode, ImageOptions, LoopOptions, StepLabels, StepOutcome,
-};
+pub use prompt_loop::{Agent, Encoded, Episode, ImageOptions, LoopOptions, StepOutcome};
 pub use record::{
     LoopResult, PointOrigin, PointRecord, StageTimes, StepTimes, StopReason, WarmStart,
 };

@@ -28,7 +28,7 @@ use super::record::{
 };
 use super::srm::{Srm, start_points};
 use super::state::{mask_probability, state};
-pub use crate::bundle::manifest::StepLabels;
+use crate::bundle::manifest::StepLabels;
 use crate::sam::{
     Embedding, FrameGeometry, LowResMask, Map, PointLabel, Sam, postprocess, preprocess,
 };
@@ -113,8 +113,8 @@ pub struct Episode<'e> {
     semantic: Option<&'e Map>,
     points: Vec<PointRecord>,
     current: LowResMask,
-    /// The SRM's map on `s_0 = E` (cold start: the start points' map; warm start: computed on
-    /// the first step that needs it, with [`StepLabels::Embedding`]).
+    /// The SRM's map on `s_0 = E`: the start points' map (cold start), or the one that
+    /// relabelled the previous frame's points (warm start with [`StepLabels::Embedding`]).
     embedding_map: Option<Map>,
     used: Vec<bool>,
     times: StageTimes,
@@ -306,8 +306,10 @@ impl Agent {
                 (points, Some(map), None)
             }
             Some(prev) => {
-                let points = self.warm_start(embedding, geometry, prev, semantic, &mut times)?;
-                (points, None, options.feed_mask.then_some(&prev.low_res))
+                let labels = options.step_labels;
+                let (points, map) =
+                    self.warm_start(embedding, geometry, prev, semantic, labels, &mut times)?;
+                (points, map, options.feed_mask.then_some(&prev.low_res))
             }
         };
         let t_dec = Instant::now();
@@ -372,25 +374,30 @@ impl Agent {
         Ok((points, prob))
     }
 
-    /// Warm start: the previous frame's points, relabelled by the SRM on `E * M_prev`.
+    /// Warm start: the previous frame's points, relabelled by the SRM on `E * M_prev` (with
+    /// [`StepLabels::Embedding`]: on `E`, and that map is returned for the steps).
     fn warm_start(
         &self,
         embedding: &Embedding,
         geometry: &FrameGeometry,
         prev: &WarmStart,
         semantic: Option<&Map>,
+        labels: StepLabels,
         times: &mut StageTimes,
-    ) -> Result<Vec<PointRecord>> {
+    ) -> Result<(Vec<PointRecord>, Option<Map>)> {
         if prev.points.is_empty() {
             bail!("a warm start needs the previous frame's points");
         }
         let (_, eh, ew) = embedding.chw();
         let (h, w) = geometry.original;
         let t = Instant::now();
-        let m = mask_probability(&prev.low_res, eh, ew);
-        let prob = self.srm.predict(&state(embedding, Some(&m)), semantic)?;
+        let m = match labels {
+            StepLabels::State => Some(mask_probability(&prev.low_res, eh, ew)),
+            StepLabels::Embedding => None,
+        };
+        let prob = self.srm.predict(&state(embedding, m.as_ref()), semantic)?;
         times.start_srm_ms = ms(t.elapsed());
-        Ok(prev
+        let points = prev
             .points
             .iter()
             .map(|p| {
@@ -410,7 +417,8 @@ impl Agent {
                     iou_prediction: f32::NAN,
                 }
             })
-            .collect())
+            .collect();
+        Ok((points, m.is_none().then_some(prob)))
     }
 
     /// One step: `s_t = E * M_{t-1}`, the chooser picks a patch, the SRM labels its centre, the
@@ -441,6 +449,7 @@ impl Agent {
         st.policy_ms = ms(t.elapsed());
 
         let t = Instant::now();
+        // An episode started with the paper's labels has no map on E yet; make it once.
         if options.step_labels == StepLabels::Embedding && episode.embedding_map.is_none() {
             let map = self
                 .srm
