@@ -203,6 +203,16 @@ impl Dataset {
         }
     }
 
+    /// [`Dataset::open`], then the split's first `n` items (all of them with `None`): what the
+    /// commands' `--data`, `--split` and `--images` select.
+    pub fn open_first(dir: &Path, split: &str, n: Option<usize>) -> Result<Dataset> {
+        let all = Dataset::open(dir, split)?;
+        Ok(match n {
+            Some(n) => all.take(n),
+            None => all,
+        })
+    }
+
     /// Checks every pair from the file headers only, without decoding pixels: both files are
     /// readable images, the mask has a colour type [`load_mask`] accepts, and mask and image have
     /// the same size. All pairs are checked; the error names the first few bad files and counts

@@ -81,6 +81,9 @@ fn opens_in_split_order_and_takes_the_first() {
     assert_eq!(first.items(), &ds.items()[..2]);
     assert_eq!(ds.take(10).len(), 3);
     assert!(ds.take(0).is_empty());
+    let opened = |n| Dataset::open_first(&f.dir, "train", n).unwrap();
+    assert_eq!(opened(Some(2)).items(), first.items());
+    assert_eq!(opened(None).items(), ds.items());
     ds.validate().unwrap();
 
     let (image, mask) = ds.items()[0].load().unwrap();

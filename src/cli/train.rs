@@ -182,20 +182,10 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
     }
     super::output::check_dataset_outputs(&args.data, &args.out)?;
     let bundle = args.engine.open_bundle(&args.bundle)?;
-    let dataset = Dataset::open(&args.data, &args.split)?;
-    let dataset = match args.images {
-        Some(0) => anyhow::bail!("--images must be at least 1"),
-        Some(n) => dataset.take(n),
-        None => dataset,
-    };
+    // --images and --eval-images are at least 1 (their parsers say so).
+    let dataset = Dataset::open_first(&args.data, &args.split, args.images)?;
     let holdout = match &args.eval_split {
-        Some(split) => {
-            let d = Dataset::open(&args.data, split)?;
-            Some(match args.eval_images {
-                Some(n) => d.take(n.max(1)),
-                None => d,
-            })
-        }
+        Some(split) => Some(Dataset::open_first(&args.data, split, args.eval_images)?),
         None => None,
     };
     if args.episodes == Some(0) {
