@@ -412,19 +412,25 @@ impl<'a> Trainer<'a> {
         let mut rewards = Vec::with_capacity(steps);
         let (mut hits, mut labels_right) = (0usize, 0usize);
         let mut used = vec![false; self.grid.len()];
-        let mut forbidden = Vec::with_capacity(steps);
+        // Per step, the patches the rollout forbade (only with `forbid_repeats`): PPO's update
+        // recomputes the probabilities under the same masks.
+        let mut forbidden = Vec::new();
         for _ in 0..steps {
             let m = mask_probability(&current.logits, eh, ew);
             let (s, s_srm) = self.states(&embedding, Some(&m))?;
             let t = Instant::now();
             let (logits, value) = self.policy.forward_prepared(&s)?;
-            // Every patch used (more steps than patches): nothing left to forbid.
-            let forbid = self.config.forbid_repeats && !used.iter().all(|&u| u);
-            let logits = if forbid {
-                forbidden.push(used.clone());
-                (logits + ppo::forbidden_offsets(std::slice::from_ref(&used))?)?
+            let logits = if self.config.forbid_repeats {
+                // Every patch used (more steps than patches): nothing left to forbid.
+                let mask = if used.iter().all(|&u| u) {
+                    vec![false; used.len()]
+                } else {
+                    used.clone()
+                };
+                let offsets = ppo::forbidden_offsets(std::slice::from_ref(&mask))?;
+                forbidden.push(mask);
+                (logits + offsets)?
             } else {
-                forbidden.push(vec![false; used.len()]);
                 logits
             };
             let lp = values(&candle_nn::ops::log_softmax(&logits, D::Minus1)?)?;
