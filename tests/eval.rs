@@ -254,6 +254,48 @@ fn hand_built_agent_gives_hand_computed_figures() {
 }
 
 #[test]
+fn the_sampled_policy_draws_from_the_softmax() {
+    // The hand-built policy's logits: 5 for patch 11, 0 for the 99 others, so each step takes
+    // patch 11 with probability e^5 / (e^5 + 99) = 0.60 and one of the 8 other object patches
+    // (0-2, 10, 12, 20-22) with 0.40 * 8 / 99: a hit rate of 0.63. Greedy would hit every time
+    // with one patch; uniform patches would hit 9% of the time.
+    let data = Data::new();
+    for id in ["a", "b", "c"] {
+        data.pair(id, (100, 100), (0, 0, 30, 30));
+    }
+    data.split(&["a", "b", "c"]);
+    let bundle = hand_built_bundle(data.tmp.path(), 11);
+    let out = data.out("sampled");
+    let o = eval(
+        &bundle,
+        &data,
+        &out,
+        &[
+            "--steps",
+            "15",
+            "--montage",
+            "0",
+            "--methods",
+            "policy,policy-sample",
+        ],
+    );
+    check_ok(&o);
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert_eq!(report_value(&report, "policy", "patches"), 1.0);
+    let hit = report_value(&report, "policy-sample", "hit");
+    assert!((0.35..0.9).contains(&hit), "sampled hit rate {hit}");
+    assert!(
+        report_value(&report, "policy-sample", "patches") > 2.0,
+        "{report}"
+    );
+    assert!(
+        !report.contains("policy-sample mIoU minus policy:")
+            && !report.contains("policy mIoU minus policy-sample"),
+        "the two policies are not compared with each other: {report}"
+    );
+}
+
+#[test]
 fn random_tiny_bundle_end_to_end() {
     let data = Data::new();
     data.pair("one", (64, 48), (10, 8, 40, 30))
@@ -391,17 +433,18 @@ fn baselines_click_where_they_should() {
     };
     let (results, oracle) = run(3);
     assert_eq!(results.len(), Method::ALL.len());
+    let at = |m: Method| Method::ALL.iter().position(|&x| x == m).unwrap();
     // The oracle clicks 20 times, keeps the mask after the loop's 2 + 6 points, and its first
     // click is the object's deepest point, positive.
     assert_eq!(oracle.ious.len(), 20);
-    assert_eq!(results[4].points.len(), 8);
-    assert_eq!(results[4].mask, oracle.kept_mask);
+    assert_eq!(results[at(Method::Oracle)].points.len(), 8);
+    assert_eq!(results[at(Method::Oracle)].mask, oracle.kept_mask);
     let first = oracle.points[0];
     assert_eq!(first.label, alignsam::sam::PointLabel::Positive);
     // (x 22 is 23 pixels from both sides of the half; rows 22..=37 are all that deep: the first.)
     assert_eq!((first.x, first.y), (22.5, 22.5), "{first:?}");
     // The SRM-only baseline never clicks the same patch twice.
-    let srm_patches: Vec<usize> = results[3]
+    let srm_patches: Vec<usize> = results[at(Method::SrmOnly)]
         .points
         .iter()
         .filter(|p| p.origin == PointOrigin::Step)
@@ -422,12 +465,16 @@ fn baselines_click_where_they_should() {
             .filter(|p| p.origin == PointOrigin::Step)
             .collect::<Vec<_>>()
     };
-    assert_eq!(steps(2).len(), 6);
-    for p in steps(2) {
+    assert_eq!(steps(at(Method::Centre)).len(), 6);
+    for p in steps(at(Method::Centre)) {
         assert_eq!((p.patch, p.x, p.y), (centre, cx, cy), "the centre baseline");
     }
     // Every loop method starts from the same SRM start points, on the same embedding.
-    for r in &results[1..4] {
+    let loops = Method::ALL
+        .iter()
+        .zip(&results)
+        .filter(|(m, _)| m.is_loop());
+    for (_, r) in loops {
         assert_eq!(
             r.points[..2].iter().map(|p| (p.x, p.y)).collect::<Vec<_>>(),
             results[0].points[..2]
@@ -437,13 +484,16 @@ fn baselines_click_where_they_should() {
         );
     }
     // The random baseline repeats for the same seed and image, and changes with the seed.
-    let patches = |rs: &[alignsam::agent::LoopResult]| {
-        rs[1].points.iter().map(|p| p.patch).collect::<Vec<_>>()
+    // So does the sampled policy.
+    let patches = |rs: &[alignsam::agent::LoopResult], m: Method| {
+        rs[at(m)].points.iter().map(|p| p.patch).collect::<Vec<_>>()
     };
     let (same, _) = run(3);
-    assert_eq!(patches(&results), patches(&same));
     let (other, _) = run(4);
-    assert_ne!(patches(&results), patches(&other));
+    for m in [Method::Random, Method::PolicySample] {
+        assert_eq!(patches(&results, m), patches(&same, m), "{m}");
+        assert_ne!(patches(&results, m), patches(&other, m), "{m}");
+    }
 
     // The SRM's constant-map figures on a hand-checkable mask: left 30% of a square image.
     let sq = RgbImage::from_pixel(100, 100, image::Rgb([90, 90, 90]));

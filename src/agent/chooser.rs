@@ -6,7 +6,7 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
 use super::grid::PatchGrid;
-use super::policy::{Policy, greedy};
+use super::policy::{Policy, greedy, sample};
 use super::srm::Srm;
 use crate::engine::Tensor;
 use crate::sam::FrameGeometry;
@@ -23,6 +23,30 @@ pub struct PolicyChooser<'a>(pub &'a Policy);
 impl PatchChooser for PolicyChooser<'_> {
     fn choose(&mut self, state: &Tensor, allowed: Option<&[bool]>) -> Result<Option<usize>> {
         Ok(greedy(&self.0.logits(state)?, allowed))
+    }
+}
+
+/// The policy sampled rather than greedy: each patch drawn from the softmax of its logits, as
+/// the policy acts while it is trained (seeded, so runs repeat).
+pub struct SampledPolicyChooser<'a> {
+    policy: &'a Policy,
+    rng: StdRng,
+}
+
+impl<'a> SampledPolicyChooser<'a> {
+    /// A seeded sampling chooser.
+    pub fn new(policy: &'a Policy, seed: u64) -> Self {
+        SampledPolicyChooser {
+            policy,
+            rng: StdRng::seed_from_u64(seed),
+        }
+    }
+}
+
+impl PatchChooser for SampledPolicyChooser<'_> {
+    fn choose(&mut self, state: &Tensor, allowed: Option<&[bool]>) -> Result<Option<usize>> {
+        let u: f64 = self.rng.random();
+        Ok(sample(&self.policy.logits(state)?, allowed, u))
     }
 }
 

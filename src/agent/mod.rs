@@ -17,7 +17,9 @@ pub mod state;
 pub mod stream;
 
 pub use crate::bundle::manifest::StepLabels;
-pub use chooser::{CentreChooser, PatchChooser, PolicyChooser, RandomChooser, SrmChooser};
+pub use chooser::{
+    CentreChooser, PatchChooser, PolicyChooser, RandomChooser, SampledPolicyChooser, SrmChooser,
+};
 pub use grid::{FrameMap, PatchGrid};
 pub use policy::Policy;
 pub use prompt_loop::{Agent, Encoded, Episode, ImageOptions, LoopOptions, StepOutcome};

@@ -65,9 +65,66 @@ pub fn greedy(logits: &[f32], allowed: Option<&[bool]>) -> Option<usize> {
     best.map(|(i, _)| i)
 }
 
+/// A patch drawn from the softmax of the logits over the allowed patches (`u` uniform in [0, 1)),
+/// `None` when no patch is allowed or every allowed logit is NaN.
+pub fn sample(logits: &[f32], allowed: Option<&[bool]>, u: f64) -> Option<usize> {
+    let ok = |i: usize| allowed.is_none_or(|a| a[i]) && !logits[i].is_nan();
+    let top = (0..logits.len())
+        .filter(|&i| ok(i))
+        .map(|i| logits[i])
+        .fold(f32::NEG_INFINITY, f32::max);
+    if top == f32::NEG_INFINITY {
+        return None;
+    }
+    let weight = |i: usize| {
+        if ok(i) {
+            f64::from(logits[i] - top).exp()
+        } else {
+            0.0
+        }
+    };
+    let total: f64 = (0..logits.len()).map(weight).sum();
+    let mut left = u * total;
+    let mut last = None;
+    for i in (0..logits.len()).filter(|&i| ok(i)) {
+        left -= weight(i);
+        last = Some(i);
+        if left < 0.0 {
+            break;
+        }
+    }
+    last
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sampling_follows_the_softmax_and_the_mask() {
+        // Probabilities 1/(1+e^2) and e^2/(1+e^2) = 0.119 and 0.881 over the two allowed patches.
+        let logits = [0.0, 5.0, 2.0, f32::NAN];
+        let allowed = [true, false, true, true];
+        assert_eq!(sample(&logits, Some(&allowed), 0.0), Some(0));
+        assert_eq!(sample(&logits, Some(&allowed), 0.118), Some(0));
+        assert_eq!(sample(&logits, Some(&allowed), 0.120), Some(2));
+        assert_eq!(sample(&logits, Some(&allowed), 0.999_999), Some(2));
+        assert_eq!(sample(&logits, None, 0.5), Some(1));
+        assert_eq!(
+            sample(&logits, Some(&[false, false, false, true]), 0.5),
+            None
+        );
+        let draws = 10_000;
+        let zeros = (0..draws)
+            .filter(|k| {
+                sample(&logits, Some(&allowed), (*k as f64 + 0.5) / draws as f64) == Some(0)
+            })
+            .count();
+        assert!(
+            (zeros as f64 / draws as f64 - 0.1192).abs() < 1e-3,
+            "{zeros}"
+        );
+    }
 
     #[test]
     fn greedy_respects_the_mask_and_ties() {

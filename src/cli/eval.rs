@@ -55,15 +55,17 @@ pub struct EvalArgs {
     /// Embedding cache directory (default: $XDG_CACHE_HOME/alignsam/embeddings).
     #[arg(long)]
     pub cache: Option<PathBuf>,
-    /// Methods to run, comma-separated, in report order: policy, random, centre, srm-only,
-    /// oracle (clicks from the ground truth; `--methods oracle` checks any bundle's decoder).
+    /// Methods to run, comma-separated, in report order: policy, policy-sample (the policy's
+    /// patches drawn from its softmax, seeded per image), random, centre, srm-only, oracle
+    /// (clicks from the ground truth; `--methods oracle` checks any bundle's decoder).
     #[arg(
         long,
         value_delimiter = ',',
         default_value = "policy,random,centre,srm-only,oracle"
     )]
     pub methods: Vec<Method>,
-    /// Seed of the random-patch baseline (mixed with each image id, so runs repeat).
+    /// Seed of the random-patch baseline and of policy-sample (mixed with each image id, so runs
+    /// repeat).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Images in the montage, one row each (0: no montage).

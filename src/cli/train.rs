@@ -133,7 +133,6 @@ pub struct TrainArgs {
     /// No progress bars.
     #[arg(long)]
     pub no_progress: bool,
-    /// Backend and threads.
     /// Backend, threads and checksum verification.
     #[command(flatten)]
     pub engine: EngineArgs,

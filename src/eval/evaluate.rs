@@ -277,9 +277,11 @@ impl SrmSummary {
     }
 }
 
-/// The policy against another method, paired per image.
+/// A policy method (greedy or sampled) against another method, paired per image.
 #[derive(Clone, Copy, Debug)]
 pub struct PolicyVs {
+    /// The policy method: [`Method::Policy`] or [`Method::PolicySample`].
+    pub policy: Method,
     /// The other method.
     pub other: Method,
     /// Policy minus other: IoU.
@@ -355,16 +357,23 @@ pub struct EvalSummary {
     pub methods: Vec<MethodSummary>,
     /// The SRM against constant maps.
     pub srm: SrmSummary,
-    /// The policy against each other method (empty without the policy).
+    /// Each policy method that ran against each method that is not a policy (empty without one).
     pub policy_vs: Vec<PolicyVs>,
     /// The oracle's curve, when it ran.
     pub oracle: Option<OracleSummary>,
 }
 
 impl EvalSummary {
-    /// The policy against one other method.
+    /// The greedy policy against one other method.
     pub fn policy_vs(&self, other: Method) -> Option<&PolicyVs> {
-        self.policy_vs.iter().find(|p| p.other == other)
+        self.vs(Method::Policy, other)
+    }
+
+    /// A policy method against one other method.
+    pub fn vs(&self, policy: Method, other: Method) -> Option<&PolicyVs> {
+        self.policy_vs
+            .iter()
+            .find(|p| p.policy == policy && p.other == other)
     }
 }
 
@@ -521,31 +530,34 @@ impl Evaluation {
     }
 
     fn policy_comparisons(&self) -> Vec<PolicyVs> {
-        let Some(policy) = self.methods.iter().find(|t| t.method == Method::Policy) else {
-            return vec![];
-        };
-        let p = &policy.per_image;
-        self.methods
-            .iter()
-            .filter(|t| t.method != Method::Policy)
-            .map(|t| {
-                let o = &t.per_image;
-                // Images where either method ran no step say nothing about the hit rates.
-                let (a, b): (Vec<f64>, Vec<f64>) = p
-                    .hit_rate
+        let policies = self.methods.iter().filter(|t| t.method.is_policy());
+        policies
+            .flat_map(|policy| {
+                self.methods
                     .iter()
-                    .zip(&o.hit_rate)
-                    .filter(|(x, y)| !x.is_nan() && !y.is_nan())
-                    .unzip();
-                PolicyVs {
-                    other: t.method,
-                    iou: PairedDiff::of(&p.iou, &o.iou),
-                    adaptive_f: PairedDiff::of(&p.adaptive_f, &o.adaptive_f),
-                    mae: PairedDiff::of(&p.mae, &o.mae),
-                    hit_rate: PairedDiff::of(&a, &b),
-                }
+                    .filter(|t| !t.method.is_policy())
+                    .map(move |other| Self::paired(policy, other))
             })
             .collect()
+    }
+
+    fn paired(policy: &MethodTotals, other: &MethodTotals) -> PolicyVs {
+        let (p, o) = (&policy.per_image, &other.per_image);
+        // Images where either method ran no step say nothing about the hit rates.
+        let (a, b): (Vec<f64>, Vec<f64>) = p
+            .hit_rate
+            .iter()
+            .zip(&o.hit_rate)
+            .filter(|(x, y)| !x.is_nan() && !y.is_nan())
+            .unzip();
+        PolicyVs {
+            policy: policy.method,
+            other: other.method,
+            iou: PairedDiff::of(&p.iou, &o.iou),
+            adaptive_f: PairedDiff::of(&p.adaptive_f, &o.adaptive_f),
+            mae: PairedDiff::of(&p.mae, &o.mae),
+            hit_rate: PairedDiff::of(&a, &b),
+        }
     }
 }
 

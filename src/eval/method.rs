@@ -5,7 +5,10 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::agent::{Agent, CentreChooser, PatchChooser, PolicyChooser, RandomChooser, SrmChooser};
+use crate::agent::{
+    Agent, CentreChooser, PatchChooser, PolicyChooser, RandomChooser, SampledPolicyChooser,
+    SrmChooser,
+};
 use crate::sam::FrameGeometry;
 
 /// Who picks the points.
@@ -13,6 +16,8 @@ use crate::sam::FrameGeometry;
 pub enum Method {
     /// The bundle's policy, greedy (the patch with the largest logit).
     Policy,
+    /// The bundle's policy, sampled from the softmax of its logits (seeded per image).
+    PolicySample,
     /// Uniformly random patches, labelled by the SRM: the paper's "w/o RL" ablation.
     Random,
     /// Always the centre patch of the grid: what a person clicking "the middle" would do.
@@ -25,8 +30,9 @@ pub enum Method {
 
 impl Method {
     /// Every method, in report order (the policy first, then the baselines, the oracle last).
-    pub const ALL: [Method; 5] = [
+    pub const ALL: [Method; 6] = [
         Method::Policy,
+        Method::PolicySample,
         Method::Random,
         Method::Centre,
         Method::SrmOnly,
@@ -37,6 +43,7 @@ impl Method {
     pub fn name(self) -> &'static str {
         match self {
             Method::Policy => "policy",
+            Method::PolicySample => "policy-sample",
             Method::Random => "random",
             Method::Centre => "centre",
             Method::SrmOnly => "srm-only",
@@ -48,6 +55,9 @@ impl Method {
     pub fn describe(self) -> &'static str {
         match self {
             Method::Policy => "the bundle's policy, greedy",
+            Method::PolicySample => {
+                "the bundle's policy, each patch sampled from the softmax of its logits (as in training)"
+            }
             Method::Random => "uniformly random patches, SRM labels (the paper's \"w/o RL\")",
             Method::Centre => "the grid's centre patch every step, SRM labels",
             Method::SrmOnly => {
@@ -59,13 +69,18 @@ impl Method {
         }
     }
 
+    /// Whether the bundle's policy picks the patches (greedy or sampled).
+    pub fn is_policy(self) -> bool {
+        matches!(self, Method::Policy | Method::PolicySample)
+    }
+
     /// Whether the method runs the prompting loop (with a patch chooser and the SRM's labels).
     pub fn is_loop(self) -> bool {
         self != Method::Oracle
     }
 
     /// The chooser for one image of a loop method (`None` for the oracle). `seed` only matters
-    /// for [`Method::Random`]; see [`image_seed`].
+    /// for [`Method::Random`] and [`Method::PolicySample`]; see [`image_seed`].
     pub fn chooser<'a>(
         self,
         agent: &'a Agent,
@@ -74,6 +89,7 @@ impl Method {
     ) -> Option<Box<dyn PatchChooser + 'a>> {
         Some(match self {
             Method::Policy => Box::new(PolicyChooser(&agent.policy)),
+            Method::PolicySample => Box::new(SampledPolicyChooser::new(&agent.policy, seed)),
             Method::Random => Box::new(RandomChooser::new(agent.grid.len(), seed)),
             Method::Centre => Box::new(CentreChooser(agent.grid)),
             Method::SrmOnly => Box::new(SrmChooser::new(&agent.srm, agent.grid, *geometry)),
@@ -130,7 +146,17 @@ mod tests {
     #[test]
     fn names_round_trip() {
         let names: Vec<_> = Method::ALL.iter().map(|m| m.name()).collect();
-        assert_eq!(names, ["policy", "random", "centre", "srm-only", "oracle"]);
+        assert_eq!(
+            names,
+            [
+                "policy",
+                "policy-sample",
+                "random",
+                "centre",
+                "srm-only",
+                "oracle"
+            ]
+        );
         for m in Method::ALL {
             assert_eq!(m.name().parse::<Method>().unwrap(), m);
         }

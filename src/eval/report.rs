@@ -181,7 +181,7 @@ fn diff(d: &PairedDiff) -> String {
 fn comparisons(s: &EvalSummary) -> Vec<String> {
     let mut lines = vec![];
     for vs in &s.policy_vs {
-        let name = vs.other.name();
+        let (policy, name) = (vs.policy.name(), vs.other.name());
         for (what, d) in [
             ("mIoU", &vs.iou),
             ("adpF", &vs.adaptive_f),
@@ -189,7 +189,7 @@ fn comparisons(s: &EvalSummary) -> Vec<String> {
             ("hit rate", &vs.hit_rate),
         ] {
             if let Some(d) = d {
-                lines.push(format!("policy {what} minus {name}: {}", diff(d)));
+                lines.push(format!("{policy} {what} minus {name}: {}", diff(d)));
             }
         }
     }
