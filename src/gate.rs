@@ -99,6 +99,7 @@ impl GateResult {
             precision: self.precision.clone(),
             backend: self.backend.clone(),
             arch: std::env::consts::ARCH.into(),
+            cpu: Some(crate::bundle::cpu_class().into()),
             images: reference.images.clone(),
             embedding_cosine: round(self.embedding_cosine, 5),
             logit_mae: round(self.logit_mae, 5),

@@ -193,6 +193,14 @@ pub struct GateRecord {
     pub backend: String,
     /// The CPU architecture it ran on (`x86_64`, `aarch64`).
     pub arch: String,
+    /// The CPU's int8 class ([`cpu_class`]: `avx512vnni`, `avxvnni`, `avx2`, `i8mm`, `dotprod`,
+    /// ...). Engines pick their int8 kernels by it, and they differ in more than speed: without
+    /// VNNI, AVX2's u8 x i8 products saturate in 16 bits, which wrecks some int8 models (rten's
+    /// int8 small-sam encoder, ONNX Runtime's int8-qdq one: mask IoU 0.00 and 0.50 against fp32).
+    /// A record applies only on a CPU of its class; one without it (written before the field)
+    /// applies nowhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<String>,
     /// The images of the gate and the loop's length, as `DATASET:SPLIT:COUNT images:STEPS steps`.
     pub images: String,
     /// Mean cosine similarity of the embeddings to the reference's.
@@ -210,7 +218,43 @@ pub struct GateRecord {
     pub speedup: Option<f64>,
 }
 
+/// This CPU's int8 class, the part of the CPU that decides which int8 kernels an engine runs: on
+/// x86_64 `avx512vnni`, `avxvnni`, `avx2` or `x86_64`; on aarch64 `i8mm`, `dotprod` or `neon`;
+/// elsewhere the architecture's name.
+pub fn cpu_class() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512vnni") {
+            return "avx512vnni";
+        }
+        if std::arch::is_x86_feature_detected!("avxvnni") {
+            return "avxvnni";
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            return "avx2";
+        }
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        if std::arch::is_aarch64_feature_detected!("i8mm") {
+            return "i8mm";
+        }
+        if std::arch::is_aarch64_feature_detected!("dotprod") {
+            return "dotprod";
+        }
+        return "neon";
+    }
+    #[allow(unreachable_code)]
+    std::env::consts::ARCH
+}
+
 impl GateRecord {
+    /// Whether the record was measured on a CPU like this one: same architecture and
+    /// [`cpu_class`].
+    pub fn applies_here(&self) -> bool {
+        self.arch == std::env::consts::ARCH && self.cpu.as_deref() == Some(cpu_class())
+    }
+
     /// Whether the record lets the runtime use the variant (mean mask IoU at least
     /// [`crate::bundle::GATE_MIN_MASK_IOU`]).
     pub fn passed(&self) -> bool {

@@ -19,6 +19,7 @@ use crate::engine::{Dim, Precision, onnx_io};
 pub use manifest::{
     AgentSection, DataFile, DecoderEntry, DecoderForm, EmbeddingSection, GateRecord, ImageSection,
     MANIFEST_FILE, Manifest, ModelEntry, ModelsSection, PolicyEntry, SrmEntry, VariantFile,
+    cpu_class,
 };
 
 /// An opened bundle: its manifest and where its files are.
@@ -214,14 +215,14 @@ impl Bundle {
     }
 
     /// The precision `--precision auto` runs on `backend`: the variant whose gate record, taken
-    /// on this CPU architecture, passed and measured the largest speed-up over fp32 (at least
-    /// 5%); fp32 when none did. A record from another architecture, or without a speed-up (an
-    /// emulated run), never makes a variant the default.
+    /// on a CPU like this one ([`GateRecord::applies_here`]), passed and measured the largest
+    /// speed-up over fp32 (at least 5%); fp32 when none did. A record from another architecture
+    /// or int8 class, or without a speed-up (an emulated run), never makes a variant the default.
     pub fn fastest_gated(&self, backend: &str) -> Precision {
         self.manifest
             .gate
             .iter()
-            .filter(|g| g.backend == backend && g.arch == std::env::consts::ARCH)
+            .filter(|g| g.backend == backend && g.applies_here())
             .filter(|g| g.passed() && g.speedup.is_some_and(|s| s >= 1.05))
             .filter_map(|g| Some((g.precision.parse::<Precision>().ok()?, g.speedup?)))
             .filter(|(p, _)| self.has_variant(*p))
@@ -229,12 +230,14 @@ impl Bundle {
             .map_or(Precision::Fp32, |(p, _)| p)
     }
 
-    /// The accuracy-gate records of the chosen precision on `backend`.
+    /// The accuracy-gate records of the chosen precision on `backend`, measured on a CPU like this
+    /// one.
     pub fn gate_records(&self, backend: &str) -> Vec<&GateRecord> {
         self.manifest
             .gate
             .iter()
             .filter(|g| g.precision == self.precision.name() && g.backend == backend)
+            .filter(|g| g.applies_here())
             .collect()
     }
 
@@ -249,8 +252,10 @@ impl Bundle {
         let manifest = self.dir.join(MANIFEST_FILE);
         if records.is_empty() {
             bail!(
-                "{}: precision {p} has not been through the accuracy gate on {backend}: run `alignsam gate --bundle {} --data DATASET --precisions {p} --backends {backend} --record`, or pass --allow-ungated to use it unchecked",
+                "{}: precision {p} has not been through the accuracy gate on {backend} on a CPU like this one ({}, int8 class {}): run `alignsam gate --bundle {} --data DATASET --precisions {p} --backends {backend} --record`, or pass --allow-ungated to use it unchecked",
                 manifest.display(),
+                std::env::consts::ARCH,
+                cpu_class(),
                 self.dir.display()
             );
         }
@@ -672,6 +677,7 @@ mod tests {
             precision: precision.into(),
             backend: "rten".into(),
             arch: arch.into(),
+            cpu: Some(cpu_class().into()),
             images: "d:eval:8 images:15 steps".into(),
             embedding_cosine: 0.999,
             logit_mae: 0.05,
@@ -710,6 +716,15 @@ mod tests {
             gated_bundle(vec![record("int8", here, 0.97, Some(1.5))]).fastest_gated("tract"),
             Precision::Fp32
         );
+        // Another int8 class of the same architecture (its int8 kernels differ), or a record
+        // written before the class was recorded: fp32.
+        let with_cpu = |cpu: Option<&str>| {
+            let mut r = record("int8", here, 0.97, Some(1.5));
+            r.cpu = cpu.map(Into::into);
+            r
+        };
+        assert_eq!(auto(vec![with_cpu(Some("another-class"))]), Precision::Fp32);
+        assert_eq!(auto(vec![with_cpu(None)]), Precision::Fp32);
         // A record for a variant the bundle does not have (int8-qdq) is passed over; f16 needs
         // no file of its own; the fastest passing one wins.
         let records = vec![

@@ -9,7 +9,7 @@ use clap::Args;
 use serde::Serialize;
 
 use super::{backend_parser, precision_parser};
-use crate::bundle::{Bundle, MANIFEST_FILE, Manifest, OpenOptions};
+use crate::bundle::{Bundle, GateRecord, MANIFEST_FILE, Manifest, OpenOptions};
 use crate::dataset::Dataset;
 use crate::engine::{BackendKind, EngineOptions, Precision};
 use crate::exit::{EXIT_OK, EXIT_PARTIAL};
@@ -204,13 +204,24 @@ fn record(bundle: &Bundle, reference: &Reference, rows: &[Row]) -> Result<()> {
             .find(|f| f.backend == r.backend && f.precision == Precision::Fp32.name())
             .map(|f| f.seconds);
         let new = r.record(reference, fp32_seconds);
-        manifest.gate.retain(|g| {
-            (&g.precision, &g.backend, &g.arch) != (&new.precision, &new.backend, &new.arch)
-        });
+        let key = |g: &GateRecord| {
+            (
+                g.precision.clone(),
+                g.backend.clone(),
+                g.arch.clone(),
+                g.cpu.clone(),
+            )
+        };
+        manifest.gate.retain(|g| key(g) != key(&new));
         manifest.gate.push(new);
     }
-    manifest.gate.sort_by(|a, b| {
-        (&a.precision, &a.backend, &a.arch).cmp(&(&b.precision, &b.backend, &b.arch))
+    manifest.gate.sort_by_key(|g| {
+        (
+            g.precision.clone(),
+            g.backend.clone(),
+            g.arch.clone(),
+            g.cpu.clone(),
+        )
     });
     std::fs::write(&path, manifest.to_toml()?)
         .with_context(|| format!("{}: cannot write the gate records", path.display()))?;
@@ -220,13 +231,14 @@ fn record(bundle: &Bundle, reference: &Reference, rows: &[Row]) -> Result<()> {
 
 fn print_table(reference: &Reference, rows: &[Row]) {
     println!(
-        "alignsam gate: bundle {}, fp32 reference on {} ({}), {} images ({}), {} CPU; pass: mean mask IoU >= {GATE_MIN_MASK_IOU}",
+        "alignsam gate: bundle {}, fp32 reference on {} ({}), {} images ({}), {} CPU ({}); pass: mean mask IoU >= {GATE_MIN_MASK_IOU}",
         reference.bundle,
         reference.backend,
         reference.arch,
         reference.items.len(),
         reference.images,
-        std::env::consts::ARCH
+        std::env::consts::ARCH,
+        crate::bundle::cpu_class()
     );
     println!(
         "  {:<9} {:<7} {:>10} {:>10} {:>9} {:>9} {:>9}  verdict",
