@@ -221,30 +221,34 @@ pub struct GateRecord {
 /// This CPU's int8 class, the part of the CPU that decides which int8 kernels an engine runs: on
 /// x86_64 `avx512vnni`, `avxvnni`, `avx2` or `x86_64`; on aarch64 `i8mm`, `dotprod` or `neon`;
 /// elsewhere the architecture's name.
+#[cfg(target_arch = "x86_64")]
 pub fn cpu_class() -> &'static str {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512vnni") {
-            return "avx512vnni";
-        }
-        if std::arch::is_x86_feature_detected!("avxvnni") {
-            return "avxvnni";
-        }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            return "avx2";
-        }
+    if std::arch::is_x86_feature_detected!("avx512vnni") {
+        "avx512vnni"
+    } else if std::arch::is_x86_feature_detected!("avxvnni") {
+        "avxvnni"
+    } else if std::arch::is_x86_feature_detected!("avx2") {
+        "avx2"
+    } else {
+        "x86_64"
     }
-    #[cfg(target_arch = "aarch64")]
-    {
-        if std::arch::is_aarch64_feature_detected!("i8mm") {
-            return "i8mm";
-        }
-        if std::arch::is_aarch64_feature_detected!("dotprod") {
-            return "dotprod";
-        }
-        return "neon";
+}
+
+/// This CPU's int8 class (see the x86_64 version).
+#[cfg(target_arch = "aarch64")]
+pub fn cpu_class() -> &'static str {
+    if std::arch::is_aarch64_feature_detected!("i8mm") {
+        "i8mm"
+    } else if std::arch::is_aarch64_feature_detected!("dotprod") {
+        "dotprod"
+    } else {
+        "neon"
     }
-    #[allow(unreachable_code)]
+}
+
+/// This CPU's int8 class (see the x86_64 version): the architecture's name.
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+pub fn cpu_class() -> &'static str {
     std::env::consts::ARCH
 }
 
