@@ -188,6 +188,16 @@ impl Row {
     }
 }
 
+/// What makes two records the same measurement: a new one replaces the old.
+fn key(g: &GateRecord) -> (String, String, String, Option<String>) {
+    (
+        g.precision.clone(),
+        g.backend.clone(),
+        g.arch.clone(),
+        g.cpu.clone(),
+    )
+}
+
 /// Writes the results into bundle.toml's [[gate]] records.
 fn record(bundle: &Bundle, reference: &Reference, rows: &[Row]) -> Result<()> {
     let path = bundle.dir.join(MANIFEST_FILE);
@@ -204,25 +214,10 @@ fn record(bundle: &Bundle, reference: &Reference, rows: &[Row]) -> Result<()> {
             .find(|f| f.backend == r.backend && f.precision == Precision::Fp32.name())
             .map(|f| f.seconds);
         let new = r.record(reference, fp32_seconds);
-        let key = |g: &GateRecord| {
-            (
-                g.precision.clone(),
-                g.backend.clone(),
-                g.arch.clone(),
-                g.cpu.clone(),
-            )
-        };
         manifest.gate.retain(|g| key(g) != key(&new));
         manifest.gate.push(new);
     }
-    manifest.gate.sort_by_key(|g| {
-        (
-            g.precision.clone(),
-            g.backend.clone(),
-            g.arch.clone(),
-            g.cpu.clone(),
-        )
-    });
+    manifest.gate.sort_by_key(key);
     std::fs::write(&path, manifest.to_toml()?)
         .with_context(|| format!("{}: cannot write the gate records", path.display()))?;
     eprintln!("recorded the results in {}", path.display());
