@@ -16,13 +16,16 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 
 def davis_split(data: Path) -> tuple[list[str], list[str]]:
-    from train_small_sam import davis_split as split
-
-    return split(data)
+    """DAVIS 2016 has no eval split in ../shared/data: every 4th sequence (in the order of
+    splits/sequences.txt: car-shadow, drift-straight, paragliding-launch) is held out for eval,
+    the other 11 are for training. models/train_small_sam.py imports this, so that the small SAM
+    and every evaluation use the same held-out three; plain Python, no torch needed."""
+    seqs = (data / "video/DAVIS2016-train/splits/sequences.txt").read_text().split()
+    train = [s for i, s in enumerate(seqs) if i % 4 != 3]
+    held = [s for i, s in enumerate(seqs) if i % 4 == 3]
+    return train, held
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -49,6 +49,7 @@ from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import small_sam as S  # noqa: E402
+from davis_eval import davis_split  # noqa: E402
 
 PIXEL_MEAN = np.array([123.675, 116.28, 103.53], dtype=np.float32)
 PIXEL_STD = np.array([58.395, 57.12, 57.375], dtype=np.float32)
@@ -66,17 +67,6 @@ class Source:
 
     name: str
     pairs: list[tuple[Path, Path]]
-
-
-def davis_split(data: Path) -> tuple[list[str], list[str]]:
-    """DAVIS 2016 has no eval split in ../shared/data: every 4th sequence (in the order of
-    splits/sequences.txt: car-shadow, drift-straight, paragliding-launch) is held out for eval,
-    the other 11 are for training. `alignsam`'s oracle evaluation uses the same held-out three
-    (models/davis_eval.py writes them as a flat dataset)."""
-    seqs = (data / "video/DAVIS2016-train/splits/sequences.txt").read_text().split()
-    train = [s for i, s in enumerate(seqs) if i % 4 != 3]
-    held = [s for i, s in enumerate(seqs) if i % 4 == 3]
-    return train, held
 
 
 def split_ids(ds: Path, split: str) -> list[str]:

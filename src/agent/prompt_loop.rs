@@ -5,30 +5,42 @@
 //! start: SRM(s_0) -> start points  Agent::start   (+ at its highest score, - at its lowest;
 //!        -> decode                                 or the previous frame's points, warm)
 //! for t in 1..=T:                  Agent::step
-//!     s_t = E * M_{t-1} -> choose a patch -> SRM(s_t) labels its centre
+//!     the chooser sees the episode -> a click (patch, label or the SRM's) or stop
 //!     -> decode all points (previous low-res logits as mask_input) -> M_t
-//! upscale the last logits once     Agent::finish
+//! keep the best mask, upscale once Agent::finish
 //! ```
 //!
-//! [`Agent::run_on_embedding`] runs the phases with the three bounds that stop the loop: the
-//! step limit, a time budget per frame (a step is not started when the running mean step time
-//! says it would overrun), and convergence (IoU between successive masks at or above a
-//! tolerance). The result records every point, why the loop stopped and the time of every stage.
+//! The chooser is the bundle's agent (the paper's policy, or the learned clicker, by `[agent]
+//! kind`) or an evaluation baseline. [`Agent::run_on_embedding`] runs the phases with the bounds
+//! that stop the loop: the step limit, a time budget per frame (a step is not started when the
+//! running mean step time says it would overrun), convergence (IoU between successive masks at
+//! or above a tolerance), and the agent's own stop action. Two guards hold for every agent: no
+//! click on a patch with a label it already had there, and (`keep_best`) the result is the mask
+//! with the highest estimated IoU among those the loop made, so that a longer budget never
+//! returns a worse mask by the model's own estimate. The estimate is the chooser's when it has
+//! one (the clicker's quality head), else the decoder's IoU prediction.
+//!
+//! The result records every point, why the loop stopped, which step's mask it kept and the time
+//! of every stage.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use image::RgbImage;
 
-use super::chooser::{PatchChooser, PolicyChooser};
+use super::chooser::{Click, Decision, PatchChooser, PolicyChooser, StepView, UsedClicks};
+use super::clicker::{Clicker, ClickerChooser};
 use super::grid::PatchGrid;
+use super::ground_truth::hit;
 use super::policy::Policy;
 use super::record::{
-    LoopResult, PointOrigin, PointRecord, StageTimes, StepTimes, StopReason, WarmStart, prompt_of,
+    LoopResult, PointOrigin, PointRecord, StageTimes, StepTimes, StopReason, TraceStep, WarmStart,
+    prompt_of,
 };
 use super::srm::{Srm, start_points};
 use super::state::{mask_probability, state};
-use crate::bundle::manifest::StepLabels;
+use crate::bundle::manifest::{AgentKind, StepLabels};
+use crate::dataset::Mask;
 use crate::sam::{
     Embedding, FrameGeometry, LowResMask, Map, PointLabel, Sam, postprocess, preprocess,
 };
@@ -45,11 +57,21 @@ pub struct LoopOptions {
     pub stop_iou: Option<f32>,
     /// Feed the previous low-resolution logits back as the decoder's `mask_input`.
     pub feed_mask: bool,
-    /// Forbid choosing a patch twice. The paper does not mask actions; a repeated patch adds a
-    /// duplicate point, which usually leaves the mask as it was and ends the loop by convergence.
+    /// The guard against repeats: never the same patch with the same label twice (a chooser that
+    /// leaves the label to the SRM gets no patch twice). The paper does not mask actions; a
+    /// repeated click adds a duplicate point, which usually leaves the mask as it was.
     pub forbid_repeats: bool,
-    /// Which SRM map labels a step's point.
+    /// The keep-best guard: return the mask with the highest estimated IoU among those the loop
+    /// made (off: the last one, as the paper).
+    pub keep_best: bool,
+    /// Which SRM map labels a step's point when the chooser leaves the label to the SRM.
     pub step_labels: StepLabels,
+    /// Label every step's point by the SRM, even when the chooser gives a label (the
+    /// evaluation's diagnosis of *where* against *which label*).
+    pub srm_labels: bool,
+    /// Keep every mask the loop made, with its estimated IoU, in [`LoopResult::trace`] (the
+    /// evaluation's curve over budgets).
+    pub trace: bool,
 }
 
 impl Default for LoopOptions {
@@ -59,15 +81,18 @@ impl Default for LoopOptions {
             budget: None,
             stop_iou: Some(0.99),
             feed_mask: true,
-            forbid_repeats: false,
+            forbid_repeats: true,
+            keep_best: true,
             step_labels: StepLabels::State,
+            srm_labels: false,
+            trace: false,
         }
     }
 }
 
 impl LoopOptions {
-    /// Exactly `steps` steps on every image: no time budget, no early stop (benchmarks and
-    /// held-out scoring, where every image must do the same work).
+    /// Exactly `steps` steps on every image unless the agent stops: no time budget, no early stop
+    /// on convergence (benchmarks and held-out scoring, where every image must do the same work).
     pub fn fixed_steps(steps: usize) -> LoopOptions {
         LoopOptions {
             max_steps: steps,
@@ -75,20 +100,32 @@ impl LoopOptions {
             ..LoopOptions::default()
         }
     }
+
+    /// The paper's loop: repeats allowed, the last mask returned.
+    pub fn paper(self) -> LoopOptions {
+        LoopOptions {
+            forbid_repeats: false,
+            keep_best: false,
+            ..self
+        }
+    }
 }
 
 /// What one image brings beside its pixels; every field is optional ([`ImageOptions::default`]
-/// is a cold start, no semantic map, the agent's policy, the clock starting at the call).
+/// is a cold start, no semantic map, the bundle's agent, the clock starting at the call).
 #[derive(Default)]
 pub struct ImageOptions<'a> {
     /// Start from the previous frame's points and mask instead of the SRM's start points.
     pub warm: Option<&'a WarmStart>,
     /// The text-image similarity map an explicit-branch SRM needs.
     pub semantic: Option<&'a Map>,
-    /// Who picks the patches (`None`: the agent's policy, greedy).
+    /// Who picks the clicks (`None`: the bundle's agent).
     pub chooser: Option<&'a mut dyn PatchChooser>,
     /// When the frame's clock started, for the time budget (`None`: when the loop starts).
     pub started: Option<Instant>,
+    /// Label every point (start points too) from this ground truth instead of the agent or the
+    /// SRM: the evaluation's diagnosis of *where* against *which label*.
+    pub truth: Option<&'a Mask>,
 }
 
 /// An encoded image: the embedding, where the image sits in the encoder frame, and what it cost.
@@ -105,18 +142,31 @@ pub struct Encoded {
     pub started: Instant,
 }
 
+/// The mask the keep-best guard holds: the best estimated one so far.
+struct Kept {
+    step: usize,
+    quality: f32,
+    mask: LowResMask,
+}
+
 /// One image's loop in progress: the points so far and the current mask. Made by
 /// [`Agent::start`], advanced by [`Agent::step`], closed by [`Agent::finish`].
 pub struct Episode<'e> {
     embedding: &'e Embedding,
     geometry: FrameGeometry,
     semantic: Option<&'e Map>,
+    truth: Option<&'e Mask>,
     points: Vec<PointRecord>,
     current: LowResMask,
-    /// The SRM's map on `s_0 = E`: the start points' map (cold start), or the one that
-    /// relabelled the previous frame's points (warm start with [`StepLabels::Embedding`]).
-    embedding_map: Option<Map>,
-    used: Vec<bool>,
+    /// The SRM's map on `s_0 = E`: the start points' map, the srm-error rule's and the clicker's
+    /// prior, and the step labels with [`StepLabels::Embedding`].
+    embedding_map: Map,
+    used: UsedClicks,
+    /// Whether the current mask has its estimated IoU yet (the chooser gives it when asked for
+    /// the next click).
+    scored: bool,
+    kept: Option<Kept>,
+    trace: Option<Vec<TraceStep>>,
     times: StageTimes,
     start_phase: Duration,
     step_total: Duration,
@@ -149,6 +199,47 @@ impl Episode<'_> {
         };
         started.elapsed() + estimate > budget
     }
+
+    /// What a chooser sees of this episode.
+    pub fn view(&self, grid: PatchGrid, forbid_repeats: bool) -> StepView<'_> {
+        StepView::new(
+            self.embedding,
+            &self.geometry,
+            &self.current,
+            &self.points,
+            self.steps(),
+            &self.embedding_map,
+            grid,
+            &self.used,
+            forbid_repeats,
+        )
+    }
+
+    /// Records the current mask's estimated IoU (`None`: the decoder's prediction) for the
+    /// keep-best guard and the trace.
+    fn score_current(&mut self, quality: Option<f32>) {
+        if self.scored {
+            return;
+        }
+        self.scored = true;
+        let q = quality.unwrap_or(self.current.iou);
+        let step = self.steps();
+        if let Some(trace) = &mut self.trace {
+            trace.push(TraceStep {
+                step,
+                quality: q,
+                low_res: self.current.logits.clone(),
+            });
+        }
+        // NaN never wins; ties keep the earlier mask (fewer clicks for the same estimate).
+        if self.kept.as_ref().is_none_or(|k| q > k.quality) {
+            self.kept = Some(Kept {
+                step,
+                quality: q,
+                mask: self.current.clone(),
+            });
+        }
+    }
 }
 
 /// What a step did.
@@ -158,8 +249,10 @@ pub enum StepOutcome {
     Continue,
     /// A point was added and the mask stopped changing.
     Converged,
-    /// The chooser had no patch left (every patch used, repeats forbidden); nothing was added.
+    /// The chooser had no action left (every one used, repeats forbidden); nothing was added.
     NoActionLeft,
+    /// The chooser said the mask is done; nothing was added.
+    Stopped,
 }
 
 /// IoU of the binary masks (logits > 0) of two low-resolution maps, over the cells that cover
@@ -176,42 +269,93 @@ pub fn low_res_iou(a: &Map, b: &Map, geometry: &FrameGeometry) -> f32 {
     )
 }
 
-/// The AlignSAM agent: SAM plus the SRM and the policy.
+/// The AlignSAM agent: SAM, the SRM, and the networks that pick the clicks.
 pub struct Agent {
     /// Encoder and decoder.
     pub sam: Sam,
     /// The SRM.
     pub srm: Srm,
-    /// The policy.
-    pub policy: Policy,
+    /// The paper's policy, when the bundle has one.
+    pub policy: Option<Policy>,
+    /// The learned clicker, when the bundle has one.
+    pub clicker: Option<Clicker>,
+    /// Which of the two picks the clicks by default.
+    pub kind: AgentKind,
     /// The action grid.
     pub grid: PatchGrid,
+    /// The patch most often on the object in training (`[agent] best_patch`), if known.
+    pub best_patch: Option<usize>,
 }
 
 impl Agent {
-    /// Loads SAM, the SRM and the policy from a bundle.
+    /// Loads SAM, the SRM, and the policy and the clicker that the bundle has (the one its
+    /// `[agent] kind` names is required).
     pub fn load(
         bundle: &crate::bundle::Bundle,
         backend: &dyn crate::engine::Backend,
     ) -> Result<Self> {
         let m = &bundle.manifest;
-        let missing = |what: &str| {
+        let missing = |what: &str, why: &str| {
             anyhow::anyhow!(
-                "{}: the bundle has no [models.{what}]; the prompting loop needs a policy and an SRM (see models/README.md)",
+                "{}: the bundle has no [models.{what}]; {why} (see models/README.md)",
                 bundle.dir.display()
             )
         };
-        let srm_entry = m.models.srm.as_ref().ok_or_else(|| missing("srm"))?;
-        let policy_entry = m.models.policy.as_ref().ok_or_else(|| missing("policy"))?;
+        let srm_entry = m
+            .models
+            .srm
+            .as_ref()
+            .ok_or_else(|| missing("srm", "the prompting loop needs an SRM for its start points"))?;
+        if m.agent.kind == AgentKind::Paper && m.models.policy.is_none() {
+            return Err(missing(
+                "policy",
+                "the paper's agent ([agent] kind = \"paper\") needs a policy",
+            ));
+        }
+        let policy = match &m.models.policy {
+            Some(p) => Some(Policy::load(backend, &bundle.path(&p.file), m)?),
+            None => None,
+        };
+        let clicker = match &m.models.clicker {
+            Some(c) => Some(Clicker::load(backend, &bundle.path(&c.file), m)?),
+            None => None,
+        };
         Ok(Agent {
             sam: Sam::load(bundle, backend)?,
             srm: Srm::load(backend, &bundle.path(&srm_entry.file), m)?,
-            policy: Policy::load(backend, &bundle.path(&policy_entry.file), m)?,
+            policy,
+            clicker,
+            kind: m.agent.kind,
             grid: PatchGrid::new(m.agent.grid),
+            best_patch: m.agent.best_patch,
         })
     }
 
-    /// Segments one image with the greedy policy.
+    /// The paper's policy; an error naming what is missing when the bundle has none.
+    pub fn policy(&self) -> Result<&Policy> {
+        self.policy
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("this bundle has no policy ([models.policy])"))
+    }
+
+    /// The learned clicker; an error naming what is missing when the bundle has none.
+    pub fn clicker(&self) -> Result<&Clicker> {
+        self.clicker.as_ref().ok_or_else(|| {
+            anyhow::anyhow!(
+                "this bundle has no clicker ([models.clicker]; alignsam train --agent clicker makes one)"
+            )
+        })
+    }
+
+    /// The bundle's own agent as a chooser: the paper's greedy policy or the clicker.
+    pub fn default_chooser(&self) -> Result<Box<dyn PatchChooser + '_>> {
+        Ok(match self.kind {
+            AgentKind::Paper => Box::new(PolicyChooser(self.policy()?)),
+            AgentKind::Clicker => Box::new(ClickerChooser::new(self.clicker()?, true)),
+        })
+    }
+
+    /// Segments one image with the bundle's agent.
     pub fn segment(&self, image: &RgbImage, options: &LoopOptions) -> Result<LoopResult> {
         self.segment_with(image, options, ImageOptions::default())
     }
@@ -260,10 +404,13 @@ impl Agent {
         per_image: ImageOptions<'_>,
     ) -> Result<LoopResult> {
         let started = per_image.started.unwrap_or_else(Instant::now);
-        let mut policy = PolicyChooser(&self.policy);
+        let mut own;
         let chooser: &mut dyn PatchChooser = match per_image.chooser {
             Some(c) => c,
-            None => &mut policy,
+            None => {
+                own = self.default_chooser()?;
+                own.as_mut()
+            }
         };
         let mut episode = self.start(
             embedding,
@@ -272,6 +419,16 @@ impl Agent {
             per_image.semantic,
             options,
         )?;
+        episode.truth = per_image.truth;
+        if let Some(truth) = per_image.truth {
+            relabel(&mut episode, truth, self.grid.len());
+            episode.current = self.sam.decoder.decode(
+                embedding,
+                &prompt_of(&episode.points),
+                None,
+                geometry,
+            )?;
+        }
         let stop = loop {
             if episode.steps() == options.max_steps {
                 break StopReason::StepLimit;
@@ -283,9 +440,14 @@ impl Agent {
                 StepOutcome::Continue => {}
                 StepOutcome::Converged => break StopReason::Converged,
                 StepOutcome::NoActionLeft => break StopReason::NoActionLeft,
+                StepOutcome::Stopped => break StopReason::AgentStop,
             }
         };
-        Ok(self.finish(episode, stop, started))
+        if !episode.scored {
+            let quality = chooser.assess(&episode.view(self.grid, options.forbid_repeats))?;
+            episode.score_current(quality);
+        }
+        Ok(self.finish(episode, stop, started, options))
     }
 
     /// The start phase: the start points (the SRM's most and least confident cells on `s_0 = E`,
@@ -303,7 +465,7 @@ impl Agent {
         let (mut points, embedding_map, mask_input) = match warm {
             None => {
                 let (points, map) = self.srm_start(embedding, geometry, semantic, &mut times)?;
-                (points, Some(map), None)
+                (points, map, None)
             }
             Some(prev) => {
                 let labels = options.step_labels;
@@ -321,9 +483,9 @@ impl Agent {
         for p in points.iter_mut() {
             p.iou_prediction = first.iou;
         }
-        let mut used = vec![false; self.grid.len()];
+        let mut used = UsedClicks::new(self.grid.len());
         for p in &points {
-            used[p.patch] = true;
+            used.mark(p.patch, p.label);
         }
         let start_phase = t.elapsed();
         times.start_ms = ms(start_phase);
@@ -331,10 +493,14 @@ impl Agent {
             embedding,
             geometry: *geometry,
             semantic,
+            truth: None,
             points,
             current: first,
             embedding_map,
             used,
+            scored: false,
+            kept: None,
+            trace: options.trace.then(Vec::new),
             times,
             start_phase,
             step_total: Duration::ZERO,
@@ -375,7 +541,7 @@ impl Agent {
     }
 
     /// Warm start: the previous frame's points, relabelled by the SRM on `E * M_prev` (with
-    /// [`StepLabels::Embedding`]: on `E`, and that map is returned for the steps).
+    /// [`StepLabels::Embedding`]: on `E`); also returns the SRM's map on `E`.
     fn warm_start(
         &self,
         embedding: &Embedding,
@@ -384,19 +550,23 @@ impl Agent {
         semantic: Option<&Map>,
         labels: StepLabels,
         times: &mut StageTimes,
-    ) -> Result<(Vec<PointRecord>, Option<Map>)> {
+    ) -> Result<(Vec<PointRecord>, Map)> {
         if prev.points.is_empty() {
             bail!("a warm start needs the previous frame's points");
         }
         let (_, eh, ew) = embedding.chw();
         let (h, w) = geometry.original;
         let t = Instant::now();
-        let m = match labels {
-            StepLabels::State => Some(mask_probability(&prev.low_res, eh, ew)),
+        let on_embedding = self.srm.predict(&state(embedding, None), semantic)?;
+        let on_state = match labels {
+            StepLabels::State => {
+                let m = mask_probability(&prev.low_res, eh, ew);
+                Some(self.srm.predict(&state(embedding, Some(&m)), semantic)?)
+            }
             StepLabels::Embedding => None,
         };
-        let prob = self.srm.predict(&state(embedding, m.as_ref()), semantic)?;
         times.start_srm_ms = ms(t.elapsed());
+        let prob = on_state.as_ref().unwrap_or(&on_embedding);
         let points = prev
             .points
             .iter()
@@ -405,7 +575,7 @@ impl Agent {
                     p.x.clamp(0.0, w as f64 - 0.5),
                     p.y.clamp(0.0, h as f64 - 0.5),
                 );
-                let (srm_prob, label) = self.srm.label_at(&prob, x, y, geometry);
+                let (srm_prob, label) = self.srm.label_at(prob, x, y, geometry);
                 PointRecord {
                     step: 0,
                     x,
@@ -418,11 +588,12 @@ impl Agent {
                 }
             })
             .collect();
-        Ok((points, m.is_none().then_some(prob)))
+        Ok((points, on_embedding))
     }
 
-    /// One step: `s_t = E * M_{t-1}`, the chooser picks a patch, the SRM labels its centre, the
-    /// decoder runs on every point so far (the previous logits as `mask_input`).
+    /// One step: the chooser looks at the episode and picks a click (or stops), the click gets
+    /// its label (the chooser's, the SRM's, or the ground truth's), the decoder runs on every
+    /// point so far (the previous logits as `mask_input`).
     pub fn step(
         &self,
         episode: &mut Episode<'_>,
@@ -431,53 +602,38 @@ impl Agent {
     ) -> Result<StepOutcome> {
         let step_start = Instant::now();
         let mut st = StepTimes::default();
-        let (_, eh, ew) = episode.embedding.chw();
         let (h, w) = episode.geometry.original;
 
         let t = Instant::now();
-        let m = mask_probability(&episode.current.logits, eh, ew);
-        let s = state(episode.embedding, Some(&m));
-        st.state_ms = ms(t.elapsed());
+        let view = episode.view(self.grid, options.forbid_repeats);
+        let choice = chooser.choose(&view)?;
+        st.state_ms = view.state_ms();
+        st.policy_ms = ms(t.elapsed()) - st.state_ms;
+        drop(view);
+        episode.score_current(choice.quality);
+        let click = match choice.decision {
+            Decision::Click(c) => c,
+            Decision::Stop => return Ok(StepOutcome::Stopped),
+            Decision::NoActionLeft => return Ok(StepOutcome::NoActionLeft),
+        };
+        let (x, y) = click
+            .at
+            .unwrap_or_else(|| self.grid.centre(click.patch, h, w));
 
         let t = Instant::now();
-        let free: Option<Vec<bool>> = options
-            .forbid_repeats
-            .then(|| episode.used.iter().map(|u| !u).collect());
-        let Some(patch) = chooser.choose(&s, free.as_deref())? else {
-            return Ok(StepOutcome::NoActionLeft);
-        };
-        st.policy_ms = ms(t.elapsed());
-
-        let t = Instant::now();
-        // An episode started with the paper's labels has no map on E yet; make it once.
-        if options.step_labels == StepLabels::Embedding && episode.embedding_map.is_none() {
-            let map = self
-                .srm
-                .predict(&state(episode.embedding, None), episode.semantic)?;
-            episode.embedding_map = Some(map);
-        }
-        let on_state;
-        let prob = match (options.step_labels, &episode.embedding_map) {
-            (StepLabels::Embedding, Some(map)) => map,
-            _ => {
-                on_state = self.srm.predict(&s, episode.semantic)?;
-                &on_state
-            }
-        };
-        let (x, y) = self.grid.centre(patch, h, w);
-        let (srm_prob, label) = self.srm.label_at(prob, x, y, &episode.geometry);
+        let (srm_prob, label) = self.label_step(episode, &click, x, y, options)?;
         st.srm_ms = ms(t.elapsed());
         episode.points.push(PointRecord {
             step: episode.steps() + 1,
             x,
             y,
             label,
-            patch,
+            patch: click.patch,
             origin: PointOrigin::Step,
             srm_prob,
             iou_prediction: f32::NAN,
         });
-        episode.used[patch] = true;
+        episode.used.mark(click.patch, label);
 
         let t = Instant::now();
         let mask_input = options.feed_mask.then_some(&episode.current.logits);
@@ -498,6 +654,7 @@ impl Agent {
             low_res_iou(&episode.current.logits, &next.logits, &episode.geometry) >= tol
         });
         episode.current = next;
+        episode.scored = false;
         let elapsed = step_start.elapsed();
         episode.step_total += elapsed;
         st.total_ms = ms(elapsed);
@@ -509,29 +666,88 @@ impl Agent {
         })
     }
 
-    /// Closes an episode: the last logits upscaled to the image size and thresholded, once.
-    pub fn finish(&self, episode: Episode<'_>, stop: StopReason, started: Instant) -> LoopResult {
+    /// A step point's label and the SRM's probability there: the ground truth's when the episode
+    /// has one, else the chooser's, else the SRM's (on `E`, or on `E * M` as the paper).
+    fn label_step(
+        &self,
+        episode: &Episode<'_>,
+        click: &Click,
+        x: f64,
+        y: f64,
+        options: &LoopOptions,
+    ) -> Result<(f32, PointLabel)> {
+        let geometry = &episode.geometry;
+        let on_embedding = self.srm.label_at(&episode.embedding_map, x, y, geometry);
+        if let Some(truth) = episode.truth {
+            return Ok((on_embedding.0, PointLabel::from_positive(hit(truth, x, y))));
+        }
+        if let Some(label) = click.label.filter(|_| !options.srm_labels) {
+            return Ok((on_embedding.0, label));
+        }
+        Ok(match options.step_labels {
+            StepLabels::Embedding => on_embedding,
+            StepLabels::State => {
+                let (_, eh, ew) = episode.embedding.chw();
+                let m = mask_probability(&episode.current.logits, eh, ew);
+                let prob = self
+                    .srm
+                    .predict(&state(episode.embedding, Some(&m)), episode.semantic)?;
+                self.srm.label_at(&prob, x, y, geometry)
+            }
+        })
+    }
+
+    /// Closes an episode: the kept mask (the best estimated one, with `keep_best`; else the last)
+    /// upscaled to the image size and thresholded, once.
+    pub fn finish(
+        &self,
+        episode: Episode<'_>,
+        stop: StopReason,
+        started: Instant,
+        options: &LoopOptions,
+    ) -> LoopResult {
+        let steps = episode.steps();
         let Episode {
             geometry,
             points,
             current,
+            kept,
+            trace,
             mut times,
             ..
         } = episode;
+        let (kept_step, kept_mask) = match kept {
+            Some(k) if options.keep_best => (k.step, k.mask),
+            _ => (steps, current),
+        };
         let t = Instant::now();
-        let mask = postprocess::threshold(&postprocess::upscale_logits(&current.logits, &geometry));
+        let mask =
+            postprocess::threshold(&postprocess::upscale_logits(&kept_mask.logits, &geometry));
         times.postprocess_ms = ms(t.elapsed());
         times.total_ms = ms(started.elapsed());
         LoopResult {
-            steps: times.steps.len(),
+            steps,
+            kept_step,
             points,
             stop,
             times,
-            iou_prediction: current.iou,
-            low_res: current.logits,
+            iou_prediction: kept_mask.iou,
+            low_res: kept_mask.logits,
             mask,
             geometry,
+            trace: trace.unwrap_or_default(),
         }
+    }
+}
+
+/// Labels every point so far from the ground truth.
+fn relabel(episode: &mut Episode<'_>, truth: &Mask, patches: usize) {
+    for p in &mut episode.points {
+        p.label = PointLabel::from_positive(hit(truth, p.x, p.y));
+    }
+    episode.used = UsedClicks::new(patches);
+    for p in &episode.points {
+        episode.used.mark(p.patch, p.label);
     }
 }
 

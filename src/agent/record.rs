@@ -15,8 +15,10 @@ pub enum StopReason {
     TimeBudget,
     /// The mask stopped changing (IoU with the previous mask at or above the tolerance).
     Converged,
-    /// Every patch was used and repeats are forbidden.
+    /// Every action was used and repeats are forbidden.
     NoActionLeft,
+    /// The agent's stop action: it judged that no click would help.
+    AgentStop,
 }
 
 /// Where a point came from.
@@ -106,31 +108,57 @@ pub struct StageTimes {
     pub total_ms: f64,
 }
 
+/// One mask the loop made, kept when [`crate::agent::LoopOptions::trace`] is on.
+#[derive(Clone, Debug)]
+pub struct TraceStep {
+    /// Steps taken when the mask was made (0: the start points' mask).
+    pub step: usize,
+    /// Its estimated IoU (the chooser's, or the decoder's prediction).
+    pub quality: f32,
+    /// Its low-resolution logits.
+    pub low_res: Map,
+}
+
 /// What the loop produced for one image.
 #[derive(Clone, Debug)]
 pub struct LoopResult {
-    /// All points, start points first.
+    /// All points clicked, start points first (also those after the kept step).
     pub points: Vec<PointRecord>,
     /// Steps run after the start points.
     pub steps: usize,
+    /// The step whose mask is the result (the keep-best guard's choice; `steps` without it).
+    pub kept_step: usize,
     /// Why it stopped.
     pub stop: StopReason,
     /// Stage timings.
     pub times: StageTimes,
-    /// The last low-resolution logits.
+    /// The kept mask's low-resolution logits.
     pub low_res: Map,
-    /// The decoder's IoU prediction for the final mask.
+    /// The decoder's IoU prediction for the kept mask.
     pub iou_prediction: f32,
-    /// The final mask at the image size, row-major (true = object).
+    /// The kept mask at the image size, row-major (true = object).
     pub mask: Vec<bool>,
     /// Where the image sat in the encoder frame.
     pub geometry: FrameGeometry,
+    /// Every mask the loop made, when traced (empty otherwise).
+    pub trace: Vec<TraceStep>,
 }
 
 impl LoopResult {
-    /// The prompt points as the decoder saw them.
+    /// The prompt points as the decoder saw them for the kept mask.
     pub fn prompt(&self) -> Vec<PromptPoint> {
-        prompt_of(&self.points)
+        prompt_of(self.kept_points())
+    }
+
+    /// The points that made the kept mask: the start points and those of steps up to
+    /// [`LoopResult::kept_step`].
+    pub fn kept_points(&self) -> &[PointRecord] {
+        let n = self
+            .points
+            .iter()
+            .take_while(|p| p.step <= self.kept_step)
+            .count();
+        &self.points[..n]
     }
 
     /// The share of the image's pixels in the mask.
@@ -152,9 +180,9 @@ pub struct WarmStart {
 }
 
 impl WarmStart {
-    /// The warm start that a finished frame hands to the next one: its last `max_points` points
-    /// (the most recent are the most refined; without a cap, points would pile up frame after
-    /// frame) and its final low-resolution logits.
+    /// The warm start that a finished frame hands to the next one: the last `max_points` of the
+    /// points that made its kept mask (the most recent are the most refined; without a cap,
+    /// points would pile up frame after frame) and that mask's low-resolution logits.
     pub fn from_result(result: &LoopResult, max_points: usize) -> Self {
         let prompt = result.prompt();
         let keep = prompt.len().min(max_points.max(1));

@@ -71,14 +71,21 @@ impl EmbeddingSection {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentSection {
-    /// The policy chooses among the centres of a `grid` x `grid` patch grid.
+    /// The agent chooses among the centres of a `grid` x `grid` patch grid.
     pub grid: usize,
     /// At most this many steps after the two start points (the paper uses 15).
     pub max_steps: usize,
+    /// Which agent picks the clicks (absent: `paper`, the policy with SRM labels).
+    #[serde(default, skip_serializing_if = "AgentKind::is_paper")]
+    pub kind: AgentKind,
     /// Which SRM map labels a step's point (absent: `state`, the paper's). A policy trained with
     /// one source of labels is run with the same.
     #[serde(default, skip_serializing_if = "StepLabels::is_paper")]
     pub step_labels: StepLabels,
+    /// The patch most often on the object in the training split: a constant learned from data,
+    /// the `best-patch` baseline a learned agent must beat (written by `alignsam train`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best_patch: Option<usize>,
 }
 
 impl Default for AgentSection {
@@ -86,7 +93,53 @@ impl Default for AgentSection {
         AgentSection {
             grid: 10,
             max_steps: 15,
+            kind: AgentKind::Paper,
             step_labels: StepLabels::State,
+            best_patch: None,
+        }
+    }
+}
+
+/// Which agent a bundle runs by default (`[agent] kind`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AgentKind {
+    /// The paper's: a policy picks the patch (`[models.policy]`), the SRM labels the point.
+    #[default]
+    Paper,
+    /// The learned clicker (`[models.clicker]`): trained by imitation of the ground-truth oracle,
+    /// it picks the patch and the label, and may stop.
+    Clicker,
+}
+
+impl std::str::FromStr for AgentKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "paper" => Ok(AgentKind::Paper),
+            "clicker" => Ok(AgentKind::Clicker),
+            _ => Err(format!(
+                "unknown agent kind {s:?} (expected one of: {})",
+                AgentKind::NAMES.join(", ")
+            )),
+        }
+    }
+}
+
+impl AgentKind {
+    /// Every value, as written in bundle.toml.
+    pub const NAMES: [&str; 2] = ["paper", "clicker"];
+
+    fn is_paper(&self) -> bool {
+        *self == AgentKind::Paper
+    }
+
+    /// The name in bundle.toml.
+    pub fn name(self) -> &'static str {
+        match self {
+            AgentKind::Paper => "paper",
+            AgentKind::Clicker => "clicker",
         }
     }
 }
@@ -152,6 +205,31 @@ pub struct ModelsSection {
     /// The semantic recalibration module (optional until an agent is attached).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub srm: Option<SrmEntry>,
+    /// The learned clicker (the agent of `[agent] kind = "clicker"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clicker: Option<ClickerEntry>,
+}
+
+/// The clicker file (see [`crate::agent::clicker`] for its interface).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClickerEntry {
+    /// Path, relative to the manifest's directory (or absolute).
+    pub file: String,
+    /// Lower-case hex SHA-256 of the file.
+    pub sha256: String,
+    /// Side of its score maps over the encoder frame.
+    pub map_size: usize,
+    /// The clicker stops when its stop probability reaches this (written by training, chosen
+    /// on held-out training images; above 1: never).
+    #[serde(default = "ClickerEntry::default_stop_threshold")]
+    pub stop_threshold: f32,
+}
+
+impl ClickerEntry {
+    fn default_stop_threshold() -> f32 {
+        0.5
+    }
 }
 
 /// A model file and its checksum.
@@ -396,13 +474,37 @@ impl Manifest {
                 self.agent.grid
             );
         }
-        if let Some(srm) = &self.models.srm
-            && (srm.map_size == 0 || srm.map_size > self.embedding.shape[1])
+        for (role, size) in [
+            ("srm", self.models.srm.as_ref().map(|s| s.map_size)),
+            ("clicker", self.models.clicker.as_ref().map(|c| c.map_size)),
+        ] {
+            if let Some(size) = size
+                && (size == 0 || size > self.embedding.shape[1])
+            {
+                bail!(
+                    "[models.{role}] map_size must be between 1 and the embedding side {}, got {size}",
+                    self.embedding.shape[1],
+                );
+            }
+        }
+        if let Some(c) = &self.models.clicker
+            && !(c.stop_threshold >= 0.0)
         {
             bail!(
-                "[models.srm] map_size must be between 1 and the embedding side {}, got {}",
-                self.embedding.shape[1],
-                srm.map_size
+                "[models.clicker] stop_threshold must be a number >= 0, got {}",
+                c.stop_threshold
+            );
+        }
+        if self.agent.kind == AgentKind::Clicker && self.models.clicker.is_none() {
+            bail!("[agent] kind = \"clicker\" needs a [models.clicker]");
+        }
+        if let Some(p) = self.agent.best_patch
+            && p >= self.agent.grid * self.agent.grid
+        {
+            bail!(
+                "[agent] best_patch must be a patch of the {0}x{0} grid (0 to {1}), got {p}",
+                self.agent.grid,
+                self.agent.grid * self.agent.grid - 1
             );
         }
         for (role, variants) in [
@@ -462,6 +564,9 @@ impl Manifest {
         }
         if let Some(s) = &m.srm {
             v.push(("srm", s.file.as_str(), s.sha256.as_str()));
+        }
+        if let Some(c) = &m.clicker {
+            v.push(("clicker", c.file.as_str(), c.sha256.as_str()));
         }
         v
     }

@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 
 use crate::engine::{Dim, Precision, onnx_io};
 pub use manifest::{
-    AgentSection, DataFile, DecoderEntry, DecoderForm, EmbeddingSection, GateRecord, ImageSection,
+    AgentKind, AgentSection, ClickerEntry, DataFile, DecoderEntry, DecoderForm, EmbeddingSection, GateRecord, ImageSection,
     MANIFEST_FILE, Manifest, ModelEntry, ModelsSection, PolicyEntry, SrmEntry, VariantFile,
     cpu_class,
 };
@@ -314,6 +314,10 @@ pub struct InferOptions {
     pub policy: Option<PathBuf>,
     /// See `encoder`.
     pub srm: Option<PathBuf>,
+    /// See `encoder`.
+    pub clicker: Option<PathBuf>,
+    /// The clicker's stop threshold (see [`manifest::ClickerEntry::stop_threshold`]).
+    pub stop_threshold: f32,
     /// Precision variants of the encoder (`int8`, `int8-qdq`: files with the same interface),
     /// as paths like `encoder`; listed in the manifest with their checksums. No gate record
     /// comes with them: `--precision auto` runs fp32 until `alignsam gate --record` passes one.
@@ -337,6 +341,8 @@ impl Default for InferOptions {
             decoder: None,
             policy: None,
             srm: None,
+            clicker: None,
+            stop_threshold: 0.5,
             encoder_variants: BTreeMap::new(),
             decoder_variants: BTreeMap::new(),
             agent: AgentSection::default(),
@@ -419,6 +425,7 @@ pub fn infer_manifest(dir: &Path, options: &InferOptions) -> Result<Manifest> {
     let decoder_file = pick(dir, &options.decoder, decoder_default, true)?.unwrap_or_default();
     let policy_file = pick(dir, &options.policy, "policy.onnx", false)?;
     let srm_file = pick(dir, &options.srm, "srm.onnx", false)?;
+    let clicker_file = pick(dir, &options.clicker, "clicker.onnx", false)?;
 
     let sums = read_sha256sums(dir)?;
     let checksum = |file: &str| -> Result<String> {
@@ -521,6 +528,27 @@ pub fn infer_manifest(dir: &Path, options: &InferOptions) -> Result<Manifest> {
         None => None,
     };
 
+    let clicker = match clicker_file {
+        Some(file) => {
+            let (p, b) = onnx_io::read_proto(&dir.join(&file))?;
+            let io = onnx_io::declared_io(&p, b);
+            let map_size = io
+                .outputs
+                .iter()
+                .find(|o| o.name == "scores")
+                .and_then(fixed_dims)
+                .and_then(|s| s.last().copied())
+                .unwrap_or(0);
+            Some(ClickerEntry {
+                sha256: checksum(&file)?,
+                file,
+                map_size,
+                stop_threshold: options.stop_threshold,
+            })
+        }
+        None => None,
+    };
+
     let name = options.name.clone().unwrap_or_else(|| {
         dir.canonicalize()
             .ok()
@@ -553,6 +581,7 @@ pub fn infer_manifest(dir: &Path, options: &InferOptions) -> Result<Manifest> {
             },
             policy,
             srm,
+            clicker,
         },
         gate: vec![],
     };
@@ -615,6 +644,9 @@ pub fn write_bundle(models_dir: &Path, out_dir: &Path, options: &InferOptions) -
     }
     if let Some(s) = &mut manifest.models.srm {
         rebase(&mut s.file)?;
+    }
+    if let Some(c) = &mut manifest.models.clicker {
+        rebase(&mut c.file)?;
     }
     let path = out_dir.join(MANIFEST_FILE);
     std::fs::write(&path, manifest.to_toml()?)

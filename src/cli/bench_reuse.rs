@@ -16,7 +16,7 @@ use super::EngineArgs;
 use super::run::ReuseArgs;
 use super::segment::LoopArgs;
 use crate::agent::ground_truth::mask_iou;
-use crate::agent::{Agent, PolicyChooser, StreamSegmenter};
+use crate::agent::{Agent, StreamSegmenter};
 use crate::bench::Stats;
 use crate::source::{load_rgb, paths};
 use crate::util::ms;
@@ -153,9 +153,11 @@ fn run_sequence(
         let (embedding, geometry) = agent.sam.embed(&image)?;
         let embed_ms = ms(t.elapsed());
 
-        let mut policy = PolicyChooser(&agent.policy);
-        let (cold, _) = cold_stream.segment_embedding(&embedding, &geometry, &mut policy)?;
-        let (warm, _) = warm_stream.segment_embedding(&embedding, &geometry, &mut policy)?;
+        let mut chooser = agent.default_chooser()?;
+        let (cold, _) =
+            cold_stream.segment_embedding(&embedding, &geometry, chooser.as_mut())?;
+        let (warm, _) =
+            warm_stream.segment_embedding(&embedding, &geometry, chooser.as_mut())?;
         s.cold_steps.push(cold.steps as f64);
         s.warm_steps.push(warm.steps as f64);
         // Each loop's clock started after the shared encoding: add it to both.

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::Args;
 
-use crate::bundle::manifest::StepLabels;
+use crate::bundle::manifest::{AgentKind, StepLabels};
 use crate::bundle::{AgentSection, InferOptions, write_bundle};
 
 /// Arguments of `alignsam bundle`.
@@ -37,6 +37,13 @@ pub struct BundleArgs {
     /// SRM file (default: MODELS/srm.onnx if present).
     #[arg(long)]
     pub srm: Option<PathBuf>,
+    /// Learned clicker file (default: MODELS/clicker.onnx if present).
+    #[arg(long)]
+    pub clicker: Option<PathBuf>,
+    /// Which agent the bundle runs: `paper` (the policy) or `clicker` (default: clicker when
+    /// the bundle has one and no policy, else paper).
+    #[arg(long)]
+    pub kind: Option<AgentKind>,
     /// Side of the agent's patch grid.
     #[arg(long, default_value_t = 10, value_parser = super::validate::count(1, 4096))]
     pub grid: usize,
@@ -57,13 +64,25 @@ pub fn run(args: BundleArgs) -> Result<ExitCode> {
         description: args.description,
         encoder: args.encoder,
         decoder: args.decoder,
-        policy: args.policy,
-        srm: args.srm,
         agent: AgentSection {
             grid: args.grid,
             max_steps: args.max_steps,
             step_labels: args.step_labels,
+            kind: args.kind.unwrap_or_else(|| {
+                let has = |given: &Option<PathBuf>, name: &str| {
+                    given.is_some() || args.models.join(name).is_file()
+                };
+                if has(&args.clicker, "clicker.onnx") && !has(&args.policy, "policy.onnx") {
+                    AgentKind::Clicker
+                } else {
+                    AgentKind::Paper
+                }
+            }),
+            best_patch: None,
         },
+        policy: args.policy,
+        srm: args.srm,
+        clicker: args.clicker,
         ..Default::default()
     };
     let path = write_bundle(&args.models, &out, &options)?;

@@ -27,7 +27,7 @@ use crate::dataset::{Dataset, Sample, load_mask};
 use crate::eval::report::{
     CSV_HEADER, RunInfo, csv_rows, markdown, oracle_csv_header, oracle_csv_row, text_table,
 };
-use crate::eval::{Evaluation, Method, MethodRunner, NOC_CAP, montage, srm_scores};
+use crate::eval::{BUDGETS, Evaluation, Method, MethodRunner, NOC_CAP, montage, srm_scores};
 use crate::source::load_rgb;
 
 /// `LoopArgs`'s default `--stop-iou`, to tell whether one was given (eval ignores it without
@@ -55,15 +55,21 @@ pub struct EvalArgs {
     /// Embedding cache directory (default: $XDG_CACHE_HOME/alignsam/embeddings).
     #[arg(long)]
     pub cache: Option<PathBuf>,
-    /// Methods to run, comma-separated, in report order: policy, policy-sample (the policy's
-    /// patches drawn from its softmax, seeded per image), random, centre, srm-only, oracle
-    /// (clicks from the ground truth; `--methods oracle` checks any bundle's decoder).
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "policy,random,centre,srm-only,oracle"
-    )]
-    pub methods: Vec<Method>,
+    /// Methods to run, comma-separated, in report order: clicker, clicker-no-stop, policy,
+    /// policy-sample (the policy's patches drawn from its softmax, seeded per image), random,
+    /// centre, best-patch, srm-only, srm-error, teacher (the oracle's click at each step of the
+    /// loop), oracle (clicks from the ground truth from scratch; `--methods oracle` checks any
+    /// bundle's decoder). Default: the agents the bundle has, every baseline it allows, and the
+    /// oracle.
+    #[arg(long, value_delimiter = ',')]
+    pub methods: Option<Vec<Method>>,
+    /// Where the points' labels come from: `own` (each method's: the clicker's and the teacher's
+    /// own, the SRM's for the others), `srm` (the SRM's for every step, whatever the method
+    /// says) or `truth` (every point, start points too, from the ground truth). `srm` and
+    /// `truth` together tell how much of a gap is *where* a method clicks and how much *which
+    /// label*.
+    #[arg(long, default_value = "own", value_parser = ["own", "srm", "truth"])]
+    pub labels: String,
     /// Seed of the random-patch baseline and of policy-sample (mixed with each image id, so runs
     /// repeat).
     #[arg(long, default_value_t = 0)]
@@ -99,6 +105,8 @@ impl EvalArgs {
         if !self.early_stop {
             options.stop_iou = None;
         }
+        options.srm_labels = self.labels == "srm";
+        options.trace = true;
         Ok(options)
     }
 }
@@ -243,9 +251,23 @@ fn create(path: &Path) -> Result<BufWriter<File>> {
     })?))
 }
 
+/// The methods a bundle allows by default: its agents, every baseline it has what for, the
+/// oracle.
+fn default_methods(agent: &Agent) -> Vec<Method> {
+    Method::ALL
+        .into_iter()
+        .filter(|m| match m {
+            Method::Clicker | Method::ClickerNoStop => agent.clicker.is_some(),
+            Method::Policy => agent.policy.is_some(),
+            Method::BestPatch => agent.best_patch.is_some(),
+            Method::PolicySample | Method::Teacher => false,
+            _ => true,
+        })
+        .collect()
+}
+
 /// Runs `alignsam eval`.
 pub fn run(args: EvalArgs) -> Result<ExitCode> {
-    let methods = distinct_methods(&args.methods)?;
     let bundle = args.engine.open_bundle(&args.bundle)?;
     let options = args.options(&bundle.manifest.agent)?;
     // The whole split too: the report says how much of it was evaluated. --images is at least 1
@@ -256,6 +278,10 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
 
     let backend = args.engine.backend()?;
     let agent = Agent::load(&bundle, backend.as_ref())?;
+    let methods = match &args.methods {
+        Some(m) => distinct_methods(m)?,
+        None => default_methods(&agent),
+    };
     if agent.srm.needs_semantic() {
         bail!(
             "{}: the SRM is the explicit branch (needs a text-image similarity map per image); eval supports the implicit branch only",
@@ -301,8 +327,13 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
         options: &options,
         methods: &methods,
         seed: args.seed,
+        truth_labels: args.labels == "truth",
     };
-    let mut evaluation = Evaluation::new(&methods);
+    let budgets: Vec<usize> = BUDGETS
+        .into_iter()
+        .filter(|&b| b <= options.max_steps)
+        .collect();
+    let mut evaluation = Evaluation::new(&methods).with_budgets(&budgets, options.keep_best);
     let mut failed: Vec<String> = filled.errors.iter().flatten().cloned().collect();
     let mut rows = vec![];
     let bar = progress(samples.len() - failed.len(), args.no_progress, "images");

@@ -39,9 +39,14 @@ pub struct LoopArgs {
     /// Do not feed the previous low-resolution logits back as the decoder's mask input.
     #[arg(long)]
     pub no_mask_input: bool,
-    /// Forbid choosing a patch twice (the paper does not mask actions).
+    /// Allow a click on a patch with the label it already had there (the paper; by default the
+    /// loop forbids it, and a chooser that leaves the label to the SRM gets no patch twice).
     #[arg(long)]
-    pub no_repeat: bool,
+    pub allow_repeats: bool,
+    /// Return the last mask (the paper) instead of the one with the best estimated IoU among
+    /// those the loop made (the clicker's quality estimate, or the decoder's IoU prediction).
+    #[arg(long)]
+    pub keep_last: bool,
     /// Which SRM map labels a step's point: `state`, the SRM on the step's state E * M (the
     /// paper), or `embedding`, its map on E alone, the one that placed the start points
     /// (default: the bundle's `[agent] step_labels`, the one its policy was trained with).
@@ -65,8 +70,11 @@ impl LoopArgs {
             budget: self.budget_ms.map(|ms| Duration::from_secs_f64(ms / 1e3)),
             stop_iou: (!self.no_early_stop).then_some(self.stop_iou),
             feed_mask: !self.no_mask_input,
-            forbid_repeats: self.no_repeat,
+            forbid_repeats: !self.allow_repeats,
+            keep_best: !self.keep_last,
             step_labels: self.step_labels.unwrap_or(agent.step_labels),
+            srm_labels: false,
+            trace: false,
         })
     }
 }

@@ -13,12 +13,18 @@ use super::agent_stats::{PointStats, SrmScores};
 use super::method::{Method, image_seed};
 use super::metrics::{ImageMetrics, MetricAccumulator, MetricSummary};
 use super::oracle::{NOC_CAP, OracleRun, run_oracle};
+use crate::agent::ground_truth::mask_iou;
 use crate::agent::{
     Agent, ImageOptions, LoopOptions, LoopResult, PointOrigin, PointRecord, StageTimes, StopReason,
+    TraceStep,
 };
 use crate::dataset::Mask;
-use crate::sam::{Embedding, FrameGeometry};
+use crate::sam::{Embedding, FrameGeometry, postprocess};
 use crate::util::ms;
+
+/// The step budgets the evaluation reports a curve at (those up to the run's step limit): the
+/// mask each method would return with that many steps, read from one traced run.
+pub const BUDGETS: [usize; 6] = [0, 1, 3, 5, 10, 15];
 
 /// What the methods produced on one image: one loop result per method (the oracle's as a loop
 /// result with its clicks as points), and the oracle's whole curve when it ran.
@@ -42,6 +48,9 @@ pub struct MethodRunner<'a> {
     pub methods: &'a [Method],
     /// The random baseline's seed.
     pub seed: u64,
+    /// Label every point from the ground truth instead of the chooser or the SRM (the diagnosis
+    /// of *where* against *which label*).
+    pub truth_labels: bool,
 }
 
 impl MethodRunner<'_> {
@@ -59,18 +68,22 @@ impl MethodRunner<'_> {
             oracle: None,
         };
         for &method in self.methods {
-            let result = match method.chooser(agent, geometry, image_seed(self.seed, id)) {
-                Some(mut chooser) => {
+            let result = match method.chooser(agent, image_seed(self.seed, id), gt) {
+                Ok(Some(mut chooser)) => {
                     let per_image = ImageOptions {
                         chooser: Some(chooser.as_mut()),
+                        truth: self.truth_labels.then_some(gt),
                         ..ImageOptions::default()
                     };
                     agent.run_on_embedding(embedding, geometry, options, per_image)
                 }
-                None => oracle_result(agent, embedding, geometry, options, gt).map(|(r, run)| {
-                    out.oracle = Some(run);
-                    r
-                }),
+                Ok(None) => {
+                    oracle_result(agent, embedding, geometry, options, gt).map(|(r, run)| {
+                        out.oracle = Some(run);
+                        r
+                    })
+                }
+                Err(e) => Err(e),
             }
             .with_context(|| format!("{}: the {} method failed", id, method.name()))?;
             out.results.push((method, result));
@@ -118,6 +131,7 @@ fn oracle_result(
     let result = LoopResult {
         points,
         steps: keep.saturating_sub(2),
+        kept_step: keep.saturating_sub(2),
         stop: StopReason::StepLimit,
         times: StageTimes {
             total_ms: ms(start.elapsed()),
@@ -127,6 +141,7 @@ fn oracle_result(
         iou_prediction: run.kept_iou_prediction,
         mask: run.kept_mask.clone(),
         geometry: *geometry,
+        trace: vec![],
     };
     Ok((result, run))
 }
@@ -142,6 +157,9 @@ pub struct MethodRun {
     pub metrics: ImageMetrics,
     /// The points against the ground truth.
     pub points: PointStats,
+    /// IoU of the mask the method returns with each of the evaluation's budgets (see
+    /// [`Evaluation::budgets`]; empty when the run was not traced).
+    pub budget_ious: Vec<f64>,
 }
 
 /// Everything measured on one image.
@@ -238,6 +256,44 @@ struct MethodTotals {
     steps: usize,
     loop_ms: f64,
     per_image: PerImage,
+    /// The patch of each image's first step (None: no step).
+    first_patches: Vec<Option<usize>>,
+    /// Every patch a step clicked, over all images.
+    all_patches: std::collections::BTreeSet<usize>,
+    /// Per budget, per image: IoU of the mask returned with that budget.
+    budget_ious: Vec<Vec<f64>>,
+}
+
+/// How varied a method's clicks are across images: a policy that clicks one constant patch is a
+/// location prior, not an agent.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Diversity {
+    /// Distinct patches of the first step across images.
+    pub first_distinct: usize,
+    /// Share of images (with a step) whose first step is the most common first patch.
+    pub first_top_share: f64,
+    /// Distinct patches clicked at any step across images.
+    pub distinct: usize,
+}
+
+impl Diversity {
+    fn of(first: &[Option<usize>], all: &std::collections::BTreeSet<usize>) -> Self {
+        let mut counts = std::collections::BTreeMap::new();
+        for p in first.iter().flatten() {
+            *counts.entry(*p).or_insert(0usize) += 1;
+        }
+        let with_step = counts.values().sum::<usize>();
+        let top = counts.values().copied().max().unwrap_or(0);
+        Diversity {
+            first_distinct: counts.len(),
+            first_top_share: if with_step == 0 {
+                f64::NAN
+            } else {
+                top as f64 / with_step as f64
+            },
+            distinct: all.len(),
+        }
+    }
 }
 
 /// One method's row of the report.
@@ -255,6 +311,10 @@ pub struct MethodSummary {
     pub mean_distinct: f64,
     /// Mean loop milliseconds per image (start points, steps, final upscale; no encoder).
     pub mean_loop_ms: f64,
+    /// How varied the clicks are across images.
+    pub diversity: Diversity,
+    /// Mean IoU with each budget (see [`EvalSummary::budgets`]); empty when not traced.
+    pub budget_miou: Vec<f64>,
 }
 
 /// The SRM's line of the report.
@@ -277,20 +337,20 @@ impl SrmSummary {
     }
 }
 
-/// A policy method (greedy or sampled) against another method, paired per image.
+/// A learned method (see [`Method::is_learned`]) against another method, paired per image.
 #[derive(Clone, Copy, Debug)]
-pub struct PolicyVs {
-    /// The policy method: [`Method::Policy`] or [`Method::PolicySample`].
-    pub policy: Method,
+pub struct Comparison {
+    /// The learned method.
+    pub method: Method,
     /// The other method.
     pub other: Method,
-    /// Policy minus other: IoU.
+    /// Method minus other: IoU.
     pub iou: Option<PairedDiff>,
-    /// Policy minus other: adaptive F-measure.
+    /// Method minus other: adaptive F-measure.
     pub adaptive_f: Option<PairedDiff>,
-    /// Policy minus other: MAE (negative is better for the policy).
+    /// Method minus other: MAE (negative is better for the method).
     pub mae: Option<PairedDiff>,
-    /// Policy minus other: hit rate of the step points, over images where both have step points.
+    /// Method minus other: hit rate of the step points, over images where both have step points.
     pub hit_rate: Option<PairedDiff>,
 }
 
@@ -357,23 +417,44 @@ pub struct EvalSummary {
     pub methods: Vec<MethodSummary>,
     /// The SRM against constant maps.
     pub srm: SrmSummary,
-    /// Each policy method that ran against each method that is not a policy (empty without one).
-    pub policy_vs: Vec<PolicyVs>,
+    /// Each learned method that ran against each other method (empty without one).
+    pub comparisons: Vec<Comparison>,
     /// The oracle's curve, when it ran.
     pub oracle: Option<OracleSummary>,
+    /// The step budgets of the methods' budget curves.
+    pub budgets: Vec<usize>,
 }
 
 impl EvalSummary {
     /// The greedy policy against one other method.
-    pub fn policy_vs(&self, other: Method) -> Option<&PolicyVs> {
+    pub fn policy_vs(&self, other: Method) -> Option<&Comparison> {
         self.vs(Method::Policy, other)
     }
 
-    /// A policy method against one other method.
-    pub fn vs(&self, policy: Method, other: Method) -> Option<&PolicyVs> {
-        self.policy_vs
+    /// A learned method against one other method.
+    pub fn vs(&self, method: Method, other: Method) -> Option<&Comparison> {
+        self.comparisons
             .iter()
-            .find(|p| p.policy == policy && p.other == other)
+            .find(|p| p.method == method && p.other == other)
+    }
+}
+
+/// The mask a traced run returns with a budget of `budget` steps: among the masks made with at
+/// most that many steps, the best estimated one (`keep_best`) or the last.
+pub fn mask_at_budget<'t>(
+    trace: &'t [TraceStep],
+    budget: usize,
+    keep_best: bool,
+) -> Option<&'t TraceStep> {
+    let within = trace.iter().filter(|t| t.step <= budget);
+    if keep_best {
+        // The first of the highest: the loop keeps the earlier mask on a tie.
+        within.fold(None, |best: Option<&TraceStep>, t| match best {
+            Some(b) if !(t.quality > b.quality) => Some(b),
+            _ => Some(t),
+        })
+    } else {
+        within.last()
     }
 }
 
@@ -383,6 +464,8 @@ pub struct Evaluation {
     methods: Vec<MethodTotals>,
     srm: Vec<SrmScores>,
     oracle_curves: Vec<Vec<f64>>,
+    budgets: Vec<usize>,
+    keep_best: bool,
 }
 
 impl Evaluation {
@@ -398,11 +481,63 @@ impl Evaluation {
                     steps: 0,
                     loop_ms: 0.0,
                     per_image: PerImage::default(),
+                    first_patches: vec![],
+                    all_patches: Default::default(),
+                    budget_ious: vec![],
                 })
                 .collect(),
             srm: vec![],
             oracle_curves: vec![],
+            budgets: vec![],
+            keep_best: false,
         }
+    }
+
+    /// Also reports each method's mIoU with each of `budgets` steps, from traced runs (see
+    /// [`crate::agent::LoopOptions::trace`]), the masks chosen as the loop would (`keep_best`).
+    pub fn with_budgets(mut self, budgets: &[usize], keep_best: bool) -> Self {
+        self.budgets = budgets.to_vec();
+        self.keep_best = keep_best;
+        for m in &mut self.methods {
+            m.budget_ious = vec![vec![]; budgets.len()];
+        }
+        self
+    }
+
+    /// The budgets of the curves.
+    pub fn budgets(&self) -> &[usize] {
+        &self.budgets
+    }
+
+    /// IoU with the ground truth of the mask each budget returns, for one run: from its trace,
+    /// or for the oracle its IoU after 2 + budget clicks.
+    fn budget_ious(
+        &self,
+        method: Method,
+        result: &LoopResult,
+        oracle: Option<&OracleRun>,
+        gt: &Mask,
+    ) -> Vec<f64> {
+        if self.budgets.is_empty() {
+            return vec![];
+        }
+        if method == Method::Oracle {
+            let run = oracle.expect("the oracle's run comes with its result");
+            return self.budgets.iter().map(|&b| run.iou_at(2 + b)).collect();
+        }
+        self.budgets
+            .iter()
+            .map(|&b| match mask_at_budget(&result.trace, b, self.keep_best) {
+                Some(t) => {
+                    let mask = postprocess::threshold(&postprocess::upscale_logits(
+                        &t.low_res,
+                        &result.geometry,
+                    ));
+                    mask_iou(&mask, &gt.data)
+                }
+                None => f64::NAN,
+            })
+            .collect()
     }
 
     /// Images added.
@@ -428,7 +563,9 @@ impl Evaluation {
         // Score into copies first, so that a failure part-way leaves the totals untouched.
         let mut scored = Vec::with_capacity(methods.len());
         let mut accumulators = Vec::with_capacity(methods.len());
-        for ((method, result), totals) in results.results.into_iter().zip(&self.methods) {
+        let oracle = results.oracle.as_ref();
+        for ((method, result), totals) in results.results.iter().zip(&self.methods) {
+            let method = *method;
             if result.geometry.original != (h, w) {
                 let (rh, rw) = result.geometry.original;
                 bail!(
@@ -442,11 +579,13 @@ impl Evaluation {
                 .with_context(|| format!("{id}: {}", method.name()))?;
             accumulators.push(acc);
             let points = PointStats::of(&result.points, gt);
+            let budget_ious = self.budget_ious(method, result, oracle, gt);
             scored.push(MethodRun {
                 method,
-                result,
+                result: result.clone(),
                 metrics,
                 points,
+                budget_ious,
             });
         }
         for ((totals, acc), run) in self.methods.iter_mut().zip(accumulators).zip(&scored) {
@@ -459,6 +598,14 @@ impl Evaluation {
             p.adaptive_f.push(run.metrics.adaptive_f);
             p.mae.push(run.metrics.mae);
             p.hit_rate.push(run.points.hit_rate().unwrap_or(f64::NAN));
+            let steps = run.result.points.iter().filter(|p| p.origin == PointOrigin::Step);
+            totals
+                .first_patches
+                .push(steps.clone().next().map(|p| p.patch));
+            totals.all_patches.extend(steps.map(|p| p.patch));
+            for (acc, &v) in totals.budget_ious.iter_mut().zip(&run.budget_ious) {
+                acc.push(v);
+            }
         }
         self.srm.push(srm);
         let oracle_ious = results.oracle.map(|o| o.ious);
@@ -493,6 +640,12 @@ impl Evaluation {
                     mean_steps: t.steps as f64 / n as f64,
                     mean_distinct: t.points.distinct_patches as f64 / n as f64,
                     mean_loop_ms: t.loop_ms / n as f64,
+                    diversity: Diversity::of(&t.first_patches, &t.all_patches),
+                    budget_miou: t
+                        .budget_ious
+                        .iter()
+                        .map(|v| v.iter().sum::<f64>() / v.len().max(1) as f64)
+                        .collect(),
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -500,8 +653,9 @@ impl Evaluation {
             images: n,
             methods,
             srm: self.srm_summary(),
-            policy_vs: self.policy_comparisons(),
+            comparisons: self.comparisons(),
             oracle: OracleSummary::of(&self.oracle_curves),
+            budgets: self.budgets.clone(),
         })
     }
 
@@ -529,20 +683,20 @@ impl Evaluation {
         }
     }
 
-    fn policy_comparisons(&self) -> Vec<PolicyVs> {
-        let policies = self.methods.iter().filter(|t| t.method.is_policy());
-        policies
-            .flat_map(|policy| {
+    fn comparisons(&self) -> Vec<Comparison> {
+        let learned = self.methods.iter().filter(|t| t.method.is_learned());
+        learned
+            .flat_map(|method| {
                 self.methods
                     .iter()
-                    .filter(|t| !t.method.is_policy())
-                    .map(move |other| Self::paired(policy, other))
+                    .filter(move |t| t.method != method.method)
+                    .map(move |other| Self::paired(method, other))
             })
             .collect()
     }
 
-    fn paired(policy: &MethodTotals, other: &MethodTotals) -> PolicyVs {
-        let (p, o) = (&policy.per_image, &other.per_image);
+    fn paired(method: &MethodTotals, other: &MethodTotals) -> Comparison {
+        let (p, o) = (&method.per_image, &other.per_image);
         // Images where either method ran no step say nothing about the hit rates.
         let (a, b): (Vec<f64>, Vec<f64>) = p
             .hit_rate
@@ -550,8 +704,8 @@ impl Evaluation {
             .zip(&o.hit_rate)
             .filter(|(x, y)| !x.is_nan() && !y.is_nan())
             .unzip();
-        PolicyVs {
-            policy: policy.method,
+        Comparison {
+            method: method.method,
             other: other.method,
             iou: PairedDiff::of(&p.iou, &o.iou),
             adaptive_f: PairedDiff::of(&p.adaptive_f, &o.adaptive_f),
@@ -595,6 +749,7 @@ mod tests {
         LoopResult {
             points,
             steps: xs.len(),
+            kept_step: xs.len(),
             stop: StopReason::StepLimit,
             times: StageTimes {
                 total_ms: 10.0,
@@ -604,6 +759,7 @@ mod tests {
             iou_prediction: 0.5,
             mask: mask.to_vec(),
             geometry: FrameGeometry::new(height, 2, 1024),
+            trace: vec![],
         }
     }
 

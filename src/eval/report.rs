@@ -69,11 +69,20 @@ pub fn describe_options(o: &LoopOptions) -> String {
         ", no mask feedback"
     });
     s.push_str(if o.forbid_repeats {
-        ", repeated patches forbidden"
+        ", no click on a patch with the label it already had there"
     } else {
-        ", repeated patches allowed (as in the paper)"
+        ", repeated clicks allowed (as in the paper)"
     });
-    let _ = write!(s, ", step labels from {}", o.step_labels.describe());
+    s.push_str(if o.keep_best {
+        ", the mask with the best estimated IoU kept"
+    } else {
+        ", the last mask kept (as in the paper)"
+    });
+    let _ = write!(
+        s,
+        ", SRM-labelled steps labelled by {}",
+        o.step_labels.describe()
+    );
     s
 }
 
@@ -145,6 +154,21 @@ const COLUMNS: &[Column] = &[
         value: |m| format!("{:.1}", m.mean_distinct),
     },
     Column {
+        header: "first",
+        value: |m| m.diversity.first_distinct.to_string(),
+    },
+    Column {
+        header: "top1",
+        value: |m| {
+            let v = m.diversity.first_top_share;
+            if v.is_nan() {
+                "-".into()
+            } else {
+                format!("{v:.2}")
+            }
+        },
+    },
+    Column {
         header: "ms/img",
         value: |m| format!("{:.1}", m.mean_loop_ms),
     },
@@ -180,8 +204,8 @@ fn diff(d: &PairedDiff) -> String {
 /// oracle's click curve, the SRM against constant maps.
 fn comparisons(s: &EvalSummary) -> Vec<String> {
     let mut lines = vec![];
-    for vs in &s.policy_vs {
-        let (policy, name) = (vs.policy.name(), vs.other.name());
+    for vs in &s.comparisons {
+        let (policy, name) = (vs.method.name(), vs.other.name());
         for (what, d) in [
             ("mIoU", &vs.iou),
             ("adpF", &vs.adaptive_f),
@@ -221,6 +245,27 @@ fn comparisons(s: &EvalSummary) -> Vec<String> {
     lines
 }
 
+/// The budget curves as lines for the terminal (nothing when the runs were not traced).
+fn budget_lines(s: &EvalSummary) -> String {
+    if s.budgets.is_empty() {
+        return String::new();
+    }
+    let width = s.methods.iter().map(|m| m.method.name().len()).max().unwrap_or(6);
+    let mut out = format!("{:<width$}", "mIoU at T");
+    for b in &s.budgets {
+        let _ = write!(out, "  {:>6}", format!("T={b}"));
+    }
+    out.push('\n');
+    for m in &s.methods {
+        let _ = write!(out, "{:<width$}", m.method.name());
+        for v in &m.budget_miou {
+            let _ = write!(out, "  {v:>6.3}");
+        }
+        out.push('\n');
+    }
+    out
+}
+
 /// The table for the terminal: aligned columns, then the comparison lines.
 pub fn text_table(s: &EvalSummary) -> String {
     let rows: Vec<Vec<String>> = s.methods.iter().map(cells).collect();
@@ -248,6 +293,7 @@ pub fn text_table(s: &EvalSummary) -> String {
     for r in &rows {
         out += &line(r.iter().map(String::as_str).collect());
     }
+    out += &budget_lines(s);
     for c in comparisons(s) {
         out += &c;
         out.push('\n');
@@ -305,6 +351,20 @@ pub fn markdown(info: &RunInfo, s: &EvalSummary) -> String {
         let _ = writeln!(md, "| {} |", cells(m).join(" | "));
     }
     md.push('\n');
+    if !s.budgets.is_empty() {
+        let heads: Vec<String> = s.budgets.iter().map(|b| format!("T = {b}")).collect();
+        let _ = writeln!(
+            md,
+            "mIoU of the mask each method returns with a budget of T steps (from the same runs):\n"
+        );
+        let _ = writeln!(md, "| method | {} |", heads.join(" | "));
+        let _ = writeln!(md, "|---|{}", "---:|".repeat(heads.len()));
+        for m in &s.methods {
+            let v: Vec<String> = m.budget_miou.iter().map(|v| format!("{v:.3}")).collect();
+            let _ = writeln!(md, "| {} | {} |", m.method.name(), v.join(" | "));
+        }
+        md.push('\n');
+    }
     for c in comparisons(s) {
         let _ = writeln!(md, "- {c}");
     }
@@ -318,7 +378,7 @@ pub fn markdown(info: &RunInfo, s: &EvalSummary) -> String {
     for note in [
         "**Which numbers mean something.** With a SAM of random weights (the `tiny` and `mobilesam-random` bundles) the masks carry no meaning, and neither do mIoU, F, MAE, BER and E. The hit rate and the SRM IoU do not go through SAM's decoder: they judge the policy's points and the SRM's map against the ground truth directly, so they stay meaningful whatever SAM's weights.",
         "**Binary masks.** SAM's masks are binary, and for a binary mask maxF is dominated by the trivial all-foreground threshold (t = 0 of the toolbox's sweep), which wins whenever the mask is poor and the object large; meanF and maxE/meanE inherit the same term. Lead with mIoU and adpF; the swept measures are there to compare with published tables (PySODMetrics conventions, beta^2 = 0.3).",
-        "**hit**: the fraction of step points (those the method chose) on ground-truth foreground, pooled over all step points. **start hit**: the SRM's two start points labelled right (the positive one on foreground, the negative one on background); the same for every method. **label acc**: step points whose SRM label agrees with the ground truth. **patches**: distinct patches among the step points, per image (a greedy policy may choose one patch again and again). **steps**: steps per image.",
+        "**hit**: the fraction of step points (those the method chose) on ground-truth foreground, pooled over all step points. **start hit**: the SRM's two start points labelled right (the positive one on foreground, the negative one on background); the same for every method. **label acc**: step points whose SRM label agrees with the ground truth. **patches**: distinct patches among the step points, per image (a greedy policy may choose one patch again and again). **first**: distinct patches of the first step across images; **top1**: the share of images whose first step is the most common first patch (1.00: one constant patch for every image, a location prior rather than an agent). **steps**: steps per image.",
         "**BER** is in percent, from pixel counts pooled over all images at p > 0.5. **ms/img** is the loop on a cached embedding (start points, steps, final upscale): the encoder is not included.",
         "**SRM IoU** is the SRM's map on s_0 = E, thresholded at 0.5, against the ground truth's foreground share per map cell (also at 0.5), over cells that cover the image. A constant map scores the IoU of \"everything\" (the object's share) or of \"nothing\" (0, or 1 on an image without object).",
         "**oracle** clicks from the ground truth: its row is the mask after as many clicks as the loop has points (2 + steps); its line under the table gives mIoU after 1, 3, 5 and 10 clicks and NoC (clicks to reach IoU 0.85 / 0.90, counted as 20 when not reached within 20). It bounds what any clicking agent can get from this decoder.",
@@ -345,6 +405,7 @@ pub fn stop_name(s: StopReason) -> &'static str {
         StopReason::TimeBudget => "time_budget",
         StopReason::Converged => "converged",
         StopReason::NoActionLeft => "no_action_left",
+        StopReason::AgentStop => "agent_stop",
     }
 }
 

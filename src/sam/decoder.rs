@@ -38,6 +38,20 @@ impl PointLabel {
             PointLabel::Positive => 1.0,
         }
     }
+
+    /// Positive for `true`, negative for `false`.
+    pub fn from_positive(positive: bool) -> Self {
+        if positive {
+            PointLabel::Positive
+        } else {
+            PointLabel::Negative
+        }
+    }
+
+    /// Whether this is a click on the object.
+    pub fn is_positive(self) -> bool {
+        self == PointLabel::Positive
+    }
 }
 
 /// A prompt point in original image coordinates (pixels, x to the right, y down).

@@ -12,7 +12,7 @@ use super::data::TrainImage;
 use crate::agent::ground_truth::{self, map_iou};
 use crate::agent::state::state;
 use crate::agent::{
-    Agent, CentreChooser, ImageOptions, LoopOptions, PatchChooser, PointOrigin, PolicyChooser,
+    Agent, FixedPatchChooser, ImageOptions, LoopOptions, PatchChooser, PointOrigin, PolicyChooser,
     RandomChooser,
 };
 use crate::cache::EmbeddingCache;
@@ -73,9 +73,9 @@ pub fn evaluate(
     let (mut srm_iou, mut constant_iou, mut prior_iou) = (0f64, 0f64, 0f64);
     for (i, img) in images.iter().enumerate() {
         let embedding = img.embedding(cache)?;
-        let mut random = RandomChooser::new(agent.grid.len(), seed.wrapping_add(i as u64));
-        let mut centre = CentreChooser(agent.grid);
-        let mut greedy = PolicyChooser(&agent.policy);
+        let mut random = RandomChooser::new(seed.wrapping_add(i as u64));
+        let mut centre = FixedPatchChooser::centre(agent.grid);
+        let mut greedy = PolicyChooser(agent.policy()?);
         let choosers: [&mut dyn PatchChooser; 3] = [&mut greedy, &mut random, &mut centre];
         for (k, chooser) in choosers.into_iter().enumerate() {
             let per_image = ImageOptions {

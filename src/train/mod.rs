@@ -442,6 +442,8 @@ fn write_output_manifest(job: &TrainJob, records: &[EpisodeRecord]) -> Result<()
         decoder: Some(source.path(&m.models.decoder.file)),
         policy: Some(job.out_dir.join(files::POLICY)),
         srm: Some(job.out_dir.join(files::SRM)),
+        clicker: None,
+        stop_threshold: 0.5,
         encoder_variants: variant_paths(&m.models.encoder.variants),
         decoder_variants: variant_paths(&m.models.decoder.variants),
         agent: AgentSection {
