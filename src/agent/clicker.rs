@@ -10,7 +10,6 @@
 //! mask      [1,1,4H,4W]  the current low-resolution mask logits
 //! clicks    [1,2,H,W]    the clicks so far: 1 in the embedding cell of each negative (channel 0)
 //!                        and positive (channel 1) click
-//! prior     [1,1,H,W]    the SRM's map on E (the start points' map), nearest-upsampled
 //! scalars   [1,2]        the decoder's IoU prediction for the mask, steps taken / 15
 //! ->
 //! scores    [1,2,S,S]    how much a negative (0) or positive (1) click in each cell would fix
@@ -73,7 +72,6 @@ impl Clicker {
             .input("embedding", fixed(&[1, c, h, w]))
             .input("mask", fixed(&[1, 1, m, m]))
             .input("clicks", fixed(&[1, 2, h, w]))
-            .input("prior", fixed(&[1, 1, h, w]))
             .input("scalars", fixed(&[1, 2]))
             .output("scores", fixed(&[1, 2, s, s]))
             .output("stop", fixed(&[1, 1]))
@@ -108,14 +106,7 @@ impl Clicker {
     /// Runs the network on one state.
     pub fn run(&self, view: &StepView) -> Result<ClickerOutput> {
         let (h, w) = self.embedding_hw;
-        let inputs = StateInputs::new(
-            view.points,
-            view.geometry,
-            view.embedding_map,
-            view.current.iou,
-            view.steps,
-            h,
-        );
+        let inputs = StateInputs::new(view.points, view.geometry, view.current.iou, view.steps, h);
         if h != w {
             bail!("the clicker needs a square embedding grid, the bundle's is {h}x{w}");
         }
@@ -127,7 +118,6 @@ impl Clicker {
                 data: &view.current.logits.data,
             },
             inputs.clicks.view(),
-            inputs.prior.view(),
             inputs.scalars.view(),
         ])?;
         let path = self.model.path();
@@ -160,20 +150,16 @@ impl Clicker {
 pub struct StateInputs {
     /// `clicks [1,2,H,W]`.
     pub clicks: Tensor,
-    /// `prior [1,1,H,W]`.
-    pub prior: Tensor,
     /// `scalars [1,2]`.
     pub scalars: Tensor,
 }
 
 impl StateInputs {
-    /// The inputs for an episode's state: its points, the SRM's map on `E` (any side), the
-    /// decoder's IoU prediction for the current mask and the steps taken; `side` is the embedding
-    /// grid's.
+    /// The inputs for an episode's state: its points, the decoder's IoU prediction for the
+    /// current mask and the steps taken; `side` is the embedding grid's.
     pub fn new(
         points: &[PointRecord],
         geometry: &FrameGeometry,
-        prior: &Map,
         iou_prediction: f32,
         steps: usize,
         side: usize,
@@ -186,25 +172,11 @@ impl StateInputs {
         }
         StateInputs {
             clicks: Tensor::new(vec![1, 2, side, side], clicks).expect("2 maps"),
-            prior: Tensor::new(vec![1, 1, side, side], upsample_nearest(prior, side))
-                .expect("one map"),
             scalars: Tensor::from_slice(&[iou_prediction, steps as f32 / STEP_SCALE])
                 .reshaped(vec![1, 2])
                 .expect("two values"),
         }
     }
-}
-
-/// A square map nearest-upsampled (or kept) to `side` x `side`.
-pub fn upsample_nearest(map: &Map, side: usize) -> Vec<f32> {
-    let mut out = Vec::with_capacity(side * side);
-    for y in 0..side {
-        let r = y * map.height / side;
-        for x in 0..side {
-            out.push(map.at(r, x * map.width / side));
-        }
-    }
-    out
 }
 
 /// The clicker as the loop's chooser: the free (patch, label) with the highest score at its
@@ -258,7 +230,7 @@ mod tests {
     use crate::agent::PointOrigin;
 
     #[test]
-    fn inputs_mark_click_cells_and_upsample_the_prior() {
+    fn inputs_mark_click_cells() {
         // A 100 x 100 image in a frame of 16: grid side 4, cell = 25 image pixels.
         let geo = FrameGeometry::new(100, 100, 16);
         let point = |x, y, label| PointRecord {
@@ -275,22 +247,11 @@ mod tests {
             point(10.0, 10.0, PointLabel::Positive),
             point(60.0, 90.0, PointLabel::Negative),
         ];
-        let prior = Map {
-            height: 2,
-            width: 2,
-            data: vec![0.1, 0.2, 0.3, 0.4],
-        };
-        let i = StateInputs::new(&points, &geo, &prior, 0.7, 3, 4);
+        let i = StateInputs::new(&points, &geo, 0.7, 3, 4);
         let c = i.clicks.data();
         assert_eq!(c.iter().sum::<f32>(), 2.0);
         assert_eq!(c[16], 1.0, "positive at cell (0, 0)");
         assert_eq!(c[3 * 4 + 2], 1.0, "negative at cell (3, 2)");
-        assert_eq!(
-            i.prior.data(),
-            &[
-                0.1, 0.1, 0.2, 0.2, 0.1, 0.1, 0.2, 0.2, 0.3, 0.3, 0.4, 0.4, 0.3, 0.3, 0.4, 0.4
-            ]
-        );
         assert_eq!(i.scalars.data(), &[0.7, 3.0 / STEP_SCALE]);
         assert_eq!(i.scalars.shape(), &[1, 2]);
     }

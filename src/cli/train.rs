@@ -1,5 +1,7 @@
-//! `alignsam train`: PPO for the policy and Dice + BCE for the SRM on cached embeddings, then an
-//! output bundle that `segment`, `bench` and `eval` load as is. See [`crate::train`].
+//! `alignsam train`: the learned clicker by imitation of the oracle (`--agent clicker`, see
+//! [`crate::train::imitation`]), or the paper's agent, PPO for the policy and Dice + BCE for the
+//! SRM (`--agent paper`, see [`crate::train`]); on cached embeddings, then an output bundle that
+//! `segment`, `bench` and `eval` load as is.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,8 +11,9 @@ use clap::Args;
 use indicatif::ProgressBar;
 
 use super::EngineArgs;
-use crate::agent::StepLabels;
+use crate::agent::{AgentKind, StepLabels};
 use crate::dataset::Dataset;
+use crate::train::imitation::{self, ClickerConfig, ClickerJob};
 use crate::train::nets::ActorKind;
 use crate::train::{
     self, Progress, Stage, TrainConfig, TrainJob, episode_log::tail_mean, ppo::PpoConfig,
@@ -19,22 +22,45 @@ use crate::train::{
 /// Arguments of `alignsam train`.
 #[derive(Debug, Args)]
 pub struct TrainArgs {
-    /// The SAM bundle to train with (its encoder and decoder; a policy or SRM in it is ignored).
+    /// The SAM bundle to train with: its encoder and decoder (and, for the clicker, its SRM,
+    /// which gives the start points; its policy is kept in the output as the paper's agent).
     #[arg(long)]
     pub bundle: PathBuf,
-    /// Dataset directory (images/, masks/, splits/SPLIT.txt).
-    #[arg(long)]
-    pub data: PathBuf,
+    /// Which agent to train: `clicker` (imitation of the oracle, DAgger) or `paper` (PPO for
+    /// the policy, Dice + BCE for the SRM).
+    #[arg(long, default_value = "paper")]
+    pub agent: AgentKind,
+    /// Dataset directory (images/, masks/, splits/SPLIT.txt). The clicker takes it more than
+    /// once: one clicker for the union of the datasets.
+    #[arg(long, required = true)]
+    pub data: Vec<PathBuf>,
     /// The split to train on.
     #[arg(long, default_value = "train")]
     pub split: String,
-    /// Train on the first N images of the split (default: all of them).
+    /// Train on the first N images of the split (of each dataset; default: all of them).
     #[arg(long, value_parser = super::validate::count(1, 100_000_000))]
     pub images: Option<usize>,
-    /// Output bundle directory: policy.onnx, srm.onnx, bundle.toml, train_log.csv, curves.png,
+    /// Output bundle directory: the networks, bundle.toml, train_log.csv, curves.png,
     /// train_config.json (created if missing; those files are overwritten).
     #[arg(long)]
     pub out: PathBuf,
+    /// Clicker: DAgger rounds after the teacher's.
+    #[arg(long, default_value_t = 3, value_parser = super::validate::count(0, 1000))]
+    pub rounds: usize,
+    /// Clicker: epochs of the trunk (the object map), before the rounds.
+    #[arg(long, default_value_t = 12, value_parser = super::validate::count(0, 10_000))]
+    pub trunk_epochs: usize,
+    /// Clicker: cross-fitting folds; the head learns on object maps from trunks that did not
+    /// see the image (1: none).
+    #[arg(long, default_value_t = 4, value_parser = super::validate::count(1, 100))]
+    pub trunk_folds: usize,
+    /// Clicker: epochs of the head after each round, over every state so far.
+    #[arg(long, default_value_t = 2, value_parser = super::validate::count(1, 10_000))]
+    pub head_epochs: usize,
+    /// Clicker: share of the training images held out for model selection, the stop threshold
+    /// and the held-out report.
+    #[arg(long, default_value_t = 0.1, value_parser = super::validate::real(0.0, 0.9).f64())]
+    pub holdout: f64,
     /// Seed of the weights, the image order, the start points and the sampled actions.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -169,6 +195,104 @@ fn config(args: &TrainArgs, episodes: usize, bundle_steps: usize) -> TrainConfig
     config
 }
 
+/// A progress bar per stage, and the notes between them.
+fn progress_printer(hidden: bool) -> impl FnMut(Progress) {
+    let mut current = ProgressBar::hidden();
+    move |p: Progress| match p {
+        Progress::Start(stage, n) => {
+            let what = match stage {
+                Stage::Cache => "images encoded",
+                Stage::Prepare => "images prepared",
+                Stage::Trunk => "trunk epochs",
+                Stage::Rollouts => "rollouts",
+                Stage::Fit => "head epochs",
+                Stage::Train => "episodes",
+                Stage::HoldoutCache => "held-out images encoded",
+                Stage::Holdout => "held-out images",
+            };
+            current = super::output::progress(n, hidden, what);
+        }
+        Progress::Advance(_, i) => current.set_position(i as u64),
+        Progress::Episode(records) => {
+            let hit = tail_mean(records, 50, |r| r.hit_rate);
+            let srm = tail_mean(records, 50, |r| r.srm_iou);
+            let reward = tail_mean(records, 50, |r| r.reward);
+            current.set_message(format!(
+                "last 50: hit {hit:.3}, reward {reward:.2}, SRM IoU {srm:.3}"
+            ));
+        }
+        Progress::Done(_) => current.finish_and_clear(),
+        Progress::Note(line) => current.suspend(|| eprintln!("{line}")),
+    }
+}
+
+/// Runs `alignsam train --agent clicker`.
+fn run_clicker(args: TrainArgs) -> Result<ExitCode> {
+    for d in &args.data {
+        super::output::check_dataset_outputs(d, &args.out)?;
+    }
+    let bundle = args.engine.open_bundle(&args.bundle)?;
+    let datasets = args
+        .data
+        .iter()
+        .map(|d| Dataset::open_first(d, &args.split, args.images))
+        .collect::<Result<Vec<_>>>()?;
+    let mut config = ClickerConfig::new(args.seed);
+    config.steps = args.steps.unwrap_or(bundle.manifest.agent.max_steps);
+    config.rounds = args.rounds;
+    config.trunk_epochs = args.trunk_epochs;
+    config.trunk_folds = args.trunk_folds;
+    config.head_epochs = args.head_epochs;
+    config.holdout = args.holdout;
+    let backend = args.engine.backend()?;
+    let job = ClickerJob {
+        bundle: &bundle,
+        backend: backend.as_ref(),
+        datasets: &datasets,
+        cache_root: args.cache.clone().unwrap_or_else(crate::cache::default_dir),
+        out_dir: args.out.clone(),
+        config,
+        threads: args.engine.threads,
+    };
+    let mut on_progress = progress_printer(args.no_progress);
+    let r = imitation::run(&job, &mut on_progress)?;
+    let t = &r.seconds;
+    println!(
+        "trained a clicker into {} in {:.1} min on {}: cache fill {:.0} s, preparation {:.0} s, trunk {:.0} s, rollouts {:.0} s, head fits {:.0} s, export and checks {:.0} s",
+        args.out.display(),
+        t.total / 60.0,
+        r.cpu,
+        t.cache_fill,
+        t.prepare,
+        t.trunk,
+        t.rollouts,
+        t.fits,
+        t.export
+    );
+    println!(
+        "kept round {} of {}; best patch {}; stop threshold {}; export check (candle vs {}): max |difference| {:.2e}",
+        r.kept_round,
+        r.rounds.len() - 1,
+        r.best_patch,
+        r.stop.as_ref().map_or("0.5 (no held-out images)".into(), |s| s.threshold.to_string()),
+        backend.name(),
+        r.export_check
+    );
+    if let Some(h) = &r.holdout {
+        let parts: Vec<String> = h
+            .methods
+            .iter()
+            .map(|(m, iou, steps)| format!("{m} {iou:.3} ({steps:.1} steps)"))
+            .collect();
+        println!(
+            "held out ({} training images, the exported bundle's loop): mIoU {}",
+            h.images,
+            parts.join(", ")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Runs `alignsam train`.
 pub fn run(args: TrainArgs) -> Result<ExitCode> {
     // candle runs single-threaded unless RAYON_NUM_THREADS says otherwise: its operations here
@@ -179,12 +303,18 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
         // model is loaded and before any candle operation.
         unsafe { std::env::set_var("RAYON_NUM_THREADS", "1") };
     }
-    super::output::check_dataset_outputs(&args.data, &args.out)?;
+    if args.agent == AgentKind::Clicker {
+        return run_clicker(args);
+    }
+    let [data] = args.data.as_slice() else {
+        bail!("the paper's agent trains on one dataset (--data given {} times)", args.data.len());
+    };
+    super::output::check_dataset_outputs(data, &args.out)?;
     let bundle = args.engine.open_bundle(&args.bundle)?;
     // --images and --eval-images are at least 1 (their parsers say so).
-    let dataset = Dataset::open_first(&args.data, &args.split, args.images)?;
+    let dataset = Dataset::open_first(data, &args.split, args.images)?;
     let holdout = match &args.eval_split {
-        Some(split) => Some(Dataset::open_first(&args.data, split, args.eval_images)?),
+        Some(split) => Some(Dataset::open_first(data, split, args.eval_images)?),
         None => None,
     };
     if args.episodes == Some(0) {
@@ -206,30 +336,7 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
         holdout: holdout.as_ref(),
         threads: args.engine.threads,
     };
-    let hidden = args.no_progress;
-    let mut current = ProgressBar::hidden();
-    let mut on_progress = |p: Progress| match p {
-        Progress::Start(stage, n) => {
-            let what = match stage {
-                Stage::Cache => "images encoded",
-                Stage::Train => "episodes",
-                Stage::HoldoutCache => "held-out images encoded",
-                Stage::Holdout => "held-out images",
-            };
-            current = super::output::progress(n, hidden, what);
-        }
-        Progress::Advance(_, i) => current.set_position(i as u64),
-        Progress::Episode(records) => {
-            let hit = tail_mean(records, 50, |r| r.hit_rate);
-            let srm = tail_mean(records, 50, |r| r.srm_iou);
-            let reward = tail_mean(records, 50, |r| r.reward);
-            current.set_message(format!(
-                "last 50: hit {hit:.3}, reward {reward:.2}, SRM IoU {srm:.3}"
-            ));
-        }
-        Progress::Done(_) => current.finish_and_clear(),
-        Progress::Note(line) => current.suspend(|| eprintln!("{line}")),
-    };
+    let mut on_progress = progress_printer(args.no_progress);
     if args.fill_cache_only {
         let (computed, seconds) = train::fill_only(&job, &mut on_progress)?;
         println!("embedding cache filled: {computed} computed in {seconds:.1} s");

@@ -32,9 +32,12 @@
 //! - Episodes: 8 passes over the images by default (400 for `--images 50`), 10-12 minutes on
 //!   2 cores with MobileSAM's decoder, which takes 90% of the time (16 calls an episode).
 
+pub mod clicker_net;
 pub mod data;
 pub mod episode_log;
 pub mod export;
+pub mod im2col;
+pub mod imitation;
 pub mod holdout;
 pub mod nets;
 pub mod plot;
@@ -104,6 +107,14 @@ pub struct TrainJob<'a> {
 pub enum Stage {
     /// Encoding training images into the cache.
     Cache,
+    /// Reading masks and building what each image needs (the clicker).
+    Prepare,
+    /// The clicker's trunk, by epoch.
+    Trunk,
+    /// The clicker's rollouts of one DAgger round, by image.
+    Rollouts,
+    /// The clicker's head after a round, by epoch.
+    Fit,
     /// Training episodes.
     Train,
     /// Encoding held-out images into the cache.
@@ -406,7 +417,8 @@ pub fn run(job: &TrainJob, progress: &mut dyn FnMut(Progress)) -> Result<TrainRe
     Ok(report)
 }
 
-fn dataset_name(dir: &Path) -> String {
+/// A dataset's name: its directory's last component.
+pub(crate) fn dataset_name(dir: &Path) -> String {
     dir.file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| dir.display().to_string())

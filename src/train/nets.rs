@@ -155,6 +155,55 @@ impl Param {
     }
 }
 
+/// A [`Conv`] with He-uniform weights (times `gain`), zero bias, no padding: for networks
+/// outside this module (set `pad` and `dilation` on the result).
+pub fn conv_he(
+    rng: &mut StdRng,
+    name: &str,
+    cin: usize,
+    cout: usize,
+    k: usize,
+    gain: f32,
+) -> candle_core::Result<Conv> {
+    Conv::new(&mut Init { rng }, name, cin, cout, k, 0, gain)
+}
+
+/// A [`Pointwise`] layer with He-uniform weights, zero bias.
+pub fn pointwise_he(
+    rng: &mut StdRng,
+    name: &str,
+    cin: usize,
+    cout: usize,
+) -> candle_core::Result<Pointwise> {
+    Pointwise::new(&mut Init { rng }, name, cin, cout, 1.0)
+}
+
+/// A [`Linear`] layer with He-uniform weights (times `gain`), zero bias.
+pub fn linear_he(
+    rng: &mut StdRng,
+    name: &str,
+    cin: usize,
+    cout: usize,
+    gain: f32,
+) -> candle_core::Result<Linear> {
+    Linear::new(&mut Init { rng }, name, cin, cout, gain)
+}
+
+/// A parameter of one value everywhere.
+pub fn const_param(name: &str, shape: &[usize], value: f32) -> candle_core::Result<Param> {
+    let n: usize = shape.iter().product();
+    let var = Var::from_tensor(&Tensor::from_vec(vec![value; n], shape, &Device::Cpu)?)?;
+    Ok(Param {
+        name: name.into(),
+        var,
+    })
+}
+
+/// A parameter of zeros.
+pub fn zeros_param(name: &str, shape: &[usize]) -> candle_core::Result<Param> {
+    const_param(name, shape, 0.0)
+}
+
 /// Draws weights: uniform in `[-bound, bound)`, row-major.
 struct Init<'a> {
     rng: &'a mut StdRng,
@@ -211,7 +260,7 @@ impl Pointwise {
             .broadcast_add(self.bias.var.as_tensor())
     }
 
-    fn params(&self) -> [&Param; 2] {
+    pub(crate) fn params(&self) -> [&Param; 2] {
         [&self.weight, &self.bias]
     }
 }
@@ -225,6 +274,8 @@ pub struct Conv {
     pub bias: Param,
     /// Zero padding (all sides); the stride is 1.
     pub pad: usize,
+    /// Dilation (1: a plain convolution).
+    pub dilation: usize,
 }
 
 impl Conv {
@@ -243,17 +294,18 @@ impl Conv {
             weight: init.uniform(&format!("{name}.weight"), &[cout, cin, k, k], bound)?,
             bias: init.uniform(&format!("{name}.bias"), &[cout], 0.0)?,
             pad,
+            dilation: 1,
         })
     }
 
     /// `[N, in, h, w]` -> `[N, out, h', w']`.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let w = self.weight.var.as_tensor();
-        let out = x.conv2d(w, self.pad, 1, 1, 1)?;
+        let out = x.conv2d(w, self.pad, 1, self.dilation, 1)?;
         out.broadcast_add(&self.bias.var.as_tensor().reshape((1, w.dim(0)?, 1, 1))?)
     }
 
-    fn params(&self) -> [&Param; 2] {
+    pub(crate) fn params(&self) -> [&Param; 2] {
         [&self.weight, &self.bias]
     }
 }
@@ -289,7 +341,7 @@ impl Linear {
             .broadcast_add(self.bias.var.as_tensor())
     }
 
-    fn params(&self) -> [&Param; 2] {
+    pub(crate) fn params(&self) -> [&Param; 2] {
         [&self.weight, &self.bias]
     }
 }

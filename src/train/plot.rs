@@ -97,3 +97,121 @@ pub fn draw_curves(
     root.present().map_err(|e| err(&e))?;
     Ok(())
 }
+
+/// One panel of [`draw_clicker_curves`]: its title, the x axis's name, and named series.
+type Series<'a> = (&'a str, Vec<(f32, f32)>);
+
+fn panel(
+    area: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>,
+    title: &str,
+    x_desc: &str,
+    series: &[Series<'_>],
+    err: &dyn Fn(&dyn std::fmt::Display) -> anyhow::Error,
+) -> Result<()> {
+    let points = series.iter().flat_map(|(_, s)| s.iter());
+    let (mut x_hi, mut lo, mut hi) = (1f32, f32::INFINITY, f32::NEG_INFINITY);
+    for &(x, y) in points.filter(|(_, y)| y.is_finite()) {
+        x_hi = x_hi.max(x);
+        lo = lo.min(y);
+        hi = hi.max(y);
+    }
+    let (lo, hi) = if lo.is_finite() { (lo, hi) } else { (0.0, 1.0) };
+    let pad = ((hi - lo) * 0.05).max(1e-3);
+    let mut chart = ChartBuilder::on(area)
+        .caption(title, (FONT_NAME, 15))
+        .margin(8)
+        .x_label_area_size(28)
+        .y_label_area_size(48)
+        .build_cartesian_2d(0f32..x_hi, (lo - pad)..(hi + pad))
+        .map_err(|e| err(&e))?;
+    chart
+        .configure_mesh()
+        .x_desc(x_desc)
+        .label_style((FONT_NAME, 12))
+        .axis_desc_style((FONT_NAME, 12))
+        .draw()
+        .map_err(|e| err(&e))?;
+    let colours = [BLUE, RED, RGBColor(0, 140, 0), RGBColor(200, 120, 0), MAGENTA, BLACK];
+    for (i, (name, s)) in series.iter().enumerate() {
+        let colour = colours[i % colours.len()];
+        chart
+            .draw_series(LineSeries::new(s.iter().copied(), colour.stroke_width(2)))
+            .map_err(|e| err(&e))?
+            .label(*name)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], colour));
+    }
+    if series.len() > 1 {
+        chart
+            .configure_series_labels()
+            .label_font((FONT_NAME, 11))
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| err(&e))?;
+    }
+    Ok(())
+}
+
+/// The clicker's curves: the trunk by epoch (loss, held-out object IoU), the rounds (held-out
+/// IoU by budget, agreement with the teacher, the head's losses).
+pub fn draw_clicker_curves(
+    path: &Path,
+    trunk: &[super::imitation::TrunkEpoch],
+    rounds: &[super::imitation::RoundRecord],
+) -> Result<()> {
+    font_ready()?;
+    let err = |e: &dyn std::fmt::Display| {
+        anyhow!("{}: cannot draw the learning curves: {e}", path.display())
+    };
+    let root = BitMapBackend::new(path, (1200, 800)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let root = root
+        .titled("clicker: trunk by epoch, head by DAgger round", (FONT_NAME, 20))
+        .map_err(|e| err(&e))?;
+    let areas = root.split_evenly((2, 2));
+    let epochs = |f: fn(&super::imitation::TrunkEpoch) -> f32| -> Vec<(f32, f32)> {
+        trunk.iter().map(|e| (e.epoch as f32, f(e))).collect()
+    };
+    panel(
+        &areas[0],
+        "trunk: loss (BCE + Dice) and held-out object map IoU",
+        "epoch",
+        &[
+            ("loss", epochs(|e| e.loss)),
+            ("object IoU", epochs(|e| e.holdout_object_iou)),
+        ],
+        &err,
+    )?;
+    let by_round = |f: &dyn Fn(&super::imitation::RoundRecord) -> f32| -> Vec<(f32, f32)> {
+        rounds.iter().map(|r| (r.round as f32, f(r))).collect()
+    };
+    let budgets = super::imitation::CURVE_BUDGETS;
+    let names: Vec<String> = budgets.iter().map(|b| format!("T = {b}")).collect();
+    let curves: Vec<Series> = names
+        .iter()
+        .enumerate()
+        .map(|(k, n)| (n.as_str(), by_round(&|r| r.holdout_iou.get(k).copied().unwrap_or(f32::NAN))))
+        .collect();
+    panel(&areas[1], "held-out IoU by budget", "round", &curves, &err)?;
+    panel(
+        &areas[2],
+        "agreement with the teacher",
+        "round",
+        &[("agreement", by_round(&|r| r.agreement))],
+        &err,
+    )?;
+    panel(
+        &areas[3],
+        "head losses (last epoch of the round)",
+        "round",
+        &[
+            ("dense", by_round(&|r| r.losses.dense)),
+            ("teacher", by_round(&|r| r.losses.teacher)),
+            ("stop", by_round(&|r| r.losses.stop)),
+            ("quality", by_round(&|r| r.losses.quality)),
+        ],
+        &err,
+    )?;
+    root.present().map_err(|e| err(&e))?;
+    Ok(())
+}

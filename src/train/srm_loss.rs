@@ -41,13 +41,19 @@ pub fn target_tensors(target: &FrameTarget) -> candle_core::Result<(Tensor, Tens
     Ok((t, Tensor::from_vec(w, (1, 1, s, s), &Device::Cpu)?))
 }
 
+/// Binary cross-entropy of logits `z` against soft targets `t`, weighted by `w` and averaged
+/// over the weights (all three of the same shape).
+pub fn bce(z: &Tensor, t: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
+    let wsum = w.sum_all()?.to_scalar::<f32>()?.max(1e-6) as f64;
+    let softplus_neg_abs = (z.abs()?.neg()?.exp()? + 1.0)?.log()?;
+    let cells = ((z.relu()? - (z * t)?)? + softplus_neg_abs)?;
+    (cells * w)?.sum_all()? / wsum
+}
+
 /// Dice + BCE of logits `z` against soft targets `t`, cells weighted by `w` (1 valid, 0 padding);
 /// all three of the same shape.
 pub fn dice_bce(z: &Tensor, t: &Tensor, w: &Tensor) -> candle_core::Result<SrmLoss> {
-    let wsum = w.sum_all()?.to_scalar::<f32>()?.max(1.0) as f64;
-    let softplus_neg_abs = (z.abs()?.neg()?.exp()? + 1.0)?.log()?;
-    let bce_cells = ((z.relu()? - (z * t)?)? + softplus_neg_abs)?;
-    let bce = ((bce_cells * w)?.sum_all()? / wsum)?;
+    let bce = bce(z, t, w)?;
     let p = candle_nn::ops::sigmoid(z)?;
     let pw = (&p * w)?;
     let inter = (&pw * t)?.sum_all()?;
