@@ -15,6 +15,7 @@
 //! scores    [1,2,S,S]    how much a negative (0) or positive (1) click in each cell would fix
 //! stop      [1,1]        logit: no click would help any more
 //! quality   [1,1]        logit of the mask's IoU with the object
+//! object    [1,1,S,S]    where the clicker thinks the object is (probability), from E alone
 //! ```
 //!
 //! The runtime reads the score maps at the patch centres ([`ClickerChooser`]): the action space
@@ -53,6 +54,8 @@ pub struct ClickerOutput {
     pub stop: f32,
     /// Estimated IoU of the current mask.
     pub quality: f32,
+    /// Where the clicker thinks the object is: a probability per cell, S x S over the frame.
+    pub object: Map,
 }
 
 fn sigmoid(v: f32) -> f32 {
@@ -75,7 +78,8 @@ impl Clicker {
             .input("scalars", fixed(&[1, 2]))
             .output("scores", fixed(&[1, 2, s, s]))
             .output("stop", fixed(&[1, 1]))
-            .output("quality", fixed(&[1, 1])))
+            .output("quality", fixed(&[1, 1]))
+            .output("object", fixed(&[1, 1, s, s])))
     }
 
     /// Loads the clicker named in the manifest's `[models.clicker]`.
@@ -121,7 +125,7 @@ impl Clicker {
             inputs.scalars.view(),
         ])?;
         let path = self.model.path();
-        for (name, t) in ["scores", "stop", "quality"].iter().zip(&out) {
+        for (name, t) in ["scores", "stop", "quality", "object"].iter().zip(&out) {
             crate::engine::check_finite(path, name, t.data())?;
         }
         let s = self.map.size;
@@ -135,6 +139,11 @@ impl Clicker {
             scores: [map(0), map(1)],
             stop: sigmoid(out[1].data()[0]),
             quality: sigmoid(out[2].data()[0]),
+            object: Map {
+                height: s,
+                width: s,
+                data: out[3].data().to_vec(),
+            },
         })
     }
 

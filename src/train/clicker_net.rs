@@ -5,7 +5,7 @@
 //! ```text
 //! trunk (per image, side T = H / pool):
 //!   E -> AvgPool pool -> norm -> Conv1x1(C->W) ReLU -> Conv3x3 d1 ReLU -> Conv3x3 d2 ReLU  = F
-//!   F -> Conv1x1(W->1)                                                       = object logits
+//!   F -> Conv1x1(W->1) + position bias [T, T]                                = object logits
 //! head (per state, side S = T / head_pool, the score maps' side):
 //!   o = AvgPool(sigmoid(object)), m = AvgPool(sigmoid(mask)), clicks = MaxPool(clicks),
 //!   error = [m - o, o - m], the scalars as planes
@@ -21,6 +21,10 @@
 //!   is, from the embedding (the SRM's map is one such guess, trained on few images). The trunk
 //!   is trained first on the images alone (BCE + Dice against the object), then frozen: every
 //!   DAgger state of an image shares it, so that the head trains on many states cheaply.
+//! - The position bias (one learned logit per cell of the frame) is the location prior a small
+//!   convolutional network cannot otherwise express, as in the SRM: where a convolution sees no
+//!   object (a synthetic demo image, an unseen domain), the map falls back to where objects
+//!   usually are.
 //! - The head reads the object map, not the trunk's features, and trains on object maps made
 //!   by trunks that did not see the image (cross-fitting, see `crate::train::imitation`): on
 //!   its own training images a trunk's map is far better than on new ones, and a head trained on
@@ -72,13 +76,13 @@ pub struct ClickerArch {
 
 impl ClickerArch {
     /// The default sizes for a `channels x side x side` embedding: pools 2 and 2 (32 and 16
-    /// for SAM's 64), widths 24 and 24.
+    /// for SAM's 64), widths 32 and 24.
     pub fn new(channels: usize, side: usize) -> Self {
         ClickerArch {
             channels,
             side,
             pool: 2,
-            width: 24,
+            width: 32,
             head_pool: 2,
             head_width: 24,
         }
@@ -178,6 +182,8 @@ pub struct Trunk {
     pub conv3: Conv3,
     /// Conv1x1 W -> 1: the object logits.
     pub object: Pointwise,
+    /// A logit per cell, `[T, T]`: the location prior.
+    pub position: Param,
 }
 
 /// The per-state part.
@@ -263,6 +269,10 @@ impl ClickerNet {
             conv2: Conv3::new(&mut rng, "clicker.trunk.conv2", w, w, 1),
             conv3: Conv3::new(&mut rng, "clicker.trunk.conv3", w, w, 2),
             object: pw(&mut rng, "clicker.trunk.object", w, 1)?,
+            position: super::nets::zeros_param(
+                "clicker.trunk.position",
+                &[arch.trunk_side(), arch.trunk_side()],
+            )?,
         };
         let head = Head {
             conv1: pw(&mut rng, "clicker.head.conv1", STATE_CHANNELS, v)?,
@@ -307,8 +317,10 @@ impl ClickerNet {
         let h = pointwise(&t.conv1, x)?.relu()?;
         let h = t.conv2.forward(&h)?.relu()?;
         let features = t.conv3.forward(&h)?.relu()?;
-        let object = pointwise(&t.object, &features)?;
-        Ok(TrunkOut { features, object })
+        let (n, s, _, _) = features.dims4()?;
+        let bias = t.position.var.as_tensor().reshape((1, s, s, 1))?;
+        let object = pointwise(&t.object, &features)?.broadcast_add(&bias)?;
+        Ok(TrunkOut { features, object: object.reshape((n, s, s, 1))? })
     }
 
     /// The trunk's outputs at the head's side.
@@ -403,6 +415,7 @@ impl ClickerNet {
         p.extend(t.conv2.conv.params());
         p.extend(t.conv3.conv.params());
         p.extend(t.object.params());
+        p.push(&t.position);
         p
     }
 

@@ -195,6 +195,13 @@ pub fn clicker_graph(net: &ClickerNet) -> Result<GraphBuilder> {
     let x = conv(&mut g, &x, &t.conv3.conv)?;
     let features = g.op("Relu", &[&x], &[]);
     let object = pointwise(&mut g, &features, &t.object)?;
+    let ts = a.trunk_side();
+    let position = g.constant(
+        &t.position.name,
+        &[1, 1, ts, ts],
+        &t.position.values()?,
+    );
+    let object = g.op("Add", &[&object, &position], &[]);
     let o = g.op("Sigmoid", &[&object], &[]);
     let o = pool(&mut g, "AveragePool", &o, a.head_pool);
 
@@ -262,6 +269,7 @@ pub fn clicker_graph(net: &ClickerNet) -> Result<GraphBuilder> {
     g.output(&scores, "scores", &[1, 2, s, s]);
     g.output(&stop, "stop", &[1, 1]);
     g.output(&quality, "quality", &[1, 1]);
+    g.output(&o, "object", &[1, 1, s, s]);
     Ok(g)
 }
 
@@ -296,7 +304,8 @@ pub fn compare_clicker(
         .input("scalars", fixed(&[1, 2]))
         .output("scores", fixed(&[1, 2, s, s]))
         .output("stop", fixed(&[1, 1]))
-        .output("quality", fixed(&[1, 1]));
+        .output("quality", fixed(&[1, 1]))
+        .output("object", fixed(&[1, 1, s, s]));
     let model = backend.load(path, &spec)?;
     let Some((e, geometry)) = cache.get(&image.image_path)? else {
         anyhow::bail!("{}: no cached embedding", image.image_path.display());
@@ -352,7 +361,9 @@ pub fn compare_clicker(
             &t(&inputs.scalars)?,
         )?;
         let scores = super::nets::values(&ours.scores.permute((0, 3, 1, 2))?)?;
+        let object = net.pool(&net.trunk(&net.prepare(&t(&e.0)?)?)?)?.object;
         worst = worst
+            .max(max_abs_diff(out[3].data(), &super::nets::values(&object)?))
             .max(max_abs_diff(out[0].data(), &scores))
             .max(max_abs_diff(out[1].data(), &super::nets::values(&ours.stop)?))
             .max(max_abs_diff(

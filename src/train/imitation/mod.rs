@@ -131,7 +131,7 @@ impl ClickerConfig {
                 quality_weight: 0.5,
                 weight_decay: 1e-4,
             },
-            width: 24,
+            width: 32,
             head_width: 24,
         }
     }
@@ -211,6 +211,10 @@ pub struct RoundRecord {
     /// Seconds of rollouts and of fitting.
     pub seconds: [f64; 2],
 }
+
+/// The stop may cost at most this much held-out IoU against never stopping: a stop saves time,
+/// and the latency target leaves room for more steps than the held-out images need.
+pub const STOP_TOLERANCE: f32 = 0.002;
 
 /// The budgets of the held-out curve.
 pub const CURVE_BUDGETS: [usize; 6] = [0, 1, 3, 5, 10, 15];
@@ -538,7 +542,7 @@ pub fn run(job: &ClickerJob, progress: &mut dyn FnMut(Progress)) -> Result<Click
 
 /// Every image of the datasets, ready: truth at low resolution, the SRM's map on E, the pooled
 /// embedding, the patch centres' cells.
-fn prepare_images(
+pub fn prepare_images(
     datasets: &[Dataset],
     cache: &EmbeddingCache,
     srm: &Srm,
@@ -621,7 +625,7 @@ fn pool_embedding(e: &crate::engine::Tensor, k: usize) -> Vec<f32> {
 
 /// Fit and held-out indices: `share` of the images (at least one when there are two or more)
 /// held out, drawn by the seeded generator.
-fn split(n: usize, share: f64, rng: &mut StdRng) -> (Vec<usize>, Vec<usize>) {
+pub fn split(n: usize, share: f64, rng: &mut StdRng) -> (Vec<usize>, Vec<usize>) {
     let mut idx: Vec<usize> = (0..n).collect();
     idx.shuffle(rng);
     let held = if n < 2 || share <= 0.0 {
@@ -634,7 +638,7 @@ fn split(n: usize, share: f64, rng: &mut StdRng) -> (Vec<usize>, Vec<usize>) {
 }
 
 /// The standardisation of the pooled embeddings of the fit images.
-fn measure_norm(images: &[ImageData], fit: &[usize], arch: &ClickerArch) -> Result<InputNorm> {
+pub fn measure_norm(images: &[ImageData], fit: &[usize], arch: &ClickerArch) -> Result<InputNorm> {
     let t = arch.trunk_side();
     let pooled = fit
         .iter()
@@ -773,7 +777,7 @@ fn curve_of(ts: &[Trajectory], budgets: &[usize], keep: Keep) -> Vec<f32> {
 }
 
 /// The threshold with the fewest mean steps whose held-out IoU (best estimated mask kept up to
-/// the stop) stays within 0.005 of never stopping.
+/// the stop) stays within [`STOP_TOLERANCE`] of never stopping.
 fn choose_stop(ts: &[Trajectory]) -> StopChoice {
     let outcome = |threshold: f32| {
         let (mut steps, mut iou) = (0f32, 0f32);
@@ -791,10 +795,11 @@ fn choose_stop(ts: &[Trajectory]) -> StopChoice {
         .map(outcome)
         .collect();
     let never = candidates.last().expect("candidates").2;
+    // Among the fewest steps, the highest threshold: it stops only when surer.
     let threshold = candidates
         .iter()
-        .filter(|c| c.2 >= never - 0.005)
-        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .filter(|c| c.2 >= never - STOP_TOLERANCE)
+        .min_by(|a, b| a.1.total_cmp(&b.1).then(b.0.total_cmp(&a.0)))
         .map_or(1.01, |c| c.0);
     StopChoice {
         candidates,
@@ -1081,8 +1086,8 @@ mod tests {
     fn the_stop_threshold_saves_steps_within_the_tolerance() {
         // Both images gain nothing after step 1; the stop probability rises to 0.8 there.
         let ts = vec![
-            trajectory(&[0.5, 0.8, 0.8, 0.8], &[0.5, 0.8, 0.7, 0.7], &[0.1, 0.8, 0.9, 0.9]),
-            trajectory(&[0.6, 0.7, 0.7, 0.7], &[0.6, 0.7, 0.6, 0.6], &[0.2, 0.8, 0.9, 0.9]),
+            trajectory(&[0.5, 0.8, 0.8, 0.8], &[0.5, 0.8, 0.7, 0.7], &[0.35, 0.8, 0.9, 0.9]),
+            trajectory(&[0.6, 0.7, 0.7, 0.7], &[0.6, 0.7, 0.6, 0.6], &[0.35, 0.8, 0.9, 0.9]),
         ];
         let c = choose_stop(&ts);
         assert_eq!(c.threshold, 0.8, "{c:?}");
