@@ -265,18 +265,23 @@ pub fn load_mask(path: &Path) -> Result<Mask> {
     if width == 0 || height == 0 {
         bail!("{}: mask has no pixels", path.display());
     }
-    let data = match &img {
-        DynamicImage::ImageLuma8(m) => m.pixels().map(|p| p[0] > 127).collect(),
-        DynamicImage::ImageLumaA8(m) => m.pixels().map(|p| p[0] > 127).collect(),
-        DynamicImage::ImageLuma16(m) => m.pixels().map(|p| p[0] > 32767).collect(),
-        DynamicImage::ImageLumaA16(m) => m.pixels().map(|p| p[0] > 32767).collect(),
-        DynamicImage::ImageRgb8(m) => grey_from_rgb(path, width, m.pixels().map(|p| p.0), 127)?,
-        DynamicImage::ImageRgba8(m) => {
-            grey_from_rgb(path, width, m.pixels().map(|p| [p[0], p[1], p[2]]), 127)?
+    let (grey, full): (Vec<u16>, u16) = match &img {
+        DynamicImage::ImageLuma8(m) => (m.pixels().map(|p| p[0] as u16).collect(), 255),
+        DynamicImage::ImageLumaA8(m) => (m.pixels().map(|p| p[0] as u16).collect(), 255),
+        DynamicImage::ImageLuma16(m) => (m.pixels().map(|p| p[0]).collect(), 65535),
+        DynamicImage::ImageLumaA16(m) => (m.pixels().map(|p| p[0]).collect(), 65535),
+        DynamicImage::ImageRgb8(m) => {
+            let px = m.pixels().map(|p| p.0.map(u16::from));
+            (grey_from_rgb(path, width, px)?, 255)
         }
-        DynamicImage::ImageRgb16(m) => grey_from_rgb(path, width, m.pixels().map(|p| p.0), 32767)?,
+        DynamicImage::ImageRgba8(m) => {
+            let px = m.pixels().map(|p| [p[0], p[1], p[2]].map(u16::from));
+            (grey_from_rgb(path, width, px)?, 255)
+        }
+        DynamicImage::ImageRgb16(m) => (grey_from_rgb(path, width, m.pixels().map(|p| p.0))?, 65535),
         DynamicImage::ImageRgba16(m) => {
-            grey_from_rgb(path, width, m.pixels().map(|p| [p[0], p[1], p[2]]), 32767)?
+            let px = m.pixels().map(|p| [p[0], p[1], p[2]]);
+            (grey_from_rgb(path, width, px)?, 65535)
         }
         other => bail!(
             "{}: a {:?} image; a mask must be 8- or 16-bit grey (0 background, 255 object)",
@@ -284,6 +289,10 @@ pub fn load_mask(path: &Path) -> Result<Mask> {
             other.color()
         ),
     };
+    let data = binarise(&grey, full);
+    if !data.iter().any(|&v| v) {
+        log::warn!("{}: the mask has no object pixel", path.display());
+    }
     Ok(Mask {
         width,
         height,
@@ -291,24 +300,33 @@ pub fn load_mask(path: &Path) -> Result<Mask> {
     })
 }
 
-/// Thresholds RGB pixels whose channels are all equal; the first other pixel is an error.
-fn grey_from_rgb<T: Copy + PartialEq + PartialOrd + std::fmt::Debug>(
+/// The rule that makes a grey mask binary: a mask whose largest value is 1 is a 0/1 mask
+/// (object where 1); any other is thresholded at half the format's range (object above 127 of
+/// 255, above 32767 of 65535), which reads 0/255 masks and anti-aliased edges alike.
+pub fn binarise(grey: &[u16], full: u16) -> Vec<bool> {
+    let max = grey.iter().copied().max().unwrap_or(0);
+    let threshold = if max <= 1 { 0 } else { full / 2 };
+    grey.iter().map(|&v| v > threshold).collect()
+}
+
+/// The grey values of RGB pixels whose channels are all equal; the first other pixel is an
+/// error.
+fn grey_from_rgb(
     path: &Path,
     width: usize,
-    pixels: impl Iterator<Item = [T; 3]>,
-    half: T,
-) -> Result<Vec<bool>> {
+    pixels: impl Iterator<Item = [u16; 3]>,
+) -> Result<Vec<u16>> {
     let mut out = vec![];
     for (i, [r, g, b]) in pixels.enumerate() {
         if r != g || g != b {
             bail!(
-                "{}: a colour mask (pixel x={}, y={} is RGB {r:?},{g:?},{b:?}); a mask must be grey, 0 background and 255 object",
+                "{}: a colour mask (pixel x={}, y={} is RGB {r},{g},{b}); a mask must be grey, 0 background and 255 object",
                 path.display(),
                 i % width,
                 i / width
             );
         }
-        out.push(r > half);
+        out.push(r);
     }
     Ok(out)
 }
@@ -489,6 +507,24 @@ fn summarise(problems: &[String], what: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn zero_one_masks_read_as_such_and_zero_255_at_half() {
+        assert_eq!(binarise(&[0, 1, 0, 1], 255), [false, true, false, true]);
+        assert_eq!(binarise(&[0, 1, 128, 255], 255), [false, false, true, true]);
+        assert_eq!(binarise(&[0, 127, 128], 255), [false, false, true]);
+        assert_eq!(binarise(&[0, 1], 65535), [false, true]);
+        assert_eq!(binarise(&[0, 32767, 32768], 65535), [false, false, true]);
+        assert_eq!(binarise(&[0, 0], 255), [false, false], "an empty mask stays empty");
+        // And through a file: a 0/1 PNG is an object, not an empty mask.
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("01.png");
+        image::GrayImage::from_raw(2, 1, vec![0, 1])
+            .unwrap()
+            .save(&path)
+            .unwrap();
+        assert_eq!(load_mask(&path).unwrap().data, [false, true]);
+    }
 
     #[test]
     fn masks_threshold_and_refuse_colour() {

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use alignsam::agent::state::state;
 use alignsam::agent::{
-    Agent, ImageOptions, LoopOptions, LoopResult, PointOrigin, StepLabels, StopReason, WarmStart,
+    Agent, Choice, Click, Decision, ImageOptions, LoopOptions, LoopResult, PatchChooser,
+    PointOrigin, StepLabels, StepView, StopReason, WarmStart,
 };
 use alignsam::bundle::{Bundle, OpenOptions};
 use alignsam::sam::PointLabel;
@@ -255,4 +256,141 @@ fn stops_when_the_mask_stops_changing() {
         )
         .unwrap();
     assert_eq!((r.stop, r.steps), (StopReason::StepLimit, 4));
+}
+
+/// A chooser that clicks the given patches in order with its own labels, estimates each mask's
+/// IoU from a list, and stops after `stop_after` steps.
+struct Scripted {
+    clicks: Vec<(usize, PointLabel)>,
+    quality: Vec<f32>,
+    stop_after: Option<usize>,
+}
+
+impl PatchChooser for Scripted {
+    fn choose(&mut self, view: &StepView) -> anyhow::Result<Choice> {
+        let quality = self.quality.get(view.steps).copied();
+        if Some(view.steps) == self.stop_after {
+            return Ok(Choice {
+                decision: Decision::Stop,
+                quality,
+            });
+        }
+        let (patch, label) = self.clicks[view.steps];
+        let click = Click {
+            patch,
+            at: None,
+            label: Some(label),
+        };
+        Ok(Choice {
+            decision: Decision::Click(click),
+            quality,
+        })
+    }
+
+    fn assess(&mut self, view: &StepView) -> anyhow::Result<Option<f32>> {
+        Ok(self.quality.get(view.steps).copied())
+    }
+}
+
+fn scripted(stop_after: Option<usize>) -> Scripted {
+    Scripted {
+        // Three patches, each with the label the script says.
+        clicks: vec![
+            (54, PointLabel::Negative),
+            (37, PointLabel::Positive),
+            (12, PointLabel::Negative),
+        ],
+        quality: vec![0.5, 0.9, 0.2, 0.1],
+        stop_after,
+    }
+}
+
+fn run_scripted(
+    agent: &Agent,
+    chooser: &mut Scripted,
+    options: &LoopOptions,
+    truth: Option<&alignsam::dataset::Mask>,
+) -> LoopResult {
+    let encoded = agent.encode(&image(300, 200)).unwrap();
+    let per_image = ImageOptions {
+        chooser: Some(chooser),
+        truth,
+        ..ImageOptions::default()
+    };
+    agent
+        .run_on_embedding(&encoded.embedding, &encoded.geometry, options, per_image)
+        .unwrap()
+}
+
+#[test]
+fn keep_best_returns_the_mask_the_chooser_rates_best() {
+    let tmp = tempfile::tempdir().unwrap();
+    let agent = agent(&bundle_with(tmp.path(), 37));
+    let traced = LoopOptions {
+        trace: true,
+        ..fixed(3)
+    };
+    let r = run_scripted(&agent, &mut scripted(None), &traced, None);
+    // Masks 0..=3 rated 0.5, 0.9, 0.2, 0.1: the loop clicks three times and keeps mask 1.
+    assert_eq!((r.steps, r.kept_step, r.stop), (3, 1, StopReason::StepLimit));
+    assert_eq!(r.trace.len(), 4);
+    assert_eq!(r.low_res, r.trace[1].low_res);
+    assert_eq!(r.iou_prediction, r.points[2].iou_prediction);
+    assert_eq!(r.kept_points().len(), 3, "the start points and step 1's");
+    assert_eq!(
+        r.trace.iter().map(|t| t.quality).collect::<Vec<_>>(),
+        [0.5, 0.9, 0.2, 0.1]
+    );
+    // The chooser's labels are the points' labels.
+    let labels: Vec<_> = r.points[2..].iter().map(|p| p.label).collect();
+    assert_eq!(
+        labels,
+        [PointLabel::Negative, PointLabel::Positive, PointLabel::Negative]
+    );
+    // The paper's loop returns the last mask.
+    let r = run_scripted(&agent, &mut scripted(None), &traced.clone().paper(), None);
+    assert_eq!((r.steps, r.kept_step), (3, 3));
+    assert_eq!(r.low_res, r.trace[3].low_res);
+}
+
+#[test]
+fn the_agents_stop_ends_the_loop() {
+    let tmp = tempfile::tempdir().unwrap();
+    let agent = agent(&bundle_with(tmp.path(), 37));
+    let r = run_scripted(&agent, &mut scripted(Some(2)), &fixed(10), None);
+    assert_eq!((r.stop, r.steps, r.kept_step), (StopReason::AgentStop, 2, 1));
+    assert_eq!(r.points.len(), 4);
+}
+
+#[test]
+fn labels_from_the_srm_or_the_ground_truth_when_asked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let agent = agent(&bundle_with(tmp.path(), 37));
+    // --labels srm: the SRM labels the chooser's clicks. For a 300x200 image patch 54's centre
+    // (135, 110) falls in SRM cell (3, 4) and patch 12's (75, 30) in cell (1, 2), both 0.5;
+    // patch 37's in cell (2, 7), 0.8: all positive, against the script's two negatives.
+    let srm = LoopOptions {
+        srm_labels: true,
+        ..fixed(3)
+    };
+    let r = run_scripted(&agent, &mut scripted(None), &srm, None);
+    assert!(r.points[2..].iter().all(|p| p.label == PointLabel::Positive));
+    // --labels truth: every point from the ground truth, start points too. Truth: the image's
+    // right half (x >= 150).
+    let gt = alignsam::dataset::Mask {
+        width: 300,
+        height: 200,
+        data: (0..300 * 200).map(|i| i % 300 >= 150).collect(),
+    };
+    let r = run_scripted(&agent, &mut scripted(None), &fixed(3), Some(&gt));
+    for p in &r.points {
+        let expected = if p.x >= 150.0 {
+            PointLabel::Positive
+        } else {
+            PointLabel::Negative
+        };
+        assert_eq!(p.label, expected, "{p:?}");
+    }
+    assert!(r.points.iter().any(|p| p.label == PointLabel::Positive));
+    assert!(r.points.iter().any(|p| p.label == PointLabel::Negative));
 }

@@ -6,6 +6,7 @@
 
 mod common;
 
+use alignsam::agent::{Agent, LoopOptions};
 use alignsam::bundle::{Bundle, OpenOptions};
 use alignsam::dataset::load_mask;
 use alignsam::eval::run_oracle;
@@ -35,4 +36,28 @@ fn small_sam_segments_the_demo_objects() {
         assert!(iou >= floor, "{}", report.join(", "));
     }
     eprintln!("demo IoU after 3 oracle clicks: {}", report.join(", "));
+}
+
+/// Minimum IoU of the committed agent's own mask (the default loop: the bundle's clicker, its
+/// stop, the kept mask), per demo image: a few points under what it measures (FLOORS_MEASURED;
+/// `alignsam eval --bundle models/small-sam --data demo --split eval --methods clicker`,
+/// per_image.csv).
+const AGENT_FLOORS: [(&str, f64); 3] = AGENT_FLOORS_MEASURED;
+
+#[test]
+fn the_committed_agent_segments_the_demo_objects() {
+    let root = common::root();
+    let bundle = Bundle::open(&root.join("models/small-sam"), OpenOptions::default()).unwrap();
+    let backend = common::tract(2);
+    let agent = Agent::load(&bundle, backend.as_ref()).unwrap();
+    let mut report = vec![];
+    for (name, floor) in AGENT_FLOORS {
+        let image = load_rgb(&root.join(format!("demo/images/{name}.png"))).unwrap();
+        let gt = load_mask(&root.join(format!("demo/masks/{name}.png"))).unwrap();
+        let r = agent.segment(&image, &LoopOptions::default()).unwrap();
+        let iou = alignsam::agent::ground_truth::mask_iou(&r.mask, &gt.data);
+        report.push(format!("{name} {iou:.3} in {} steps (floor {floor})", r.steps));
+        assert!(iou >= floor, "{}", report.join(", "));
+    }
+    eprintln!("demo IoU of the committed agent: {}", report.join(", "));
 }

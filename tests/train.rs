@@ -16,7 +16,7 @@ use alignsam::engine::{Precision, Tensor};
 use alignsam::train::nets::{Actor, ActorKind, Arch, InputNorm, PolicyNet, SrmNet};
 use alignsam::train::{self, TrainConfig, TrainJob, export};
 use candle_core::{DType, Device};
-use image::{GrayImage, Luma, Rgb, RgbImage};
+use image::GrayImage;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
@@ -111,48 +111,6 @@ fn exported_networks_match_candle_within_1e_4() {
     }
 }
 
-/// A dataset of `n` images (96 x 64, textured) with a bright rectangle as the object, in
-/// `dir` with splits train (all) and eval (the first two).
-fn synthetic_dataset(dir: &Path, n: usize) {
-    for sub in ["images", "masks", "splits"] {
-        std::fs::create_dir_all(dir.join(sub)).unwrap();
-    }
-    let (w, h) = (96u32, 64u32);
-    let mut ids = vec![];
-    for i in 0..n {
-        let (x0, y0) = (8 + (i as u32 * 13) % 40, 6 + (i as u32 * 7) % 24);
-        let inside = |x: u32, y: u32| x >= x0 && x < x0 + 36 && y >= y0 && y < y0 + 26;
-        let img = RgbImage::from_fn(w, h, |x, y| {
-            if inside(x, y) {
-                Rgb([230, 200, 40])
-            } else {
-                Rgb([(x * 2) as u8, (y * 3) as u8, 90])
-            }
-        });
-        let mask = GrayImage::from_fn(w, h, |x, y| Luma([if inside(x, y) { 255 } else { 0 }]));
-        let id = format!("img{i:02}");
-        img.save(dir.join("images").join(format!("{id}.png")))
-            .unwrap();
-        mask.save(dir.join("masks").join(format!("{id}.png")))
-            .unwrap();
-        ids.push(id);
-    }
-    std::fs::write(dir.join("splits/train.txt"), ids.join("\n") + "\n").unwrap();
-    std::fs::write(
-        dir.join("splits/eval.txt"),
-        ids[..n.min(2)].join("\n") + "\n",
-    )
-    .unwrap();
-}
-
-/// A temporary directory with a synthetic dataset of `n` images in it (`DS/`).
-fn temp_dataset(n: usize) -> (tempfile::TempDir, PathBuf) {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("DS");
-    synthetic_dataset(&data, n);
-    (tmp, data)
-}
-
 fn short_config(seed: u64) -> TrainConfig {
     let mut c = TrainConfig::new(seed, 4);
     c.steps = 3;
@@ -195,7 +153,7 @@ fn train_with(
 /// change the run; the label source is written to the bundle, so that inference labels alike.
 #[test]
 fn episode_options_repeat_and_differ_from_the_default() {
-    let (tmp, data) = temp_dataset(3);
+    let (tmp, data) = common::temp_dataset(3);
     let (cache, tiny) = (tmp.path().join("cache"), tiny());
     let log = |name: &str, config: TrainConfig| {
         let out = tmp.path().join(name);
@@ -236,7 +194,7 @@ fn episode_options_repeat_and_differ_from_the_default() {
 
 #[test]
 fn same_seed_same_curves_and_the_bundle_segments() {
-    let (tmp, data) = temp_dataset(3);
+    let (tmp, data) = common::temp_dataset(3);
     let cache = tmp.path().join("cache");
     let (a, b, c) = (
         tmp.path().join("a"),
@@ -310,7 +268,7 @@ fn same_seed_same_curves_and_the_bundle_segments() {
 /// another policy): a quantised file is never passed off as fp32.
 #[test]
 fn training_on_a_variant_keeps_fp32_as_the_model_and_the_variants_as_variants() {
-    let (tmp, data) = temp_dataset(3);
+    let (tmp, data) = common::temp_dataset(3);
     // The tiny bundle with an int8 "variant" of its encoder: a copy, so it runs the same way,
     // but another file.
     let source = tmp.path().join("source");
@@ -374,7 +332,7 @@ fn cli(args: &[&str]) -> std::process::Output {
 
 #[test]
 fn cli_trains_then_segment_and_bench_load_the_bundle() {
-    let (tmp, data) = temp_dataset(2);
+    let (tmp, data) = common::temp_dataset(2);
     let out = tmp.path().join("out");
     let (tiny, cache) = (common::tiny_bundle(), tmp.path().join("cache"));
     let s = |p: &Path| p.to_str().unwrap().to_string();
@@ -482,13 +440,13 @@ fn broken_datasets_are_refused_naming_the_file() {
     };
 
     let missing = tmp.path().join("missing");
-    synthetic_dataset(&missing, 2);
+    common::synthetic_dataset(&missing, 2);
     std::fs::remove_file(missing.join("masks/img01.png")).unwrap();
     let e = run(&missing);
     assert!(e.contains("img01.png: mask not found"), "{e}");
 
     let mismatch = tmp.path().join("mismatch");
-    synthetic_dataset(&mismatch, 2);
+    common::synthetic_dataset(&mismatch, 2);
     GrayImage::new(50, 40)
         .save(mismatch.join("masks/img00.png"))
         .unwrap();
@@ -499,7 +457,7 @@ fn broken_datasets_are_refused_naming_the_file() {
     );
 
     let empty = tmp.path().join("empty");
-    synthetic_dataset(&empty, 1);
+    common::synthetic_dataset(&empty, 1);
     std::fs::write(empty.join("splits/train.txt"), "\n").unwrap();
     let e = run(&empty);
     assert!(e.contains("train.txt: split file lists no ids"), "{e}");

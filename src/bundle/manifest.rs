@@ -67,6 +67,12 @@ impl EmbeddingSection {
     }
 }
 
+/// The most steps a loop may take, in a bundle or from the command line: a step runs the decoder
+/// on every point so far, so a frame's cost grows with the square of the steps (100 steps took
+/// 2.5 s an image with the small SAM, 400 took 27 s), and with the no-repeat guard a 10 x 10
+/// grid has 200 actions in all.
+pub const MAX_STEPS: usize = 200;
+
 /// `[agent]`: the prompting loop's action space and bound.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -467,6 +473,12 @@ impl Manifest {
                 self.embedding.shape
             );
         }
+        if self.agent.max_steps > MAX_STEPS {
+            bail!(
+                "[agent] max_steps must be at most {MAX_STEPS} (each step decodes every point so far), got {}",
+                self.agent.max_steps
+            );
+        }
         if self.agent.grid == 0 || self.agent.grid > self.embedding.shape[1] {
             bail!(
                 "[agent] grid must be between 1 and the embedding side {}, got {}",
@@ -667,6 +679,18 @@ form = "standard"
             (
                 SAMPLE.replace("max_steps = 15", "max_steps = 15\nstep_labels = \"mask\""),
                 "unknown variant `mask`",
+            ),
+            (
+                SAMPLE.replace("max_steps = 15", "max_steps = 1000000000000"),
+                "max_steps must be at most 200",
+            ),
+            (
+                SAMPLE.replace("max_steps = 15", "max_steps = 15\nkind = \"clicker\""),
+                "needs a [models.clicker]",
+            ),
+            (
+                SAMPLE.replace("max_steps = 15", "max_steps = 15\nbest_patch = 100"),
+                "best_patch must be a patch of the 10x10 grid",
             ),
         ];
         for (text, expected) in cases {

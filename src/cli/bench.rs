@@ -29,7 +29,7 @@ pub struct BenchArgs {
     #[arg(long)]
     pub bundle: PathBuf,
     /// Step counts to measure, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "1,5,15", value_parser = super::validate::count(0, 10_000))]
+    #[arg(long, value_delimiter = ',', default_value = "1,5,15", value_parser = super::validate::count(0, crate::bundle::manifest::MAX_STEPS as u64))]
     pub steps: Vec<usize>,
     /// Measured frames per step count.
     #[arg(long, default_value_t = 10, value_parser = super::validate::count(1, 1_000_000))]
@@ -63,8 +63,10 @@ pub struct BenchArgs {
 /// Latency of each stage for one step count.
 #[derive(Debug, Serialize)]
 pub struct StepCountReport {
-    /// Steps per frame.
+    /// The step budget per frame.
     pub steps: usize,
+    /// Steps run per frame on average (fewer than the budget when the agent stops).
+    pub mean_steps: f64,
     /// Frames measured.
     pub frames: usize,
     /// Resize, normalise, pad.
@@ -73,7 +75,7 @@ pub struct StepCountReport {
     pub encoder: Stats,
     /// One SRM run (start and every step).
     pub srm: Stats,
-    /// One policy run.
+    /// One run of the agent's network (the paper's policy or the clicker).
     pub policy: Stats,
     /// One decoder run (start and every step), low-resolution outputs.
     pub decoder: Stats,
@@ -157,6 +159,8 @@ pub(super) fn collect(steps: usize, results: &[LoopResult]) -> StepCountReport {
         .collect();
     StepCountReport {
         steps,
+        mean_steps: results.iter().map(|r| r.steps as f64).sum::<f64>()
+            / results.len().max(1) as f64,
         frames: results.len(),
         preprocess: Stats::of(&pick(|r| r.times.preprocess_ms)),
         encoder: Stats::of(&pick(|r| r.times.encoder_ms)),
@@ -298,8 +302,9 @@ fn print_table(r: &BenchReport, warmup: usize) {
     for run in &r.runs {
         println!();
         println!(
-            "T = {} steps, {} frames (+{warmup} warm-up): frame p50 {:.1} ms, {:.2} fps, encoder {:.0}% of the frame",
+            "T = {} steps ({:.1} run on average: the agent may stop), {} frames (+{warmup} warm-up): frame p50 {:.1} ms, {:.2} fps, encoder {:.0}% of the frame",
             run.steps,
+            run.mean_steps,
             run.frames,
             run.frame.p50,
             run.fps,
@@ -313,7 +318,7 @@ fn print_table(r: &BenchReport, warmup: usize) {
             ("preprocess", &run.preprocess),
             ("encoder", &run.encoder),
             ("srm", &run.srm),
-            ("policy", &run.policy),
+            ("agent", &run.policy),
             ("decoder", &run.decoder),
             ("postprocess", &run.postprocess),
             ("frame", &run.frame),

@@ -48,7 +48,7 @@ pub struct BundleArgs {
     #[arg(long, default_value_t = 10, value_parser = super::validate::count(1, 4096))]
     pub grid: usize,
     /// Step limit of the prompting loop.
-    #[arg(long, default_value_t = 15, value_parser = super::validate::count(0, 10_000))]
+    #[arg(long, default_value_t = 15, value_parser = super::validate::count(0, crate::bundle::manifest::MAX_STEPS as u64))]
     pub max_steps: usize,
     /// Which SRM map labels a step's point, as the policy was trained: `state` (the paper) or
     /// `embedding`.

@@ -390,6 +390,7 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
         grid: agent.grid.size,
         options,
         seed: args.seed,
+        labels: args.labels.clone(),
         cache_hits: filled.hits,
         cache_computed: filled.computed,
         cache_seconds: filled.seconds,

@@ -33,7 +33,7 @@ pub struct GateArgs {
     pub images: usize,
     /// Steps of the reference loop (default: the bundle's max_steps, the gate proper). Fewer make a
     /// quicker check, e.g. on an emulated CPU; records say how many were run.
-    #[arg(long, conflicts_with = "reference", value_parser = super::validate::count(1, 10_000))]
+    #[arg(long, conflicts_with = "reference", value_parser = super::validate::count(1, crate::bundle::manifest::MAX_STEPS as u64))]
     pub steps: Option<usize>,
     /// Precisions to check (fp32 checks a backend or a CPU against the reference).
     #[arg(long, value_delimiter = ',', default_value = "int8,int8-qdq,f16", value_parser = precision_parser())]

@@ -129,10 +129,20 @@ pub fn backend_parser() -> impl clap::builder::TypedValueParser<Value = BackendK
 
 impl EngineArgs {
     /// Creates the backend these options ask for.
+    /// The backend, with at most as many threads as the machine has cores (more only wait on
+    /// each other: 1024 threads on 2 cores made one image take minutes); a warning says so.
     pub fn backend(&self) -> Result<Box<dyn Backend>> {
-        self.backend.create(&EngineOptions {
-            threads: self.threads,
-        })
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let threads = if self.threads > cores {
+            log::warn!(
+                "--threads {} is more than the {cores} cores here: using {cores}",
+                self.threads
+            );
+            cores
+        } else {
+            self.threads
+        };
+        self.backend.create(&EngineOptions { threads })
     }
 
     /// Opens a bundle with these options, resolving `--precision auto` for this backend.

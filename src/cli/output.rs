@@ -161,7 +161,7 @@ impl MaskFiles {
         let overlay_path = match &self.overlays {
             Some(dir) => {
                 let p = dir.join(format!("{stem}.png"));
-                save_png_atomic(&p, &overlay(image, &result.mask, &result.points))?;
+                save_png_atomic(&p, &overlay(image, &result.mask, result.kept_points()))?;
                 Some(p)
             }
             None => None,

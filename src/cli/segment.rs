@@ -24,7 +24,7 @@ use crate::source::{expand_inputs, load_rgb};
 #[derive(Debug, Clone, Args)]
 pub struct LoopArgs {
     /// Steps after the two start points (default: the bundle's max_steps).
-    #[arg(long, value_parser = super::validate::count(0, 10_000))]
+    #[arg(long, value_parser = super::validate::count(0, crate::bundle::manifest::MAX_STEPS as u64))]
     pub steps: Option<usize>,
     /// Time budget per frame in milliseconds (encoder included): the loop does not start a step
     /// that its running mean step time says would overrun.

@@ -68,7 +68,7 @@ pub struct TrainArgs {
     #[arg(long, value_parser = super::validate::count(1, 100_000_000))]
     pub episodes: Option<usize>,
     /// Steps per episode (default: the bundle's max_steps, the paper's 15).
-    #[arg(long, value_parser = super::validate::count(1, 10_000))]
+    #[arg(long, value_parser = super::validate::count(1, crate::bundle::manifest::MAX_STEPS as u64))]
     pub steps: Option<usize>,
     /// Label the chosen points with the ground truth instead of the SRM.
     #[arg(long)]

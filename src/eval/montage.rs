@@ -76,7 +76,7 @@ pub fn row(image: &RgbImage, gt: &Mask, eval: &ImageEval) -> Vec<RgbImage> {
             .map_or("-".to_string(), |h| format!("{h:.2}"));
         let caption = format!("{} hit {hit} IoU {:.2}", run.method.name(), run.metrics.iou);
         tiles.push(tile(
-            &overlay(image, &run.result.mask, &run.result.points),
+            &overlay(image, &run.result.mask, run.result.kept_points()),
             &caption,
         ));
     }

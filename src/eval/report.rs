@@ -34,6 +34,8 @@ pub struct RunInfo {
     pub options: LoopOptions,
     /// The random baseline's seed.
     pub seed: u64,
+    /// Where the labels came from (`--labels`).
+    pub labels: String,
     /// Embeddings found in the cache and computed.
     pub cache_hits: usize,
     /// Embeddings computed (and stored) by this run.
@@ -78,6 +80,9 @@ pub fn describe_options(o: &LoopOptions) -> String {
     } else {
         ", the last mask kept (as in the paper)"
     });
+    if o.srm_labels {
+        s.push_str(", every step labelled by the SRM (--labels srm)");
+    }
     let _ = write!(
         s,
         ", SRM-labelled steps labelled by {}",
@@ -337,6 +342,15 @@ pub fn markdown(info: &RunInfo, s: &EvalSummary) -> String {
         md,
         "- random baseline seed: {} (mixed with each image id)",
         info.seed
+    );
+    let _ = writeln!(
+        md,
+        "- labels: {}",
+        match info.labels.as_str() {
+            "truth" => "every point's from the ground truth (--labels truth)",
+            "srm" => "every step's from the SRM (--labels srm)",
+            _ => "each method's own (the clicker's and the teacher's; the SRM's for the others)",
+        }
     );
     let _ = writeln!(
         md,

@@ -1,5 +1,6 @@
-//! Overlays for people: the mask tinted over the image, positive points green, negative red,
-//! each numbered by the step that added it ("s" for start points).
+//! Overlays for people: the mask tinted over the image in a colour that contrasts with what it
+//! covers and outlined in white and black (visible on any image), positive points green, negative
+//! red, each numbered by the step that added it ("s" for start points).
 
 use std::sync::OnceLock;
 
@@ -18,7 +19,9 @@ pub fn font() -> &'static FontRef<'static> {
     F.get_or_init(|| FontRef::try_from_slice(FONT).expect("the bundled font parses"))
 }
 
-const MASK_TINT: [u8; 3] = [30, 144, 255];
+/// The tints to choose from: the one farthest from the masked pixels' mean colour is used, so
+/// that a blue mask on a blue mug still shows.
+const TINTS: [[u8; 3]; 4] = [[30, 144, 255], [255, 0, 200], [255, 210, 0], [0, 230, 230]];
 const POSITIVE: [u8; 3] = [0, 200, 70];
 const NEGATIVE: [u8; 3] = [230, 30, 30];
 
@@ -48,12 +51,17 @@ pub fn draw_disc(img: &mut RgbImage, cx: f64, cy: f64, radius: f64, colour: [u8;
     }
 }
 
-/// Draws text with its top-left corner at (x, y), in `colour` with a dark outline for contrast.
+/// Draws text with its top-left corner at (x, y), in `colour` with a dark outline all round, so
+/// that it reads on any background.
 pub fn draw_text(img: &mut RgbImage, text: &str, x: f32, y: f32, size: f32, colour: [u8; 3]) {
     let font = font();
     let scaled = font.as_scaled(PxScale::from(size));
     let (w, h) = (img.width() as i32, img.height() as i32);
-    for (offset, c) in [((1.0, 1.0), [0, 0, 0]), ((0.0, 0.0), colour)] {
+    let outline = [-1.0f32, 0.0, 1.0]
+        .into_iter()
+        .flat_map(|dx| [-1.0f32, 0.0, 1.0].map(|dy| ((dx, dy), [0u8, 0, 0])))
+        .filter(|&((dx, dy), _)| dx != 0.0 || dy != 0.0);
+    for (offset, c) in outline.chain([((0.0, 0.0), colour)]) {
         let mut caret = x + offset.0;
         for ch in text.chars() {
             let glyph = scaled.scaled_glyph(ch);
@@ -76,32 +84,54 @@ pub fn draw_text(img: &mut RgbImage, text: &str, x: f32, y: f32, size: f32, colo
     }
 }
 
-/// The image with the mask tinted in blue (object pixels at 45% opacity, the mask's outline
-/// solid) and the prompt points drawn and numbered.
+/// The tint that contrasts most with the masked pixels' mean colour.
+pub fn contrasting_tint(image: &RgbImage, mask: &[bool]) -> [u8; 3] {
+    let (mut sum, mut n) = ([0f64; 3], 0f64);
+    for (p, _) in image.pixels().zip(mask).filter(|(_, m)| **m) {
+        for (s, v) in sum.iter_mut().zip(p.0) {
+            *s += v as f64;
+        }
+        n += 1.0;
+    }
+    let mean = sum.map(|s| s / n.max(1.0));
+    let dist = |t: &[u8; 3]| -> f64 {
+        t.iter()
+            .zip(mean)
+            .map(|(&a, b)| (a as f64 - b).powi(2))
+            .sum()
+    };
+    *TINTS
+        .iter()
+        .max_by(|a, b| dist(a).total_cmp(&dist(b)))
+        .expect("tints")
+}
+
+/// The image with the mask tinted (object pixels at 45% opacity, in [`contrasting_tint`]),
+/// outlined white inside and black outside, and the prompt points drawn and numbered.
 pub fn overlay(image: &RgbImage, mask: &[bool], points: &[PointRecord]) -> RgbImage {
     let mut out = image.clone();
     let (w, h) = (image.width() as usize, image.height() as usize);
     assert_eq!(mask.len(), w * h, "mask size");
-    for y in 0..h {
-        for x in 0..w {
-            if !mask[y * w + x] {
-                continue;
-            }
-            let edge = [(0i64, -1i64), (0, 1), (-1, 0), (1, 0)]
-                .iter()
-                .any(|(dx, dy)| {
-                    let (nx, ny) = (x as i64 + dx, y as i64 + dy);
-                    nx < 0
-                        || ny < 0
-                        || nx >= w as i64
-                        || ny >= h as i64
-                        || !mask[ny as usize * w + nx as usize]
-                });
+    let tint = contrasting_tint(image, mask);
+    let at = |x: i64, y: i64| -> Option<bool> {
+        (x >= 0 && y >= 0 && x < w as i64 && y < h as i64).then(|| mask[y as usize * w + x as usize])
+    };
+    let near = [(0i64, -1i64), (0, 1), (-1, 0), (1, 0)];
+    for y in 0..h as i64 {
+        for x in 0..w as i64 {
+            let inside = mask[y as usize * w + x as usize];
+            // Inside: on the boundary when a neighbour is outside (or off the image);
+            // outside: on the boundary when a neighbour is inside.
+            let boundary = near.iter().any(|(dx, dy)| match at(x + dx, y + dy) {
+                Some(m) => m != inside,
+                None => inside,
+            });
             let p = out.get_pixel_mut(x as u32, y as u32);
-            if edge {
-                *p = Rgb(MASK_TINT);
-            } else {
-                blend(p, MASK_TINT, 0.45);
+            match (inside, boundary) {
+                (true, true) => *p = Rgb([255, 255, 255]),
+                (true, false) => blend(p, tint, 0.45),
+                (false, true) => *p = Rgb([0, 0, 0]),
+                (false, false) => {}
             }
         }
     }
@@ -181,8 +211,19 @@ mod tests {
             [100, 100, 100],
             "mask interior tinted"
         );
-        assert_eq!(out.get_pixel(5, 10).0, MASK_TINT, "mask outline solid");
+        assert_eq!(out.get_pixel(5, 10).0, [255, 255, 255], "outline white inside");
+        assert_eq!(out.get_pixel(4, 10).0, [0, 0, 0], "and black outside");
         assert_eq!(out.get_pixel(30, 15).0, NEGATIVE, "negative point in red");
+    }
+
+    #[test]
+    fn the_tint_contrasts_with_what_the_mask_covers() {
+        // A blue object gets a tint far from blue; a yellow one one far from yellow.
+        let blue = RgbImage::from_pixel(4, 4, Rgb([30, 90, 240]));
+        let mask = vec![true; 16];
+        assert_ne!(contrasting_tint(&blue, &mask), [30, 144, 255]);
+        let yellow = RgbImage::from_pixel(4, 4, Rgb([250, 220, 10]));
+        assert_ne!(contrasting_tint(&yellow, &mask), [255, 210, 0]);
     }
 
     #[test]

@@ -18,6 +18,8 @@ pub struct ImageRecord<'a> {
     pub height: usize,
     /// Steps run after the two start points.
     pub steps: usize,
+    /// The step whose mask was kept (the best estimated one; `steps` with `--keep-last`).
+    pub kept_step: usize,
     /// Why the loop stopped.
     pub stop_reason: StopReason,
     /// Every point, start points first.
@@ -51,6 +53,7 @@ impl<'a> ImageRecord<'a> {
             width,
             height,
             steps: result.steps,
+            kept_step: result.kept_step,
             stop_reason: result.stop,
             points: &result.points,
             iou_prediction: result.iou_prediction,

@@ -176,3 +176,46 @@ pub fn off_boundary_mismatches(
     }
     n
 }
+
+/// A dataset of `n` images (96 x 64, textured) with a bright rectangle as the object, in
+/// `dir` with splits train (all) and eval (the first two).
+pub fn synthetic_dataset(dir: &Path, n: usize) {
+    for sub in ["images", "masks", "splits"] {
+        std::fs::create_dir_all(dir.join(sub)).unwrap();
+    }
+    let (w, h) = (96u32, 64u32);
+    let mut ids = vec![];
+    for i in 0..n {
+        let (x0, y0) = (8 + (i as u32 * 13) % 40, 6 + (i as u32 * 7) % 24);
+        let inside = |x: u32, y: u32| x >= x0 && x < x0 + 36 && y >= y0 && y < y0 + 26;
+        let img = image::RgbImage::from_fn(w, h, |x, y| {
+            if inside(x, y) {
+                image::Rgb([230, 200, 40])
+            } else {
+                image::Rgb([(x * 2) as u8, (y * 3) as u8, 90])
+            }
+        });
+        let mask = image::GrayImage::from_fn(w, h, |x, y| image::Luma([if inside(x, y) { 255 } else { 0 }]));
+        let id = format!("img{i:02}");
+        img.save(dir.join("images").join(format!("{id}.png")))
+            .unwrap();
+        mask.save(dir.join("masks").join(format!("{id}.png")))
+            .unwrap();
+        ids.push(id);
+    }
+    std::fs::write(dir.join("splits/train.txt"), ids.join("\n") + "\n").unwrap();
+    std::fs::write(
+        dir.join("splits/eval.txt"),
+        ids[..n.min(2)].join("\n") + "\n",
+    )
+    .unwrap();
+}
+
+/// A temporary directory with a synthetic dataset of `n` images in it (`DS/`).
+pub fn temp_dataset(n: usize) -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("DS");
+    synthetic_dataset(&data, n);
+    (tmp, data)
+}
+
