@@ -278,7 +278,9 @@ pub fn load_mask(path: &Path) -> Result<Mask> {
             let px = m.pixels().map(|p| [p[0], p[1], p[2]].map(u16::from));
             (grey_from_rgb(path, width, px)?, 255)
         }
-        DynamicImage::ImageRgb16(m) => (grey_from_rgb(path, width, m.pixels().map(|p| p.0))?, 65535),
+        DynamicImage::ImageRgb16(m) => {
+            (grey_from_rgb(path, width, m.pixels().map(|p| p.0))?, 65535)
+        }
         DynamicImage::ImageRgba16(m) => {
             let px = m.pixels().map(|p| [p[0], p[1], p[2]]);
             (grey_from_rgb(path, width, px)?, 65535)
@@ -515,7 +517,11 @@ mod tests {
         assert_eq!(binarise(&[0, 127, 128], 255), [false, false, true]);
         assert_eq!(binarise(&[0, 1], 65535), [false, true]);
         assert_eq!(binarise(&[0, 32767, 32768], 65535), [false, false, true]);
-        assert_eq!(binarise(&[0, 0], 255), [false, false], "an empty mask stays empty");
+        assert_eq!(
+            binarise(&[0, 0], 255),
+            [false, false],
+            "an empty mask stays empty"
+        );
         // And through a file: a 0/1 PNG is an object, not an empty mask.
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("01.png");

@@ -145,11 +145,14 @@ impl Reference {
                 &options,
                 Default::default(),
             )?;
+            // The points that made the kept mask (the keep-best guard may keep an earlier one
+            // than the last), so that replaying them gives the mask the reference holds.
+            let kept = result.kept_points();
             items.push(ReferenceImage {
                 id: sample.id.clone(),
                 embedding: encoded.embedding.0,
-                start_points: result.points.iter().filter(|p| p.step == 0).count(),
-                prompt: result.points.iter().map(PointRecord::prompt).collect(),
+                start_points: kept.iter().filter(|p| p.step == 0).count(),
+                prompt: kept.iter().map(PointRecord::prompt).collect(),
                 low_res: result.low_res,
             });
         }

@@ -32,10 +32,7 @@ pub fn cpu_description() -> String {
         })
         .unwrap_or_else(|| std::env::consts::ARCH.to_string());
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    format!(
-        "{model} ({}, {cores} cores)",
-        crate::bundle::cpu_class()
-    )
+    format!("{model} ({}, {cores} cores)", crate::bundle::cpu_class())
 }
 
 /// Sorts floats in ascending order, NaN last (IEEE 754 total order: no panic on NaN).

@@ -56,7 +56,8 @@ fn fixed(steps: usize) -> LoopOptions {
 fn points_follow_the_policy_and_labels_follow_the_srm() {
     let tmp = tempfile::tempdir().unwrap();
     let agent = agent(&bundle_with(tmp.path(), 37));
-    let r = agent.segment(&image(300, 200), &fixed(3)).unwrap();
+    // The paper's loop: the policy may choose its patch again.
+    let r = agent.segment(&image(300, 200), &fixed(3).paper()).unwrap();
 
     // 300x200 (w x h) resizes to 1024x683 in the 1024 frame; SRM cells are 102.4 frame pixels.
     // Positive start: cell (1,1), centre (153.6, 153.6) in the frame -> (153.6 * 300/1024,
@@ -332,7 +333,10 @@ fn keep_best_returns_the_mask_the_chooser_rates_best() {
     };
     let r = run_scripted(&agent, &mut scripted(None), &traced, None);
     // Masks 0..=3 rated 0.5, 0.9, 0.2, 0.1: the loop clicks three times and keeps mask 1.
-    assert_eq!((r.steps, r.kept_step, r.stop), (3, 1, StopReason::StepLimit));
+    assert_eq!(
+        (r.steps, r.kept_step, r.stop),
+        (3, 1, StopReason::StepLimit)
+    );
     assert_eq!(r.trace.len(), 4);
     assert_eq!(r.low_res, r.trace[1].low_res);
     assert_eq!(r.iou_prediction, r.points[2].iou_prediction);
@@ -345,7 +349,11 @@ fn keep_best_returns_the_mask_the_chooser_rates_best() {
     let labels: Vec<_> = r.points[2..].iter().map(|p| p.label).collect();
     assert_eq!(
         labels,
-        [PointLabel::Negative, PointLabel::Positive, PointLabel::Negative]
+        [
+            PointLabel::Negative,
+            PointLabel::Positive,
+            PointLabel::Negative
+        ]
     );
     // The paper's loop returns the last mask.
     let r = run_scripted(&agent, &mut scripted(None), &traced.clone().paper(), None);
@@ -358,7 +366,10 @@ fn the_agents_stop_ends_the_loop() {
     let tmp = tempfile::tempdir().unwrap();
     let agent = agent(&bundle_with(tmp.path(), 37));
     let r = run_scripted(&agent, &mut scripted(Some(2)), &fixed(10), None);
-    assert_eq!((r.stop, r.steps, r.kept_step), (StopReason::AgentStop, 2, 1));
+    assert_eq!(
+        (r.stop, r.steps, r.kept_step),
+        (StopReason::AgentStop, 2, 1)
+    );
     assert_eq!(r.points.len(), 4);
 }
 
@@ -374,7 +385,11 @@ fn labels_from_the_srm_or_the_ground_truth_when_asked() {
         ..fixed(3)
     };
     let r = run_scripted(&agent, &mut scripted(None), &srm, None);
-    assert!(r.points[2..].iter().all(|p| p.label == PointLabel::Positive));
+    assert!(
+        r.points[2..]
+            .iter()
+            .all(|p| p.label == PointLabel::Positive)
+    );
     // --labels truth: every point from the ground truth, start points too. Truth: the image's
     // right half (x >= 150).
     let gt = alignsam::dataset::Mask {

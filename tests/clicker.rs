@@ -87,7 +87,9 @@ fn a_tiny_clicker_trains_and_its_bundle_runs_on_tract_and_rten() {
     assert!(m.models.srm.is_some() && m.models.policy.is_some());
 
     // Both pure-Rust engines run the file, and agree.
-    let image = image::open(data.join("images/img00.png")).unwrap().to_rgb8();
+    let image = image::open(data.join("images/img00.png"))
+        .unwrap()
+        .to_rgb8();
     let mut backends: Vec<Box<dyn Backend>> = vec![common::tract(2)];
     backends.extend(common::backend(BackendKind::Rten, 2));
     let mut outputs = vec![];
@@ -109,8 +111,15 @@ fn a_tiny_clicker_trains_and_its_bundle_runs_on_tract_and_rten() {
         // The loop with the bundle's agent: the clicker's clicks, its labels, at most 3 steps.
         let r = agent.segment(&image, &options).unwrap();
         assert!(r.steps <= 3 && r.kept_step <= r.steps, "{r:?}");
-        assert!(matches!(r.stop, StopReason::StepLimit | StopReason::AgentStop));
-        let steps: Vec<_> = r.points.iter().filter(|p| p.origin == PointOrigin::Step).collect();
+        assert!(matches!(
+            r.stop,
+            StopReason::StepLimit | StopReason::AgentStop
+        ));
+        let steps: Vec<_> = r
+            .points
+            .iter()
+            .filter(|p| p.origin == PointOrigin::Step)
+            .collect();
         assert_eq!(steps.len(), r.steps);
         // No patch with the same label twice.
         for (i, a) in r.points.iter().enumerate() {
@@ -150,7 +159,9 @@ fn the_stop_action_ends_the_loop_and_can_be_switched_off() {
     let (tmp, data) = common::temp_dataset(6);
     let out = tmp.path().join("clicker");
     train(&data, &tmp.path().join("cache"), &out, tiny_config(3));
-    let image = image::open(data.join("images/img01.png")).unwrap().to_rgb8();
+    let image = image::open(data.join("images/img01.png"))
+        .unwrap()
+        .to_rgb8();
     let text = std::fs::read_to_string(out.join("bundle.toml")).unwrap();
     for (threshold, stops) in [(0.0f32, true), (2.0, false)] {
         let edited = with_key(&text, "stop_threshold = ", threshold);
@@ -160,7 +171,10 @@ fn the_stop_action_ends_the_loop_and_can_be_switched_off() {
         let agent = Agent::load(&bundle, backend.as_ref()).unwrap();
         let r = agent.segment(&image, &LoopOptions::fixed_steps(3)).unwrap();
         if stops {
-            assert_eq!((r.stop, r.steps, r.kept_step), (StopReason::AgentStop, 0, 0));
+            assert_eq!(
+                (r.stop, r.steps, r.kept_step),
+                (StopReason::AgentStop, 0, 0)
+            );
         } else {
             assert_eq!((r.stop, r.steps), (StopReason::StepLimit, 3));
         }

@@ -39,10 +39,13 @@ fn small_sam_segments_the_demo_objects() {
 }
 
 /// Minimum IoU of the committed agent's own mask (the default loop: the bundle's clicker, its
-/// stop, the kept mask), per demo image: a few points under what it measures (FLOORS_MEASURED;
-/// `alignsam eval --bundle models/small-sam --data demo --split eval --methods clicker`,
-/// per_image.csv).
-const AGENT_FLOORS: [(&str, f64); 3] = AGENT_FLOORS_MEASURED;
+/// stop, the kept mask), per demo image: a few points under what it measures (ball 0.976 after 1
+/// step, mug 0.835 after 10; `alignsam eval --bundle models/small-sam --data demo --split eval
+/// --methods clicker`, per_image.csv). The leaf is a known failure, held only to not getting
+/// worse: the SRM's start points give a mask of the background at 0.089 IoU that the decoder
+/// rates 0.72, and neither the clicker (its object map is empty on this synthetic image) nor any
+/// other rule repairs it, while the oracle's clicks reach 0.96 (docs/agent.md, Limits).
+const AGENT_FLOORS: [(&str, f64); 3] = [("ball", 0.94), ("mug", 0.78), ("leaf", 0.06)];
 
 #[test]
 fn the_committed_agent_segments_the_demo_objects() {
@@ -56,7 +59,10 @@ fn the_committed_agent_segments_the_demo_objects() {
         let gt = load_mask(&root.join(format!("demo/masks/{name}.png"))).unwrap();
         let r = agent.segment(&image, &LoopOptions::default()).unwrap();
         let iou = alignsam::agent::ground_truth::mask_iou(&r.mask, &gt.data);
-        report.push(format!("{name} {iou:.3} in {} steps (floor {floor})", r.steps));
+        report.push(format!(
+            "{name} {iou:.3} in {} steps (floor {floor})",
+            r.steps
+        ));
         assert!(iou >= floor, "{}", report.join(", "));
     }
     eprintln!("demo IoU of the committed agent: {}", report.join(", "));

@@ -484,10 +484,7 @@ fn baselines_click_where_they_should() {
         assert_eq!((p.patch, p.x, p.y), (centre, cx, cy), "the centre baseline");
     }
     // Every loop method starts from the same SRM start points, on the same embedding.
-    let loops = METHODS
-        .iter()
-        .zip(&results)
-        .filter(|(m, _)| m.is_loop());
+    let loops = METHODS.iter().zip(&results).filter(|(m, _)| m.is_loop());
     for (_, r) in loops {
         assert_eq!(
             r.points[..2].iter().map(|p| (p.x, p.y)).collect::<Vec<_>>(),

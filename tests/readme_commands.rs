@@ -24,7 +24,10 @@ fn commands(markdown: &str) -> Vec<Vec<String>> {
             continue;
         }
         for part in joined.split("&&") {
-            let words: Vec<String> = part.split_whitespace().map(str::to_string).collect();
+            // A command substitution is one argument to the command around it.
+            let Some(words) = shlex::split(&without_substitutions(part)) else {
+                panic!("unbalanced quotes in {part:?}");
+            };
             let args = match words.iter().position(|w| w == "alignsam") {
                 Some(0) => Some(words[1..].to_vec()),
                 _ if words.first().is_some_and(|w| w == "cargo")
@@ -46,18 +49,35 @@ fn commands(markdown: &str) -> Vec<Vec<String>> {
     out
 }
 
+/// `$(...)` replaced by a plain word, so that the shell-word split keeps it one argument.
+fn without_substitutions(s: &str) -> String {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(i) = rest.find("$(") {
+        out.push_str(&rest[..i]);
+        out.push_str("SUBSTITUTED");
+        rest = rest[i..].find(')').map_or("", |j| &rest[i + j + 1..]);
+    }
+    out + rest
+}
+
 #[test]
 fn every_readme_command_parses() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut checked = 0;
-    for file in ["README.md", "models/README.md", "docs/agent.md", "docs/engines-and-precisions.md", "docs/performance.md"] {
+    for file in [
+        "README.md",
+        "models/README.md",
+        "docs/agent.md",
+        "docs/engines-and-precisions.md",
+        "docs/performance.md",
+    ] {
         let Ok(text) = std::fs::read_to_string(root.join(file)) else {
             continue;
         };
         for args in commands(&text) {
             // Subcommands behind features this build lacks are not the README's fault.
-            if args.first().is_some_and(|c| c == "train" || c == "eval")
-                && !cfg!(feature = "train")
+            if args.first().is_some_and(|c| c == "train" || c == "eval") && !cfg!(feature = "train")
             {
                 continue;
             }
@@ -68,17 +88,26 @@ fn every_readme_command_parses() {
             checked += 1;
         }
     }
-    assert!(checked >= 8, "only {checked} commands found: is the parser right?");
+    assert!(
+        checked >= 8,
+        "only {checked} commands found: is the parser right?"
+    );
 }
 
 #[test]
 fn the_extractor_joins_lines_and_splits_chains() {
-    let md = "text\n```sh\n# a comment\n.ci/setup && cargo run --release -- info x && alignsam \\\n    bench --frames 5\n```\n```text\nalignsam not-a-command\n```\n";
+    let md = "text\n```sh\n# a comment\n.ci/setup && cargo run --release -- info x && alignsam \\\n    bench --frames 5 --out out/$(basename $d)\n```\n```text\nalignsam not-a-command\n```\n";
     assert_eq!(
         commands(md),
         vec![
             vec!["info".to_string(), "x".to_string()],
-            vec!["bench".to_string(), "--frames".to_string(), "5".to_string()],
+            vec![
+                "bench".to_string(),
+                "--frames".to_string(),
+                "5".to_string(),
+                "--out".to_string(),
+                "out/SUBSTITUTED".to_string()
+            ],
         ]
     );
 }

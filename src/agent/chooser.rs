@@ -497,13 +497,19 @@ mod tests {
         let v = f.view(2, true);
         assert!(!v.free_click(3, PointLabel::Positive));
         assert!(v.free_click(3, PointLabel::Negative));
-        assert!(!v.free_patch(3), "a label-less chooser may not click it again");
+        assert!(
+            !v.free_patch(3),
+            "a label-less chooser may not click it again"
+        );
         // Patch 3 scores highest with both labels: the positive one is used, so negative.
         let score = |p: usize, l: PointLabel| p as f32 + if l.is_positive() { 0.5 } else { 0.0 };
         let c = best_click(&v, score).unwrap();
         assert_eq!((c.patch, c.label), (3, Some(PointLabel::Negative)));
         let v = f.view(2, false);
-        assert_eq!(best_click(&v, score).unwrap().label, Some(PointLabel::Positive));
+        assert_eq!(
+            best_click(&v, score).unwrap().label,
+            Some(PointLabel::Positive)
+        );
     }
 
     #[test]

@@ -301,11 +301,12 @@ impl Agent {
                 bundle.dir.display()
             )
         };
-        let srm_entry = m
-            .models
-            .srm
-            .as_ref()
-            .ok_or_else(|| missing("srm", "the prompting loop needs an SRM for its start points"))?;
+        let srm_entry = m.models.srm.as_ref().ok_or_else(|| {
+            missing(
+                "srm",
+                "the prompting loop needs an SRM for its start points",
+            )
+        })?;
         if m.agent.kind == AgentKind::Paper && m.models.policy.is_none() {
             return Err(missing(
                 "policy",
@@ -422,12 +423,10 @@ impl Agent {
         episode.truth = per_image.truth;
         if let Some(truth) = per_image.truth {
             relabel(&mut episode, truth, self.grid.len());
-            episode.current = self.sam.decoder.decode(
-                embedding,
-                &prompt_of(&episode.points),
-                None,
-                geometry,
-            )?;
+            episode.current =
+                self.sam
+                    .decoder
+                    .decode(embedding, &prompt_of(&episode.points), None, geometry)?;
         }
         let stop = loop {
             if episode.steps() == options.max_steps {

@@ -500,7 +500,7 @@ impl Manifest {
             }
         }
         if let Some(c) = &self.models.clicker
-            && !(c.stop_threshold >= 0.0)
+            && (c.stop_threshold.is_nan() || c.stop_threshold < 0.0)
         {
             bail!(
                 "[models.clicker] stop_threshold must be a number >= 0, got {}",

@@ -17,9 +17,9 @@ use sha2::{Digest, Sha256};
 
 use crate::engine::{Dim, Precision, onnx_io};
 pub use manifest::{
-    AgentKind, AgentSection, ClickerEntry, DataFile, DecoderEntry, DecoderForm, EmbeddingSection, GateRecord, ImageSection,
-    MANIFEST_FILE, Manifest, ModelEntry, ModelsSection, PolicyEntry, SrmEntry, VariantFile,
-    cpu_class,
+    AgentKind, AgentSection, ClickerEntry, DataFile, DecoderEntry, DecoderForm, EmbeddingSection,
+    GateRecord, ImageSection, MANIFEST_FILE, Manifest, ModelEntry, ModelsSection, PolicyEntry,
+    SrmEntry, VariantFile, cpu_class,
 };
 
 /// An opened bundle: its manifest and where its files are.

@@ -154,10 +154,8 @@ fn run_sequence(
         let embed_ms = ms(t.elapsed());
 
         let mut chooser = agent.default_chooser()?;
-        let (cold, _) =
-            cold_stream.segment_embedding(&embedding, &geometry, chooser.as_mut())?;
-        let (warm, _) =
-            warm_stream.segment_embedding(&embedding, &geometry, chooser.as_mut())?;
+        let (cold, _) = cold_stream.segment_embedding(&embedding, &geometry, chooser.as_mut())?;
+        let (warm, _) = warm_stream.segment_embedding(&embedding, &geometry, chooser.as_mut())?;
         s.cold_steps.push(cold.steps as f64);
         s.warm_steps.push(warm.steps as f64);
         // Each loop's clock started after the shared encoding: add it to both.

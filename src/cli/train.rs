@@ -274,7 +274,11 @@ fn run_clicker(args: TrainArgs) -> Result<ExitCode> {
         r.kept_round,
         r.rounds.len() - 1,
         r.best_patch,
-        r.stop.as_ref().map_or("0.5 (no held-out images)".into(), |s| s.threshold.to_string()),
+        r.stop
+            .as_ref()
+            .map_or("0.5 (no held-out images)".into(), |s| s
+                .threshold
+                .to_string()),
         backend.name(),
         r.export_check
     );
@@ -307,7 +311,10 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
         return run_clicker(args);
     }
     let [data] = args.data.as_slice() else {
-        bail!("the paper's agent trains on one dataset (--data given {} times)", args.data.len());
+        bail!(
+            "the paper's agent trains on one dataset (--data given {} times)",
+            args.data.len()
+        );
     };
     super::output::check_dataset_outputs(data, &args.out)?;
     let bundle = args.engine.open_bundle(&args.bundle)?;

@@ -441,20 +441,19 @@ impl EvalSummary {
 
 /// The mask a traced run returns with a budget of `budget` steps: among the masks made with at
 /// most that many steps, the best estimated one (`keep_best`) or the last.
-pub fn mask_at_budget<'t>(
-    trace: &'t [TraceStep],
-    budget: usize,
-    keep_best: bool,
-) -> Option<&'t TraceStep> {
-    let within = trace.iter().filter(|t| t.step <= budget);
+pub fn mask_at_budget(trace: &[TraceStep], budget: usize, keep_best: bool) -> Option<&TraceStep> {
     if keep_best {
+        let within = trace.iter().filter(|t| t.step <= budget);
         // The first of the highest: the loop keeps the earlier mask on a tie.
         within.fold(None, |best: Option<&TraceStep>, t| match best {
-            Some(b) if !(t.quality > b.quality) => Some(b),
+            // A NaN quality never replaces the kept mask.
+            Some(b) if t.quality.partial_cmp(&b.quality) != Some(std::cmp::Ordering::Greater) => {
+                Some(b)
+            }
             _ => Some(t),
         })
     } else {
-        within.last()
+        trace.iter().rfind(|t| t.step <= budget)
     }
 }
 
@@ -527,16 +526,18 @@ impl Evaluation {
         }
         self.budgets
             .iter()
-            .map(|&b| match mask_at_budget(&result.trace, b, self.keep_best) {
-                Some(t) => {
-                    let mask = postprocess::threshold(&postprocess::upscale_logits(
-                        &t.low_res,
-                        &result.geometry,
-                    ));
-                    mask_iou(&mask, &gt.data)
-                }
-                None => f64::NAN,
-            })
+            .map(
+                |&b| match mask_at_budget(&result.trace, b, self.keep_best) {
+                    Some(t) => {
+                        let mask = postprocess::threshold(&postprocess::upscale_logits(
+                            &t.low_res,
+                            &result.geometry,
+                        ));
+                        mask_iou(&mask, &gt.data)
+                    }
+                    None => f64::NAN,
+                },
+            )
             .collect()
     }
 
@@ -598,7 +599,11 @@ impl Evaluation {
             p.adaptive_f.push(run.metrics.adaptive_f);
             p.mae.push(run.metrics.mae);
             p.hit_rate.push(run.points.hit_rate().unwrap_or(f64::NAN));
-            let steps = run.result.points.iter().filter(|p| p.origin == PointOrigin::Step);
+            let steps = run
+                .result
+                .points
+                .iter()
+                .filter(|p| p.origin == PointOrigin::Step);
             totals
                 .first_patches
                 .push(steps.clone().next().map(|p| p.patch));

@@ -18,8 +18,8 @@ pub mod report;
 
 pub use agent_stats::{PointStats, SrmScores, srm_scores};
 pub use evaluate::{
-    EvalSummary, Evaluation, ImageEval, MethodResults, MethodRun, MethodRunner, MethodSummary,
-    OracleSummary, PairedDiff, Comparison, Diversity, SrmSummary, BUDGETS, mask_at_budget,
+    BUDGETS, Comparison, Diversity, EvalSummary, Evaluation, ImageEval, MethodResults, MethodRun,
+    MethodRunner, MethodSummary, OracleSummary, PairedDiff, SrmSummary, mask_at_budget,
 };
 pub use method::{Method, image_seed};
 pub use metrics::{ImageMetrics, MetricAccumulator, MetricSummary};

@@ -255,7 +255,12 @@ fn budget_lines(s: &EvalSummary) -> String {
     if s.budgets.is_empty() {
         return String::new();
     }
-    let width = s.methods.iter().map(|m| m.method.name().len()).max().unwrap_or(6);
+    let width = s
+        .methods
+        .iter()
+        .map(|m| m.method.name().len())
+        .max()
+        .unwrap_or(6);
     let mut out = format!("{:<width$}", "mIoU at T");
     for b in &s.budgets {
         let _ = write!(out, "  {:>6}", format!("T={b}"));

@@ -114,7 +114,8 @@ pub fn overlay(image: &RgbImage, mask: &[bool], points: &[PointRecord]) -> RgbIm
     assert_eq!(mask.len(), w * h, "mask size");
     let tint = contrasting_tint(image, mask);
     let at = |x: i64, y: i64| -> Option<bool> {
-        (x >= 0 && y >= 0 && x < w as i64 && y < h as i64).then(|| mask[y as usize * w + x as usize])
+        (x >= 0 && y >= 0 && x < w as i64 && y < h as i64)
+            .then(|| mask[y as usize * w + x as usize])
     };
     let near = [(0i64, -1i64), (0, 1), (-1, 0), (1, 0)];
     for y in 0..h as i64 {
@@ -211,7 +212,11 @@ mod tests {
             [100, 100, 100],
             "mask interior tinted"
         );
-        assert_eq!(out.get_pixel(5, 10).0, [255, 255, 255], "outline white inside");
+        assert_eq!(
+            out.get_pixel(5, 10).0,
+            [255, 255, 255],
+            "outline white inside"
+        );
         assert_eq!(out.get_pixel(4, 10).0, [0, 0, 0], "and black outside");
         assert_eq!(out.get_pixel(30, 15).0, NEGATIVE, "negative point in red");
     }

@@ -320,7 +320,10 @@ impl ClickerNet {
         let (n, s, _, _) = features.dims4()?;
         let bias = t.position.var.as_tensor().reshape((1, s, s, 1))?;
         let object = pointwise(&t.object, &features)?.broadcast_add(&bias)?;
-        Ok(TrunkOut { features, object: object.reshape((n, s, s, 1))? })
+        Ok(TrunkOut {
+            features,
+            object: object.reshape((n, s, s, 1))?,
+        })
     }
 
     /// The trunk's outputs at the head's side.
@@ -465,7 +468,10 @@ mod tests {
             head_width: 5,
         };
         arch.validate().unwrap();
-        assert_eq!((arch.trunk_side(), arch.map_side(), arch.mask_side()), (8, 4, 64));
+        assert_eq!(
+            (arch.trunk_side(), arch.map_side(), arch.mask_side()),
+            (8, 4, 64)
+        );
         let net = ClickerNet::new(arch, InputNorm::identity(3), 7).unwrap();
         let dev = Device::Cpu;
         let e = Tensor::randn(0f32, 1.0, (2, 3, 16, 16), &dev).unwrap();
@@ -477,12 +483,17 @@ mod tests {
         assert_eq!((out.stop.dims(), out.quality.dims()), (&[2][..], &[2][..]));
         // At start the scores are the rule, 2 * error: the positive map is 2 * (o - m), the
         // negative its opposite.
-        let trunk = net.pool(&net.trunk(&net.prepare(&e).unwrap()).unwrap()).unwrap();
+        let trunk = net
+            .pool(&net.trunk(&net.prepare(&e).unwrap()).unwrap())
+            .unwrap();
         let st = net.state(&mask, &clicks, &scalars).unwrap();
         let expected = ((&trunk.object - &st.mask_prob).unwrap() * 2.0).unwrap();
         let positive = out.scores.narrow(3, 1, 1).unwrap();
         let diff = (positive - expected).unwrap().abs().unwrap();
         assert!(diff.max_all().unwrap().to_scalar::<f32>().unwrap() < 1e-5);
-        assert_eq!(net.params().len(), net.trunk_params().len() + net.head_params().len());
+        assert_eq!(
+            net.params().len(),
+            net.trunk_params().len() + net.head_params().len()
+        );
     }
 }

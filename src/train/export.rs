@@ -196,11 +196,7 @@ pub fn clicker_graph(net: &ClickerNet) -> Result<GraphBuilder> {
     let features = g.op("Relu", &[&x], &[]);
     let object = pointwise(&mut g, &features, &t.object)?;
     let ts = a.trunk_side();
-    let position = g.constant(
-        &t.position.name,
-        &[1, 1, ts, ts],
-        &t.position.values()?,
-    );
+    let position = g.constant(&t.position.name, &[1, 1, ts, ts], &t.position.values()?);
     let object = g.op("Add", &[&object, &position], &[]);
     let o = g.op("Sigmoid", &[&object], &[]);
     let o = pool(&mut g, "AveragePool", &o, a.head_pool);
@@ -365,7 +361,10 @@ pub fn compare_clicker(
         worst = worst
             .max(max_abs_diff(out[3].data(), &super::nets::values(&object)?))
             .max(max_abs_diff(out[0].data(), &scores))
-            .max(max_abs_diff(out[1].data(), &super::nets::values(&ours.stop)?))
+            .max(max_abs_diff(
+                out[1].data(),
+                &super::nets::values(&ours.stop)?,
+            ))
             .max(max_abs_diff(
                 out[2].data(),
                 &super::nets::values(&ours.quality)?,

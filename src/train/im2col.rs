@@ -64,10 +64,10 @@ impl CustomOp1 for Im2Col {
             for y in 0..s {
                 for xx in 0..s {
                     let row = ((b * s + y) * s + xx) * 9 * c;
-                    for ky in 0..3 {
-                        let Some(sy) = t[ky][y] else { continue };
-                        for kx in 0..3 {
-                            let Some(sx) = t[kx][xx] else { continue };
+                    for (ky, tap_y) in t.iter().enumerate() {
+                        let Some(sy) = tap_y[y] else { continue };
+                        for (kx, tap_x) in t.iter().enumerate() {
+                            let Some(sx) = tap_x[xx] else { continue };
                             let src = ((b * s + sy) * s + sx) * c;
                             let dst = row + (ky * 3 + kx) * c;
                             out[dst..dst + c].copy_from_slice(&x[src..src + c]);
@@ -105,10 +105,10 @@ impl CustomOp1 for Col2Im {
             for y in 0..s {
                 for xx in 0..s {
                     let row = ((b * s + y) * s + xx) * 9 * c;
-                    for ky in 0..3 {
-                        let Some(sy) = t[ky][y] else { continue };
-                        for kx in 0..3 {
-                            let Some(sx) = t[kx][xx] else { continue };
+                    for (ky, tap_y) in t.iter().enumerate() {
+                        let Some(sy) = tap_y[y] else { continue };
+                        for (kx, tap_x) in t.iter().enumerate() {
+                            let Some(sx) = tap_x[xx] else { continue };
                             let dst = ((b * s + sy) * s + sx) * c;
                             let src = row + (ky * 3 + kx) * c;
                             for (o, v) in out[dst..dst + c].iter_mut().zip(&g[src..src + c]) {
@@ -147,10 +147,10 @@ mod tests {
     fn matches_candles_convolution_forward_and_backward() {
         let dev = Device::Cpu;
         for d in [1usize, 2, 4] {
-            let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 3, 9, 9), &dev).unwrap())
-                .unwrap();
-            let w = Var::from_tensor(&Tensor::randn(0f32, 1.0, (4, 3, 3, 3), &dev).unwrap())
-                .unwrap();
+            let x =
+                Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 3, 9, 9), &dev).unwrap()).unwrap();
+            let w =
+                Var::from_tensor(&Tensor::randn(0f32, 1.0, (4, 3, 3, 3), &dev).unwrap()).unwrap();
             let b = Tensor::new(&[0.1f32, -0.2, 0.3, 0.0], &dev).unwrap();
             // candle's direct convolution, channels first.
             let reference = x
@@ -175,8 +175,18 @@ mod tests {
             assert!(diff < 1e-4, "dilation {d}: forward differs by {diff}");
             // Gradients of a weighted sum of the outputs, both ways.
             let weights = Tensor::randn(0f32, 1.0, reference.shape(), &dev).unwrap();
-            let g1 = (&reference * &weights).unwrap().sum_all().unwrap().backward().unwrap();
-            let g2 = (&ours * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+            let g1 = (&reference * &weights)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let g2 = (&ours * &weights)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
             for v in [&x, &w] {
                 let (a, b) = (g1.get(v).unwrap(), g2.get(v).unwrap());
                 let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap();

@@ -131,7 +131,14 @@ fn panel(
         .axis_desc_style((FONT_NAME, 12))
         .draw()
         .map_err(|e| err(&e))?;
-    let colours = [BLUE, RED, RGBColor(0, 140, 0), RGBColor(200, 120, 0), MAGENTA, BLACK];
+    let colours = [
+        BLUE,
+        RED,
+        RGBColor(0, 140, 0),
+        RGBColor(200, 120, 0),
+        MAGENTA,
+        BLACK,
+    ];
     for (i, (name, s)) in series.iter().enumerate() {
         let colour = colours[i % colours.len()];
         chart
@@ -166,7 +173,10 @@ pub fn draw_clicker_curves(
     let root = BitMapBackend::new(path, (1200, 800)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(&e))?;
     let root = root
-        .titled("clicker: trunk by epoch, head by DAgger round", (FONT_NAME, 20))
+        .titled(
+            "clicker: trunk by epoch, head by DAgger round",
+            (FONT_NAME, 20),
+        )
         .map_err(|e| err(&e))?;
     let areas = root.split_evenly((2, 2));
     let epochs = |f: fn(&super::imitation::TrunkEpoch) -> f32| -> Vec<(f32, f32)> {
@@ -190,7 +200,12 @@ pub fn draw_clicker_curves(
     let curves: Vec<Series> = names
         .iter()
         .enumerate()
-        .map(|(k, n)| (n.as_str(), by_round(&|r| r.holdout_iou.get(k).copied().unwrap_or(f32::NAN))))
+        .map(|(k, n)| {
+            (
+                n.as_str(),
+                by_round(&|r| r.holdout_iou.get(k).copied().unwrap_or(f32::NAN)),
+            )
+        })
         .collect();
     panel(&areas[1], "held-out IoU by budget", "round", &curves, &err)?;
     panel(

@@ -195,7 +195,9 @@ pub fn synthetic_dataset(dir: &Path, n: usize) {
                 image::Rgb([(x * 2) as u8, (y * 3) as u8, 90])
             }
         });
-        let mask = image::GrayImage::from_fn(w, h, |x, y| image::Luma([if inside(x, y) { 255 } else { 0 }]));
+        let mask = image::GrayImage::from_fn(w, h, |x, y| {
+            image::Luma([if inside(x, y) { 255 } else { 0 }])
+        });
         let id = format!("img{i:02}");
         img.save(dir.join("images").join(format!("{id}.png")))
             .unwrap();
@@ -218,4 +220,3 @@ pub fn temp_dataset(n: usize) -> (tempfile::TempDir, PathBuf) {
     synthetic_dataset(&data, n);
     (tmp, data)
 }
-

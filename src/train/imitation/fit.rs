@@ -19,10 +19,10 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 
 use super::samples::{ImageData, Item, Sample, can_mirror, pooled_batch, state_batch};
-use rand::RngExt;
 use crate::train::clicker_net::{ClickerNet, maps, vars};
 use crate::train::ppo::clip_grad_norm;
 use crate::train::srm_loss::{bce, dice_bce};
+use rand::RngExt;
 
 /// The weights of the head's loss terms and the optimiser's settings.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
@@ -222,11 +222,7 @@ fn grid_side(images: &[ImageData]) -> usize {
 }
 
 /// The head's loss on one batch, and its parts' values.
-pub fn head_loss(
-    net: &ClickerNet,
-    batch: &[Item],
-    c: &FitConfig,
-) -> Result<(Tensor, HeadLosses)> {
+pub fn head_loss(net: &ClickerNet, batch: &[Item], c: &FitConfig) -> Result<(Tensor, HeadLosses)> {
     let arch = &net.arch;
     let (n, s) = (batch.len(), arch.map_side());
     let out = net.head(&pooled_batch(batch, arch)?, &state_batch(batch, arch)?)?;
@@ -249,7 +245,13 @@ pub fn head_loss(
     for (b, item) in batch.iter().enumerate() {
         let x = &item.sample;
         let free = |a: usize| !x.used.contains(&(a as u16));
-        let weight = |a: usize| if free(a) { (x.depths[a] as f32).powi(2) } else { 0.0 };
+        let weight = |a: usize| {
+            if free(a) {
+                (x.depths[a] as f32).powi(2)
+            } else {
+                0.0
+            }
+        };
         let total: f32 = (0..x.depths.len()).map(weight).sum();
         if total <= 0.0 {
             continue;

@@ -354,12 +354,28 @@ pub fn run(job: &ClickerJob, progress: &mut dyn FnMut(Progress)) -> Result<Click
         let seed = config.seed.wrapping_mul(5).wrapping_add(10 + k as u64);
         let fold_net = ClickerNet::new(arch, net.norm.clone(), seed)?;
         let what = format!("trunk of fold {} of {}", k + 1, folds.len());
-        train_trunk(&fold_net, &images, &others, &[], &config, &mut rng, &what, progress)?;
+        train_trunk(
+            &fold_net,
+            &images,
+            &others,
+            &[],
+            &config,
+            &mut rng,
+            &what,
+            progress,
+        )?;
         fit::cache_object_maps(&fold_net, &mut images, fold)?;
         oof += fit::object_iou(&fold_net, &images, fold)? * fold.len() as f32;
     }
     let trunk = train_trunk(
-        &net, &images, &fit_idx, &held_idx, &config, &mut rng, "final trunk", progress,
+        &net,
+        &images,
+        &fit_idx,
+        &held_idx,
+        &config,
+        &mut rng,
+        "final trunk",
+        progress,
     )?;
     if folds.is_empty() {
         fit::cache_object_maps(&net, &mut images, &fit_idx)?;
@@ -436,7 +452,10 @@ pub fn run(job: &ClickerJob, progress: &mut dyn FnMut(Progress)) -> Result<Click
         let held = holdout_rollouts(&env, &images, &held_idx, &net, &mut rng)?;
         let holdout_iou = curve_of(&held, &CURVE_BUDGETS, Keep::Estimated);
         {
-            let train_states: Vec<&Sample> = samples.iter().step_by((samples.len() / 1500).max(1)).collect();
+            let train_states: Vec<&Sample> = samples
+                .iter()
+                .step_by((samples.len() / 1500).max(1))
+                .collect();
             let held_states: Vec<&Sample> = held.iter().flat_map(|t| &t.samples).collect();
             let (a, b, c) = choice_depths(&net, &images, &train_states)?;
             let (d, e, f) = choice_depths(&net, &images, &held_states)?;
@@ -463,7 +482,10 @@ pub fn run(job: &ClickerJob, progress: &mut dyn FnMut(Progress)) -> Result<Click
         progress(Progress::Note(describe_round(&record)));
         log.append(&record)?;
         let score = holdout_iou.last().copied().unwrap_or(f32::NAN);
-        if best.as_ref().is_none_or(|(_, b, _)| score > *b || b.is_nan()) {
+        if best
+            .as_ref()
+            .is_none_or(|(_, b, _)| score > *b || b.is_nan())
+        {
             best = Some((round, score, snapshot(&net)?));
         }
         rounds.push(record);
@@ -655,7 +677,11 @@ pub fn measure_norm(images: &[ImageData], fit: &[usize], arch: &ClickerArch) -> 
 
 /// Mean true depth (low-resolution pixels) of the click the learner, the untrained rule and the
 /// teacher choose, over states.
-fn choice_depths(net: &ClickerNet, images: &[ImageData], states: &[&Sample]) -> Result<(f32, f32, f32)> {
+fn choice_depths(
+    net: &ClickerNet,
+    images: &[ImageData],
+    states: &[&Sample],
+) -> Result<(f32, f32, f32)> {
     let (mut l, mut r, mut t, mut n) = (0f32, 0f32, 0f32, 0usize);
     for x in states {
         let img = &images[x.image as usize];
@@ -668,9 +694,19 @@ fn choice_depths(net: &ClickerNet, images: &[ImageData], states: &[&Sample]) -> 
             rule[c * 2] = 2.0 * (x.mask[c] - o[c]);
             rule[c * 2 + 1] = 2.0 * (o[c] - x.mask[c]);
         }
-        let ruled = samples::Scored { scores: rule, stop: 0.0, quality: 0.0 };
+        let ruled = samples::Scored {
+            scores: rule,
+            stop: 0.0,
+            quality: 0.0,
+        };
         r += depth(samples::best_action(&ruled, img, &x.used));
-        t += x.depths.iter().enumerate().filter(|(a, _)| !x.used.contains(&(*a as u16))).map(|(_, &d)| d as f32 / 4.0).fold(0.0, f32::max);
+        t += x
+            .depths
+            .iter()
+            .enumerate()
+            .filter(|(a, _)| !x.used.contains(&(*a as u16)))
+            .map(|(_, &d)| d as f32 / 4.0)
+            .fold(0.0, f32::max);
         n += 1;
     }
     let n = n.max(1) as f32;
@@ -875,10 +911,7 @@ fn holdout_loop(
 
 /// The head's weights, to keep the best round's.
 fn snapshot(net: &ClickerNet) -> Result<Vec<Vec<f32>>> {
-    net.head_params()
-        .iter()
-        .map(|p| Ok(p.values()?))
-        .collect()
+    net.head_params().iter().map(|p| Ok(p.values()?)).collect()
 }
 
 fn restore(net: &ClickerNet, weights: &[Vec<f32>]) -> Result<()> {
@@ -1079,15 +1112,26 @@ mod tests {
         assert_eq!(kept(&t, 3, Keep::TrulyBest), 3);
         assert_eq!(kept(&t, 2, Keep::Last), 2);
         assert_eq!(kept(&t, 10, Keep::Last), 3, "a budget beyond the rollout");
-        assert_eq!(curve_of(&[t], &[0, 2, 3], Keep::Estimated), vec![0.5, 0.7, 0.7]);
+        assert_eq!(
+            curve_of(&[t], &[0, 2, 3], Keep::Estimated),
+            vec![0.5, 0.7, 0.7]
+        );
     }
 
     #[test]
     fn the_stop_threshold_saves_steps_within_the_tolerance() {
         // Both images gain nothing after step 1; the stop probability rises to 0.8 there.
         let ts = vec![
-            trajectory(&[0.5, 0.8, 0.8, 0.8], &[0.5, 0.8, 0.7, 0.7], &[0.35, 0.8, 0.9, 0.9]),
-            trajectory(&[0.6, 0.7, 0.7, 0.7], &[0.6, 0.7, 0.6, 0.6], &[0.35, 0.8, 0.9, 0.9]),
+            trajectory(
+                &[0.5, 0.8, 0.8, 0.8],
+                &[0.5, 0.8, 0.7, 0.7],
+                &[0.35, 0.8, 0.9, 0.9],
+            ),
+            trajectory(
+                &[0.6, 0.7, 0.7, 0.7],
+                &[0.6, 0.7, 0.6, 0.6],
+                &[0.35, 0.8, 0.9, 0.9],
+            ),
         ];
         let c = choose_stop(&ts);
         assert_eq!(c.threshold, 0.8, "{c:?}");

@@ -223,7 +223,10 @@ fn set_stop_targets(t: &mut Trajectory, gain: f32) {
     let mut best_so_far = f32::NEG_INFINITY;
     for i in 0..n.saturating_sub(1) {
         best_so_far = best_so_far.max(t.ious[i]);
-        let future = t.ious[i + 1..].iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let future = t.ious[i + 1..]
+            .iter()
+            .copied()
+            .fold(f32::NEG_INFINITY, f32::max);
         t.samples[i].stop = Some(future - best_so_far < gain);
     }
 }

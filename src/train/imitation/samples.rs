@@ -136,7 +136,11 @@ impl<'a> Item<'a> {
             targets: mirror_map(&sample.targets, s),
             depths,
             teacher: sample.teacher.map(|a| action(a as usize) as u16),
-            used: sample.used.iter().map(|&a| action(a as usize) as u16).collect(),
+            used: sample
+                .used
+                .iter()
+                .map(|&a| action(a as usize) as u16)
+                .collect(),
             ..sample.clone()
         };
         Item {
@@ -280,7 +284,10 @@ mod tests {
 
     #[test]
     fn mirroring_moves_maps_and_actions_alike() {
-        assert_eq!(mirror_map(&[1, 2, 3, 4, 5, 6, 7, 8], 2), vec![3, 4, 1, 2, 7, 8, 5, 6]);
+        assert_eq!(
+            mirror_map(&[1, 2, 3, 4, 5, 6, 7, 8], 2),
+            vec![3, 4, 1, 2, 7, 8, 5, 6]
+        );
         let sample = Sample {
             image: 0,
             steps: 1,

@@ -173,11 +173,16 @@ mod tests {
         let logits = Map {
             height: 8,
             width: 8,
-            data: (0..64).map(|i| if i / 8 < 4 { 1.0 } else { -1.0 }).collect(),
+            data: (0..64)
+                .map(|i| if i / 8 < 4 { 1.0 } else { -1.0 })
+                .collect(),
         };
         assert_eq!(truth.iou(&logits), 16.0 / 48.0);
         let e = Errors::of(&logits, &truth);
-        assert!(e.at(1, 6 * 8 + 1) > 0.0 && e.at(0, 6 * 8 + 1) == 0.0, "missed");
+        assert!(
+            e.at(1, 6 * 8 + 1) > 0.0 && e.at(0, 6 * 8 + 1) == 0.0,
+            "missed"
+        );
         assert!(e.at(0, 8 + 6) > 0.0 && e.at(1, 8 + 6) == 0.0, "false");
         assert_eq!(e.at(0, 0), 0.0, "right");
         let t = e.dense_targets(2);
