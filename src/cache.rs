@@ -111,7 +111,10 @@ impl EmbeddingCache {
     }
 
     fn read_entry(&self, path: &Path) -> Result<(Embedding, FrameGeometry)> {
-        let bytes = std::fs::read(path)?;
+        // An entry is a regular file of bounded size: a symbolic link to /dev/zero or a FIFO
+        // put in the cache is refused, not read until memory runs out or forever.
+        let limit = crate::source::limits::limits().max_file_bytes;
+        let bytes = crate::source::limits::read_regular(path, "embedding cache entry", limit)?;
         let (_, meta) = SafeTensors::read_metadata(&bytes)?;
         let st = SafeTensors::deserialize(&bytes)?;
         let t = st.tensor("embedding")?;

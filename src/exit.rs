@@ -8,6 +8,7 @@
 //! | 1    | [`EXIT_ERROR`]         | an error stopped the command (could not start, sink failed) |
 //! | 2    | [`EXIT_PARTIAL`]       | finished, but some inputs or frames failed (reported on stderr) |
 //! | 3    | [`EXIT_SOURCE_FAILED`] | the source failed or disappeared for good mid-run         |
+//! | 64   | [`EXIT_USAGE`]         | the command line is wrong (an unknown flag, a bad value)  |
 //! | 130  | [`EXIT_INTERRUPTED`]   | stopped by SIGINT, SIGTERM or SIGHUP (128 + SIGINT)       |
 
 /// Done, and every input (every frame of a stream) was fine.
@@ -18,6 +19,9 @@ pub const EXIT_ERROR: u8 = 1;
 pub const EXIT_PARTIAL: u8 = 2;
 /// The source failed mid-run (a truncated stream, a camera that did not come back).
 pub const EXIT_SOURCE_FAILED: u8 = 3;
+/// The command line is wrong: an unknown option, a missing or malformed value (BSD's EX_USAGE;
+/// distinct from [`EXIT_PARTIAL`], which clap's own default would collide with).
+pub const EXIT_USAGE: u8 = 64;
 /// Stopped by SIGINT, SIGTERM or SIGHUP (the shell's 128 + SIGINT).
 pub const EXIT_INTERRUPTED: u8 = 130;
 
@@ -32,6 +36,7 @@ mod tests {
             EXIT_ERROR,
             EXIT_PARTIAL,
             EXIT_SOURCE_FAILED,
+            EXIT_USAGE,
             EXIT_INTERRUPTED,
         ];
         codes.sort();

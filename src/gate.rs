@@ -280,14 +280,15 @@ impl Reference {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
-        safetensors::serialize_to_file(views, Some(metadata), path)
-            .with_context(|| format!("{}: cannot write the gate reference", path.display()))
+        let bytes = safetensors::serialize(views, Some(metadata))
+            .with_context(|| format!("{}: cannot encode the gate reference", path.display()))?;
+        crate::sink::write_bytes_atomic(path, &bytes)
     }
 
     /// Reads a reference written by [`Reference::save`]; errors name the file.
     pub fn load(path: &Path) -> Result<Reference> {
-        let bytes = std::fs::read(path)
-            .with_context(|| format!("{}: cannot read the gate reference", path.display()))?;
+        let limit = crate::source::limits::limits().max_file_bytes;
+        let bytes = crate::source::limits::read_regular(path, "gate reference", limit)?;
         Self::parse(&bytes).with_context(|| format!("{}: not a gate reference", path.display()))
     }
 

@@ -2,7 +2,8 @@
 //! `models/export.py`'s `write_bundle`, which wrote the committed manifests. Run on the same
 //! ONNX files, the two must describe them the same way: shapes, decoder form, agent entries,
 //! checksums. (Precision variants and gate records are added later, by calibration/quantize.py
-//! and `alignsam gate --record`, and are left out of the comparison.)
+//! and `alignsam gate --record`, and the clicker's stop threshold and the best patch by
+//! `alignsam train`: they are left out of the comparison.)
 
 mod common;
 
@@ -22,6 +23,8 @@ fn check_writers_agree(bundle: &Path) {
     committed.models.encoder.variants.clear();
     committed.models.decoder.variants.clear();
     committed.gate.clear();
+    committed.agent.best_patch = None;
+    let trained_stop = committed.models.clicker.as_ref().map(|c| c.stop_threshold);
     let tmp = tempfile::tempdir().unwrap();
     for entry in std::fs::read_dir(bundle).unwrap() {
         let p = entry.unwrap().path();
@@ -41,6 +44,7 @@ fn check_writers_agree(bundle: &Path) {
         ])
         .args(["--grid", &committed.agent.grid.to_string()])
         .args(["--max-steps", &committed.agent.max_steps.to_string()])
+        .args(["--kind", committed.agent.kind.as_str()])
         .output()
         .unwrap();
     assert!(
@@ -48,7 +52,10 @@ fn check_writers_agree(bundle: &Path) {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let inferred = manifest(&tmp.path().join("bundle.toml"));
+    let mut inferred = manifest(&tmp.path().join("bundle.toml"));
+    if let (Some(c), Some(t)) = (inferred.models.clicker.as_mut(), trained_stop) {
+        c.stop_threshold = t;
+    }
     assert_eq!(
         inferred,
         committed,

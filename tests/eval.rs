@@ -193,7 +193,21 @@ fn hand_built_agent_gives_hand_computed_figures() {
     data.split(&["a", "b", "c"]);
     let bundle = hand_built_bundle(data.tmp.path(), 11);
     let out = data.out("hand");
-    let o = eval(&bundle, &data, &out, &["--steps", "4", "--montage", "0"]);
+    // The paper's loop (repeats allowed, the last mask returned): what the figures below were
+    // computed for by hand.
+    let o = eval(
+        &bundle,
+        &data,
+        &out,
+        &[
+            "--steps",
+            "4",
+            "--montage",
+            "0",
+            "--allow-repeats",
+            "--keep-last",
+        ],
+    );
     check_ok(&o);
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
 
@@ -239,7 +253,9 @@ fn hand_built_agent_gives_hand_computed_figures() {
     assert!(!out.join("montage.png").exists(), "--montage 0 writes none");
 
     let csv = Csv::read(&out.join("per_image.csv"));
-    assert_eq!(csv.rows.len(), 5 * 3, "five methods by default");
+    // policy, random, centre, srm-only, srm-error, oracle (no clicker, no best patch in this
+    // bundle; the teacher only when asked).
+    assert_eq!(csv.rows.len(), 6 * 3, "six methods by default");
     for r in &csv.rows {
         assert_eq!(
             (csv.num(r, "srm_iou"), csv.num(r, "all_foreground_iou")),
@@ -277,6 +293,8 @@ fn the_sampled_policy_draws_from_the_softmax() {
             "0",
             "--methods",
             "policy,policy-sample",
+            "--allow-repeats",
+            "--keep-last",
         ],
     );
     check_ok(&o);
@@ -340,7 +358,9 @@ fn random_tiny_bundle_end_to_end() {
         "the note on random SAM weights"
     );
     let csv = Csv::read(&out.join("per_image.csv"));
-    assert_eq!(csv.rows.len(), 5 * 3, "five methods by default");
+    // policy, random, centre, srm-only, srm-error, oracle (no clicker, no best patch in this
+    // bundle; the teacher only when asked).
+    assert_eq!(csv.rows.len(), 6 * 3, "six methods by default");
     for m in ["policy", "random", "centre"] {
         let rows = csv.method(m);
         assert_eq!(rows.len(), 3, "{m}");
@@ -363,18 +383,18 @@ fn random_tiny_bundle_end_to_end() {
             assert!((0.0..=1.0).contains(&v), "{m} {col}: {v}");
         }
     }
-    // The centre baseline clicks one patch.
-    for r in csv.method("centre") {
-        assert_eq!(csv.num(r, "distinct_patches"), 1.0);
-    }
+    // The centre baseline's first click is the centre patch on every image (later ones move
+    // on: the loop never clicks a patch twice with one label).
+    assert_eq!(report_value(&report, "centre", "first"), 1.0, "{report}");
+    assert_eq!(report_value(&report, "centre", "top1"), 1.0, "{report}");
 
-    // Two rows of six tiles (GT and five methods) of the 64x48 images.
+    // Two rows of seven tiles (GT and the six methods) of the 64x48 images.
     let montage = image::open(out.join("montage.png")).unwrap();
     let tw = tile_width(64, 48);
     assert_eq!(
         (montage.width(), montage.height()),
         (
-            GAP + 6 * (tw + GAP),
+            GAP + 7 * (tw + GAP),
             GAP + 2 * (CAPTION_HEIGHT + TILE_HEIGHT + GAP)
         )
     );
@@ -596,8 +616,8 @@ fn a_bad_image_among_many_is_reported_and_skipped() {
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(err.contains(&path.display().to_string()), "{err}");
     assert!(err.contains("1 of 3 images failed"), "{err}");
-    // 2 evaluated images x the 5 default methods
-    assert_eq!(Csv::read(&out.join("per_image.csv")).rows.len(), 2 * 5);
+    // 2 evaluated images x the 6 default methods
+    assert_eq!(Csv::read(&out.join("per_image.csv")).rows.len(), 2 * 6);
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(
         report.contains("3 taken, 2 evaluated, 1 failed") && report.contains("## Failed images"),

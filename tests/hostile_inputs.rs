@@ -778,3 +778,419 @@ fn run_into_a_closed_pipe_still_writes_its_summary() {
         serde_json::from_str(&std::fs::read_to_string(&summary).expect("summary written")).unwrap();
     assert!(v["frames_read"].as_u64().unwrap() >= 1, "{v}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Round 2: every output through one guard, every read bounded, stdout errors without a panic
+
+fn mkfifo(path: &Path) {
+    let c = std::ffi::CString::new(s(path)).unwrap();
+    // SAFETY: a valid C string path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+}
+
+fn decode_tiny(image: &Path, out: &Path, extra: &[&str]) -> Output {
+    let (bundle, image, out) = (tiny(), s(image), s(out));
+    let mut args = vec![
+        "decode", "--bundle", &bundle, &image, "-p", "10,10", "-o", &out,
+    ];
+    args.extend(extra);
+    run_within(alignsam(&args), Duration::from_secs(60))
+}
+
+#[test]
+fn decode_never_writes_over_its_input_a_fifo_a_link_or_a_stranger() {
+    let tmp = tempfile::tempdir().unwrap();
+    let img = tmp.path().join("x.png");
+    picture(40, 30).save(&img).unwrap();
+    let before = std::fs::read(&img).unwrap();
+    // Over its own input, even with --force.
+    let o = decode_tiny(&img, &img, &["--force"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("is an input"),
+        "{}",
+        text(&o.stderr)
+    );
+    assert_eq!(std::fs::read(&img).unwrap(), before);
+    // Over a FIFO (a device node behaves the same: both are not regular files).
+    let fifo = tmp.path().join("fifo");
+    mkfifo(&fifo);
+    let o = decode_tiny(&img, &fifo, &["--force"]);
+    assert!(
+        text(&o.stderr).contains("device, FIFO or socket"),
+        "{}",
+        text(&o.stderr)
+    );
+    assert!(
+        std::fs::symlink_metadata(&fifo)
+            .unwrap()
+            .file_type()
+            .is_fifo()
+    );
+    // Through a link to another file.
+    let victim = tmp.path().join("victim.txt");
+    std::fs::write(&victim, b"keep me").unwrap();
+    let link = tmp.path().join("link.png");
+    std::os::unix::fs::symlink(&victim, &link).unwrap();
+    let o = decode_tiny(&img, &link, &["--force"]);
+    assert!(
+        text(&o.stderr).contains("symbolic link"),
+        "{}",
+        text(&o.stderr)
+    );
+    assert_eq!(std::fs::read(&victim).unwrap(), b"keep me");
+    // Over a file no decode run wrote: refused without --force, replaced with it; a second run
+    // into its own output needs no --force.
+    let mine = tmp.path().join("mine.png");
+    std::fs::write(&mine, b"user data").unwrap();
+    let o = decode_tiny(&img, &mine, &[]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o.stderr).contains("no earlier `decode` run wrote it"),
+        "{}",
+        text(&o.stderr)
+    );
+    assert_eq!(std::fs::read(&mine).unwrap(), b"user data");
+    let fresh = tmp.path().join("fresh.png");
+    for _ in 0..2 {
+        let o = decode_tiny(&img, &fresh, &[]);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    }
+    // A point that is not a number is a point error, not the model's.
+    let o = run_within(
+        alignsam(&[
+            "decode",
+            "--bundle",
+            &tiny(),
+            &s(&img),
+            "-p",
+            "nan,nan",
+            "-o",
+            &s(&fresh),
+        ]),
+        Duration::from_secs(60),
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o.stderr).contains("point (NaN, NaN)"),
+        "{}",
+        text(&o.stderr)
+    );
+}
+
+use std::os::unix::fs::FileTypeExt;
+
+#[test]
+fn train_refuses_to_write_into_its_source_bundle() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bundle = tmp.path().join("b");
+    std::fs::create_dir_all(&bundle).unwrap();
+    for e in std::fs::read_dir(common::tiny_bundle()).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), bundle.join(e.file_name())).unwrap();
+    }
+    let ds = dataset(tmp.path());
+    std::fs::write(ds.join("splits/train.txt"), "a\n").unwrap();
+    let manifest = std::fs::read(bundle.join("bundle.toml")).unwrap();
+    let link = tmp.path().join("link");
+    std::os::unix::fs::symlink(&bundle, &link).unwrap();
+    for out in [s(&bundle), format!("{}/./", s(&bundle)), s(&link)] {
+        let o = run_within(
+            alignsam(&[
+                "train",
+                "--bundle",
+                &s(&bundle),
+                "--data",
+                &s(&ds),
+                "--out",
+                &out,
+                "--episodes",
+                "1",
+            ]),
+            Duration::from_secs(60),
+        );
+        let err = text(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{out}: {err}");
+        assert!(err.contains("which this run reads"), "{out}: {err}");
+    }
+    assert_eq!(std::fs::read(bundle.join("bundle.toml")).unwrap(), manifest);
+}
+
+#[test]
+fn gate_references_never_replace_masks_or_models_and_are_read_bounded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = dataset(tmp.path());
+    let mask = ds.join("masks/a.png");
+    let before = std::fs::read(&mask).unwrap();
+    let gate = |extra: &[&str]| {
+        let mut args = vec![
+            "gate".to_string(),
+            "--bundle".into(),
+            tiny(),
+            "--data".into(),
+            s(&ds),
+            "--split".into(),
+            "eval".into(),
+            "--precisions".into(),
+            "fp32".into(),
+            "--backends".into(),
+            "tract".into(),
+        ];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_within(alignsam(&refs), Duration::from_secs(120))
+    };
+    let o = gate(&["--save-reference", &s(&mask), "--force", "--steps", "1"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("which this run reads"),
+        "{}",
+        text(&o.stderr)
+    );
+    assert_eq!(std::fs::read(&mask).unwrap(), before);
+    let model = common::tiny_bundle().join("encoder.onnx");
+    let o = gate(&["--save-reference", &s(&model), "--force", "--steps", "1"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    // /dev/zero and a FIFO as the reference: refused at once, nothing read.
+    let fifo = tmp.path().join("ref.fifo");
+    mkfifo(&fifo);
+    for r in ["/dev/zero".to_string(), s(&fifo)] {
+        let o = gate(&["--reference", &r]);
+        let err = text(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        assert!(err.contains("not a regular file"), "{err}");
+    }
+}
+
+#[test]
+fn json_lines_never_land_on_another_output_of_the_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let img = tmp.path().join("ball.png");
+    picture(40, 30).save(&img).unwrap();
+    let out = tmp.path().join("o");
+    let json = out.join("masks/ball.png");
+    let o = segment_tiny(&img, &out, &["--steps", "1", "--json", &s(&json)], 60);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("another output of this run"),
+        "{}",
+        text(&o.stderr)
+    );
+    let frames = tmp.path().join("frames");
+    std::fs::create_dir_all(&frames).unwrap();
+    picture(40, 30).save(frames.join("f1.png")).unwrap();
+    let o = run_within(
+        alignsam(&[
+            "run",
+            "--bundle",
+            &tiny(),
+            "--input",
+            &s(&frames),
+            "--out",
+            &s(&out),
+            "--json",
+            &s(&out.join("summary.json")),
+        ]),
+        Duration::from_secs(60),
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("another output of this run"),
+        "{}",
+        text(&o.stderr)
+    );
+    // `-` is stdout, not a file named `-`.
+    let o = segment_tiny(
+        &img,
+        &tmp.path().join("o2"),
+        &["--steps", "1", "--json", "-"],
+        60,
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert!(text(&o.stdout).contains("\"image\""));
+    assert!(!Path::new("-").exists() && !tmp.path().join("-").exists());
+}
+
+#[test]
+fn segment_into_a_dataset_it_does_not_read_keeps_the_dataset_masks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = dataset(tmp.path());
+    let before = std::fs::read(ds.join("masks/a.png")).unwrap();
+    let other = tmp.path().join("a.png");
+    picture(40, 30).save(&other).unwrap();
+    let o = segment_tiny(&other, &ds, &["--steps", "1"], 60);
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("no earlier `segment` run wrote it"), "{err}");
+    assert_eq!(std::fs::read(ds.join("masks/a.png")).unwrap(), before);
+    // Re-running into the run's own output folder works without --force.
+    let out = tmp.path().join("out");
+    for _ in 0..2 {
+        let o = segment_tiny(&other, &out, &["--steps", "1"], 60);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    }
+}
+
+#[test]
+fn a_second_run_into_a_folder_in_use_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let img = tmp.path().join("a.png");
+    picture(40, 30).save(&img).unwrap();
+    let out = tmp.path().join("o");
+    // This process holds the folder as a first run would.
+    let held = alignsam::sink::OutputPlan::new("segment", false)
+        .dir(&out, &["masks", "overlays"])
+        .check()
+        .unwrap();
+    let o = segment_tiny(&img, &out, &["--steps", "1"], 60);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("another alignsam run"),
+        "{}",
+        text(&o.stderr)
+    );
+    drop(held);
+    let o = segment_tiny(&img, &out, &["--steps", "1"], 60);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+}
+
+#[test]
+fn a_cache_entry_that_is_a_link_to_dev_zero_or_a_fifo_is_not_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = dataset(tmp.path());
+    let cache = tmp.path().join("cache");
+    let eval = || {
+        run_within(
+            alignsam(&[
+                "eval",
+                "--bundle",
+                &tiny(),
+                "--data",
+                &s(&ds),
+                "--split",
+                "eval",
+                "--out",
+                &s(&tmp.path().join("o")),
+                "--cache",
+                &s(&cache),
+                "--steps",
+                "1",
+                "--methods",
+                "centre",
+            ]),
+            Duration::from_secs(60),
+        )
+    };
+    let o = eval();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let entries: Vec<PathBuf> = walk(&cache)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+        .collect();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    for make in [0, 1] {
+        std::fs::remove_file(&entries[0]).unwrap();
+        if make == 0 {
+            std::os::unix::fs::symlink("/dev/zero", &entries[0]).unwrap();
+        } else {
+            mkfifo(&entries[0]);
+        }
+        let o = eval();
+        let err = text(&o.stderr);
+        // The entry is ignored (recomputing is the cache's answer to a damaged entry), and the
+        // special file is not replaced either.
+        assert!(err.contains("not a regular file"), "{err}");
+        assert!(o.status.code().is_some(), "{err}");
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = vec![];
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Every subcommand that prints to stdout ends with an error naming stdout, never a panic
+/// (exit 101), when stdout is a full disk.
+#[test]
+fn a_full_stdout_is_an_error_on_every_subcommand() {
+    let Ok(full) = std::fs::OpenOptions::new().write(true).open("/dev/full") else {
+        eprintln!("skipped: no /dev/full on this system");
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let img = tmp.path().join("a.png");
+    picture(40, 30).save(&img).unwrap();
+    let ds = dataset(tmp.path());
+    let t = tiny();
+    let cases: Vec<Vec<String>> = vec![
+        vec!["info".into(), "--bundle".into(), t.clone()],
+        vec!["devices".into()],
+        vec![
+            "decode".into(),
+            "--bundle".into(),
+            t.clone(),
+            s(&img),
+            "-p".into(),
+            "5,5".into(),
+            "-o".into(),
+            s(&tmp.path().join("m.png")),
+        ],
+        vec![
+            "bench".into(),
+            "--bundle".into(),
+            t.clone(),
+            "--frames".into(),
+            "1".into(),
+            "--warmup".into(),
+            "0".into(),
+            "--input".into(),
+            s(&img),
+        ],
+        vec![
+            "eval".into(),
+            "--bundle".into(),
+            t.clone(),
+            "--data".into(),
+            s(&ds),
+            "--split".into(),
+            "eval".into(),
+            "--out".into(),
+            s(&tmp.path().join("e")),
+            "--steps".into(),
+            "1".into(),
+            "--methods".into(),
+            "centre".into(),
+            "--cache".into(),
+            s(&tmp.path().join("c")),
+        ],
+        vec![
+            "bundle".into(),
+            s(&common::tiny_bundle()),
+            "--out".into(),
+            s(&tmp.path().join("b")),
+        ],
+    ];
+    for args in cases {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut cmd = alignsam(&refs);
+        cmd.stdout(full.try_clone().unwrap()).stderr(Stdio::piped());
+        let o = cmd.output().unwrap();
+        let err = text(&o.stderr);
+        assert_ne!(o.status.code(), Some(101), "{args:?} panicked: {err}");
+        if o.status.code() != Some(0) {
+            assert!(
+                err.contains("stdout: cannot write") || !err.contains("panicked"),
+                "{args:?}: {err}"
+            );
+        }
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}

@@ -118,6 +118,16 @@ pub enum AgentKind {
     Clicker,
 }
 
+impl AgentKind {
+    /// The manifest's and the command line's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentKind::Paper => "paper",
+            AgentKind::Clicker => "clicker",
+        }
+    }
+}
+
 impl std::str::FromStr for AgentKind {
     type Err = String;
 

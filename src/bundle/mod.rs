@@ -597,8 +597,9 @@ fn read_sha256sums(dir: &Path) -> Result<Vec<(String, String)>> {
     if !path.exists() {
         return Ok(vec![]);
     }
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("{}: cannot read", path.display()))?;
+    let bytes = crate::source::limits::read_regular(&path, "checksum list", 1 << 20)?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| anyhow::anyhow!("{}: not UTF-8 text", path.display()))?;
     text.lines()
         .filter(|l| !l.trim().is_empty())
         .map(|l| {
@@ -649,8 +650,7 @@ pub fn write_bundle(models_dir: &Path, out_dir: &Path, options: &InferOptions) -
         rebase(&mut c.file)?;
     }
     let path = out_dir.join(MANIFEST_FILE);
-    std::fs::write(&path, manifest.to_toml()?)
-        .with_context(|| format!("{}: cannot write", path.display()))?;
+    crate::sink::write_bytes_atomic(&path, manifest.to_toml()?.as_bytes())?;
     Ok(path)
 }
 

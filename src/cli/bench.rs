@@ -197,13 +197,13 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
             (args.warmup, args.frames),
         )?;
         if args.json {
-            println!("{}", serde_json::to_string_pretty(&reports)?);
+            outln!("{}", serde_json::to_string_pretty(&reports)?);
         } else {
             let threads = crate::engine::EngineOptions {
                 threads: args.engine.threads,
             }
             .resolved_threads();
-            super::bench_compare::print_table(&reports, threads, args.frames, args.warmup);
+            super::bench_compare::print_table(&reports, threads, args.frames, args.warmup)?;
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -287,21 +287,27 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         peak_rss_mb: peak_rss_bytes().map(|b| b as f64 / 1e6),
     };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print_table(&report, args.warmup);
+        print_table(&report, args.warmup)?;
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_table(r: &BenchReport, warmup: usize) {
-    println!(
+fn print_table(r: &BenchReport, warmup: usize) -> Result<()> {
+    outln!(
         "alignsam bench: bundle {}, backend {}, precision {}, {} threads, frames {}x{}, models loaded in {:.0} ms",
-        r.bundle, r.backend, r.precision, r.threads, r.frame_size.0, r.frame_size.1, r.load_ms
+        r.bundle,
+        r.backend,
+        r.precision,
+        r.threads,
+        r.frame_size.0,
+        r.frame_size.1,
+        r.load_ms
     );
     for run in &r.runs {
-        println!();
-        println!(
+        outln!();
+        outln!(
             "T = {} steps ({:.1} run on average: the agent may stop), {} frames (+{warmup} warm-up): frame p50 {:.1} ms, {:.2} fps, encoder {:.0}% of the frame",
             run.steps,
             run.mean_steps,
@@ -310,9 +316,13 @@ fn print_table(r: &BenchReport, warmup: usize) {
             run.fps,
             run.encoder_share * 100.0
         );
-        println!(
+        outln!(
             "  {:<12} {:>8} {:>10} {:>10} {:>10}",
-            "stage", "calls", "p50 ms", "p90 ms", "p99 ms"
+            "stage",
+            "calls",
+            "p50 ms",
+            "p90 ms",
+            "p99 ms"
         );
         let rows: [(&str, &Stats); 7] = [
             ("preprocess", &run.preprocess),
@@ -324,24 +334,28 @@ fn print_table(r: &BenchReport, warmup: usize) {
             ("frame", &run.frame),
         ];
         for (name, s) in rows {
-            println!(
+            outln!(
                 "  {:<12} {:>8} {:>10.2} {:>10.2} {:>10.2}",
-                name, s.n, s.p50, s.p90, s.p99
+                name,
+                s.n,
+                s.p50,
+                s.p90,
+                s.p99
             );
         }
     }
     if let Some(c) = &r.decoder_comparison {
-        println!();
-        println!(
+        outln!();
+        outln!(
             "decoder per step, same prompts, interleaved ({} runs each):",
             c.loop_decoder.n
         );
-        println!(
+        outln!(
             "  as the loop runs it (low-res outputs)   p50 {:>8.2} ms  ({})",
             c.loop_decoder.p50,
             c.loop_decoder_file.display()
         );
-        println!(
+        outln!(
             "  standard, full-size masks every step    p50 {:>8.2} ms  ({}), {:.2}x",
             c.standard_full_size.p50,
             c.standard_file.display(),
@@ -349,7 +363,8 @@ fn print_table(r: &BenchReport, warmup: usize) {
         );
     }
     if let Some(mb) = r.peak_rss_mb {
-        println!();
-        println!("peak resident memory {mb:.0} MB");
+        outln!();
+        outln!("peak resident memory {mb:.0} MB");
     }
+    Ok(())
 }

@@ -104,21 +104,33 @@ pub fn run(
 
 /// Prints one table per step count: frame, encoder and decoder-step medians and the frame time
 /// as a ratio of the first candidate's.
-pub fn print_table(reports: &[CandidateReport], threads: usize, frames: usize, warmup: usize) {
-    println!(
+pub fn print_table(
+    reports: &[CandidateReport],
+    threads: usize,
+    frames: usize,
+    warmup: usize,
+) -> Result<()> {
+    outln!(
         "alignsam bench --compare: {threads} threads, {frames} frames per candidate (+{warmup} warm-up), interleaved"
     );
-    let Some(first) = reports.first() else { return };
+    let Some(first) = reports.first() else {
+        return Ok(());
+    };
     for (i, run) in first.runs.iter().enumerate() {
-        println!();
-        println!("T = {} steps", run.steps);
-        println!(
+        outln!();
+        outln!("T = {} steps", run.steps);
+        outln!(
             "  {:<16} {:>9} {:>12} {:>12} {:>14} {:>10}",
-            "candidate", "load ms", "frame p50", "encoder p50", "decoder p50", "vs first"
+            "candidate",
+            "load ms",
+            "frame p50",
+            "encoder p50",
+            "decoder p50",
+            "vs first"
         );
         for r in reports {
             let s = &r.runs[i];
-            println!(
+            outln!(
                 "  {:<16} {:>9.0} {:>12.1} {:>12.1} {:>14.2} {:>9.2}x",
                 r.candidate,
                 r.load_ms,
@@ -129,4 +141,5 @@ pub fn print_table(reports: &[CandidateReport], threads: usize, frames: usize, w
             );
         }
     }
+    Ok(())
 }

@@ -342,10 +342,10 @@ pub fn run(args: BenchModelsArgs) -> Result<ExitCode> {
         .collect();
 
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        outln!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
+    outln!(
         "alignsam bench-models: bundle {}, {} threads, image {}x{}, {} runs after 1 warm-up, interleaved across candidates",
         m.name,
         options.resolved_threads(),
@@ -353,7 +353,7 @@ pub fn run(args: BenchModelsArgs) -> Result<ExitCode> {
         h,
         args.runs
     );
-    println!(
+    outln!(
         "  {:<46} {:<6} {:<9} {:<26} {:<7} {:>9} {:>10} {:>10} {:>12}",
         "model",
         "backend",
@@ -371,7 +371,7 @@ pub fn run(args: BenchModelsArgs) -> Result<ExitCode> {
             r.model, r.backend, r.precision, r.file, r.gate
         );
         match (&r.run, r.load_ms) {
-            (Some(run), Some(load)) => println!(
+            (Some(run), Some(load)) => outln!(
                 "{lead} {:>9.0} {:>10.1} {:>10.1} {:>12}",
                 load,
                 run.p50,
@@ -379,7 +379,7 @@ pub fn run(args: BenchModelsArgs) -> Result<ExitCode> {
                 r.max_rel_diff_vs_first
                     .map_or("-".into(), |d| format!("{d:.1e}"))
             ),
-            _ => println!("{lead} cannot run: {}", r.error.as_deref().unwrap_or("")),
+            _ => outln!("{lead} cannot run: {}", r.error.as_deref().unwrap_or("")),
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -193,10 +193,10 @@ pub fn run(args: BenchReuseArgs) -> Result<ExitCode> {
     }
     rows.push(all.row("all"));
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        outln!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
+    outln!(
         "alignsam bench-reuse: bundle {}, {} sequences; stop-iou {}, at most {} steps, {} points carried over",
         bundle.manifest.name,
         seqs.len(),
@@ -204,7 +204,7 @@ pub fn run(args: BenchReuseArgs) -> Result<ExitCode> {
         options.max_steps,
         args.reuse.reuse_points
     );
-    println!(
+    outln!(
         "  {:<20} {:>6} {:>11} {:>11} {:>14} {:>14} {:>10}",
         "sequence",
         "frames",
@@ -215,7 +215,7 @@ pub fn run(args: BenchReuseArgs) -> Result<ExitCode> {
         "agreement"
     );
     for r in &rows {
-        println!(
+        outln!(
             "  {:<20} {:>6} {:>11.2} {:>11.2} {:>14.1} {:>14.1} {:>10.3}",
             r.sequence,
             r.frames,
@@ -226,6 +226,6 @@ pub fn run(args: BenchReuseArgs) -> Result<ExitCode> {
             r.agreement_iou
         );
     }
-    println!("  (frame ms: mean; agreement: mean IoU of the warm-started mask with the cold one)");
+    outln!("  (frame ms: mean; agreement: mean IoU of the warm-started mask with the cold one)");
     Ok(ExitCode::SUCCESS)
 }

@@ -18,6 +18,9 @@ pub struct BundleArgs {
     /// relative to it, so a bundle can point at a read-only model directory.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Whether existing files may be replaced.
+    #[command(flatten)]
+    pub write: super::args::WriteArgs,
     /// Bundle name (default: the models directory's name).
     #[arg(long)]
     pub name: Option<String>,
@@ -59,6 +62,9 @@ pub struct BundleArgs {
 /// Runs `alignsam bundle`.
 pub fn run(args: BundleArgs) -> Result<ExitCode> {
     let out = args.out.clone().unwrap_or_else(|| args.models.clone());
+    let _lock = crate::sink::OutputPlan::new("bundle", args.write.force)
+        .dir(&out, &["bundle.toml"])
+        .check()?;
     let options = InferOptions {
         name: args.name,
         description: args.description,
@@ -86,6 +92,6 @@ pub fn run(args: BundleArgs) -> Result<ExitCode> {
         ..Default::default()
     };
     let path = write_bundle(&args.models, &out, &options)?;
-    println!("wrote {}", path.display());
+    outln!("wrote {}", path.display());
     Ok(ExitCode::SUCCESS)
 }

@@ -10,7 +10,7 @@ use clap::Args;
 
 use super::EngineArgs;
 use crate::sam::{PointLabel, PromptPoint, Sam};
-use crate::sink::write_mask_png;
+use crate::sink::{OutputPlan, write_mask_png};
 use crate::source::load_rgb;
 
 /// A point given as `X,Y` (positive) or `X,Y,0` / `X,Y,1` (explicit label).
@@ -52,6 +52,9 @@ pub struct DecodeArgs {
     /// Where to write the binary mask PNG.
     #[arg(long, short = 'o', default_value = "mask.png")]
     pub out: PathBuf,
+    /// Whether existing files may be replaced.
+    #[command(flatten)]
+    pub write: super::args::WriteArgs,
     /// Backend, threads and checksum verification.
     #[command(flatten)]
     pub engine: EngineArgs,
@@ -59,16 +62,20 @@ pub struct DecodeArgs {
 
 /// Runs `alignsam decode`.
 pub fn run(args: DecodeArgs) -> Result<ExitCode> {
+    let _lock = OutputPlan::new("decode", args.write.force)
+        .input(&args.image)
+        .input_dir(&args.bundle)
+        .file(&args.out)
+        .check()?;
     let bundle = args.engine.open_bundle(&args.bundle)?;
     let backend = args.engine.backend()?;
     let sam = Sam::load(&bundle, backend.as_ref())?;
     let image = load_rgb(&args.image)?;
     let (w, h) = (image.width() as f64, image.height() as f64);
     let points: Vec<PromptPoint> = args.points.iter().map(|p| p.0).collect();
-    if let Some(p) = points
-        .iter()
-        .find(|p| p.x < 0.0 || p.y < 0.0 || p.x >= w || p.y >= h)
-    {
+    if let Some(p) = points.iter().find(|p| {
+        !(p.x.is_finite() && p.y.is_finite()) || p.x < 0.0 || p.y < 0.0 || p.x >= w || p.y >= h
+    }) {
         bail!(
             "point ({}, {}) lies outside the {}x{} image {}",
             p.x,
@@ -92,6 +99,6 @@ pub fn run(args: DecodeArgs) -> Result<ExitCode> {
         "foreground_fraction": mask.iter().filter(|&&m| m).count() as f64 / mask.len() as f64,
         "ms": { "embed": (t1 - t0).as_secs_f64() * 1e3, "decode_and_postprocess": (t2 - t1).as_secs_f64() * 1e3 },
     });
-    println!("{record}");
+    outln!("{record}");
     Ok(ExitCode::SUCCESS)
 }

@@ -26,36 +26,36 @@ pub fn run(args: DevicesArgs) -> Result<ExitCode> {
         None => v4l2::list_devices(),
     };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&devices)?);
+        outln!("{}", serde_json::to_string_pretty(&devices)?);
         return Ok(ExitCode::SUCCESS);
     }
     if devices.is_empty() {
-        println!(
+        outln!(
             "no V4L2 devices (/dev/video* does not exist): is a camera plugged in and its driver \
              loaded (lsmod | grep uvcvideo)?"
         );
         return Ok(ExitCode::SUCCESS);
     }
     for d in &devices {
-        print_device(d);
+        print_device(d)?;
     }
     Ok(ExitCode::SUCCESS)
 }
 
 #[cfg(all(target_os = "linux", feature = "v4l2"))]
-fn print_device(d: &crate::source::v4l2::DeviceInfo) {
+fn print_device(d: &crate::source::v4l2::DeviceInfo) -> Result<()> {
     let name = if d.card.is_empty() {
         String::new()
     } else {
         format!("  {} ({}, {})", d.card, d.driver, d.bus)
     };
-    println!("{}{name}", d.path);
+    outln!("{}{name}", d.path);
     for link in &d.links {
-        println!("    also {link}");
+        outln!("    also {link}");
     }
     if let Some(e) = &d.error {
-        println!("    cannot be used: {e}");
-        return;
+        outln!("    cannot be used: {e}");
+        return Ok(());
     }
     for f in &d.formats {
         let mut notes = vec![];
@@ -73,7 +73,7 @@ fn print_device(d: &crate::source::v4l2::DeviceInfo) {
         } else {
             format!(" [{}]", notes.join(", "))
         };
-        println!("    {:<4}  {}{notes}", f.fourcc, f.description);
+        outln!("    {:<4}  {}{notes}", f.fourcc, f.description);
         for s in &f.sizes {
             let mut rates: Vec<String> = s.fps.iter().map(|r| fmt_fps(*r)).collect();
             if let Some((lo, hi)) = s.fps_range {
@@ -84,15 +84,21 @@ fn print_device(d: &crate::source::v4l2::DeviceInfo) {
             } else {
                 format!(" @ {} fps", rates.join(", "))
             };
-            println!("          {}x{}{rates}", s.width, s.height);
+            outln!("          {}x{}{rates}", s.width, s.height);
         }
         if let Some(r) = &f.size_range {
-            println!(
+            outln!(
                 "          {}x{} to {}x{} in steps of {}x{}",
-                r.width.0, r.height.0, r.width.1, r.height.1, r.width.2, r.height.2
+                r.width.0,
+                r.height.0,
+                r.width.1,
+                r.height.1,
+                r.width.2,
+                r.height.2
             );
         }
     }
+    Ok(())
 }
 
 /// 30 as "30", 7.5 as "7.5", 29.97 as "29.97".

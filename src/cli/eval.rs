@@ -52,6 +52,9 @@ pub struct EvalArgs {
     /// Output directory for report.md, per_image.csv and montage.png.
     #[arg(long, short = 'o', default_value = "out/eval")]
     pub out: PathBuf,
+    /// Whether existing files may be replaced.
+    #[command(flatten)]
+    pub write: super::args::WriteArgs,
     /// Embedding cache directory (default: $XDG_CACHE_HOME/alignsam/embeddings).
     #[arg(long)]
     pub cache: Option<PathBuf>,
@@ -246,9 +249,7 @@ fn distinct_methods(methods: &[Method]) -> Result<Vec<Method>> {
 }
 
 fn create(path: &Path) -> Result<BufWriter<File>> {
-    Ok(BufWriter::new(File::create(path).with_context(|| {
-        format!("{}: cannot create", path.display())
-    })?))
+    Ok(BufWriter::new(crate::sink::create_streamed(path)?))
 }
 
 /// The methods a bundle allows by default: its agents, every baseline it has what for, the
@@ -289,8 +290,11 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
         );
     }
     check_dataset_outputs(&args.data, &args.out)?;
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("{}: cannot create", args.out.display()))?;
+    let _lock = crate::sink::OutputPlan::new("eval", args.write.force)
+        .input_dir(&args.data)
+        .input_dir(&bundle.dir)
+        .dir(&args.out, crate::eval::OUTPUT_NAMES)
+        .check()?;
     let cache_root = args.cache.clone().unwrap_or_else(default_dir);
     let cache = EmbeddingCache::new(&cache_root, &bundle.manifest, bundle.precision)?;
 
@@ -376,7 +380,7 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
     }
 
     let summary = evaluation.summary()?;
-    print!("{}", text_table(&summary));
+    outln!("{}", text_table(&summary).trim_end_matches('\n'));
     let info = RunInfo {
         command: command_line(),
         dataset: args.data.display().to_string(),
@@ -404,8 +408,7 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
         },
     };
     let report_path = args.out.join("report.md");
-    std::fs::write(&report_path, markdown(&info, &summary))
-        .with_context(|| format!("{}: cannot write", report_path.display()))?;
+    crate::sink::write_bytes_atomic(&report_path, markdown(&info, &summary).as_bytes())?;
     let mut written = vec![report_path, csv_path];
     if oracle_csv.is_some() {
         written.push(oracle_path);

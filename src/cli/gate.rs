@@ -51,6 +51,9 @@ pub struct GateArgs {
     /// Write the reference to this file.
     #[arg(long)]
     pub save_reference: Option<PathBuf>,
+    /// Whether existing files may be replaced.
+    #[command(flatten)]
+    pub write: super::args::WriteArgs,
     /// Write each result into the bundle's bundle.toml as a [[gate]] record (replacing one of the
     /// same precision, backend and CPU architecture): the runtime uses a variant only with a
     /// passing record.
@@ -82,6 +85,19 @@ struct Row {
 
 /// Runs `alignsam gate`.
 pub fn run(args: GateArgs) -> Result<ExitCode> {
+    // The reference is never written over the bundle's models or the dataset's masks, a device
+    // or a file an earlier gate run did not write.
+    let _lock = match &args.save_reference {
+        Some(path) => Some(
+            crate::sink::OutputPlan::new("gate", args.write.force)
+                .input_dir(&args.bundle)
+                .input_dir(&args.data)
+                .inputs(&args.reference)
+                .file(path)
+                .check()?,
+        ),
+        None => None,
+    };
     let options = EngineOptions {
         threads: args.threads,
     };
@@ -161,9 +177,9 @@ pub fn run(args: GateArgs) -> Result<ExitCode> {
         record(&fp32, &reference, &rows)?;
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        outln!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
-        print_table(&reference, &rows);
+        print_table(&reference, &rows)?;
     }
     let all_passed = rows.iter().all(|r| match &r.result {
         Some(result) => result.passed(),
@@ -218,14 +234,13 @@ fn record(bundle: &Bundle, reference: &Reference, rows: &[Row]) -> Result<()> {
         manifest.gate.push(new);
     }
     manifest.gate.sort_by_key(key);
-    std::fs::write(&path, manifest.to_toml()?)
-        .with_context(|| format!("{}: cannot write the gate records", path.display()))?;
+    crate::sink::write_bytes_atomic(&path, manifest.to_toml()?.as_bytes())?;
     eprintln!("recorded the results in {}", path.display());
     Ok(())
 }
 
-fn print_table(reference: &Reference, rows: &[Row]) {
-    println!(
+fn print_table(reference: &Reference, rows: &[Row]) -> Result<()> {
+    outln!(
         "alignsam gate: bundle {}, fp32 reference on {} ({}), {} images ({}), {} CPU ({}); pass: mean mask IoU >= {GATE_MIN_MASK_IOU}",
         reference.bundle,
         reference.backend,
@@ -235,13 +250,19 @@ fn print_table(reference: &Reference, rows: &[Row]) {
         std::env::consts::ARCH,
         crate::bundle::cpu_class()
     );
-    println!(
+    outln!(
         "  {:<9} {:<7} {:>10} {:>10} {:>9} {:>9} {:>9}  verdict",
-        "precision", "backend", "emb. cos", "logit MAE", "mask IoU", "min IoU", "seconds"
+        "precision",
+        "backend",
+        "emb. cos",
+        "logit MAE",
+        "mask IoU",
+        "min IoU",
+        "seconds"
     );
     for row in rows {
         match (&row.result, &row.error) {
-            (Some(r), _) => println!(
+            (Some(r), _) => outln!(
                 "  {:<9} {:<7} {:>10.5} {:>10.4} {:>9.4} {:>9.4} {:>9.2}  {}  kernels: {}",
                 row.precision,
                 row.backend,
@@ -254,9 +275,9 @@ fn print_table(reference: &Reference, rows: &[Row]) {
                 r.kernels.join("; ")
             ),
             (None, Some(e)) if row.not_applicable => {
-                println!("  {:<9} {:<7} {e}", row.precision, row.backend)
+                outln!("  {:<9} {:<7} {e}", row.precision, row.backend)
             }
-            (None, e) => println!(
+            (None, e) => outln!(
                 "  {:<9} {:<7} cannot run: {}",
                 row.precision,
                 row.backend,
@@ -264,4 +285,5 @@ fn print_table(reference: &Reference, rows: &[Row]) {
             ),
         }
     }
+    Ok(())
 }

@@ -22,15 +22,16 @@ pub struct InfoArgs {
     pub engine: EngineArgs,
 }
 
-fn print_io(kind: &str, decls: &[IoDecl]) {
+fn print_io(kind: &str, decls: &[IoDecl]) -> Result<()> {
     for d in decls {
-        println!(
+        outln!(
             "    {kind:<6} {:<18} {:<6} {}",
             d.name,
             d.elem_type.to_lowercase(),
             d.shape_string()
         );
     }
+    Ok(())
 }
 
 fn describe(
@@ -44,7 +45,7 @@ fn describe(
     let model = backend.load(&path, &spec)?;
     let io = model.declared();
     let t = model.load_timings();
-    println!(
+    outln!(
         "  {role}: {} ({:.1} MB, {:.2} M parameters, {} nodes, opset {}{})",
         path.display(),
         io.file_bytes as f64 / 1e6,
@@ -57,9 +58,9 @@ fn describe(
             format!(", {}", io.producer)
         }
     );
-    print_io("input", &io.inputs);
-    print_io("output", &io.outputs);
-    println!(
+    print_io("input", &io.inputs)?;
+    print_io("output", &io.outputs)?;
+    outln!(
         "    load   {:.0} ms ({} parse {:.0} ms + optimise {:.0} ms)",
         t.total().as_secs_f64() * 1e3,
         backend.name(),
@@ -74,20 +75,20 @@ pub fn run(args: InfoArgs) -> Result<ExitCode> {
     let bundle = args.engine.open_bundle(&args.bundle)?;
     let backend = args.engine.backend()?;
     let m = &bundle.manifest;
-    println!("bundle {} ({})", m.name, bundle.dir.display());
+    outln!("bundle {} ({})", m.name, bundle.dir.display());
     if !m.description.is_empty() {
-        println!("  {}", m.description);
+        outln!("  {}", m.description);
     }
     if !bundle.from_file {
-        println!(
+        outln!(
             "  (no bundle.toml: manifest inferred from the files; `alignsam bundle` writes one)"
         );
     } else if args.engine.no_verify {
-        println!("  checksums not verified (--no-verify)");
+        outln!("  checksums not verified (--no-verify)");
     } else {
-        println!("  checksums verified (sha256)");
+        outln!("  checksums verified (sha256)");
     }
-    println!(
+    outln!(
         "  image {}px longest side, mean {:?}, std {:?}; embedding {:?}; grid {}x{}, at most {} steps, step labels from {}",
         m.image.size,
         m.image.pixel_mean,
@@ -112,7 +113,7 @@ pub fn run(args: InfoArgs) -> Result<ExitCode> {
         &m.models.decoder.file,
         Decoder::spec(m),
     )?;
-    println!("    form   {:?}", m.models.decoder.form);
+    outln!("    form   {:?}", m.models.decoder.form);
     if let Some(p) = &m.models.policy {
         describe(
             backend.as_ref(),
@@ -124,7 +125,7 @@ pub fn run(args: InfoArgs) -> Result<ExitCode> {
     }
     if let Some(s) = &m.models.srm {
         describe(backend.as_ref(), &bundle, "srm", &s.file, Srm::spec(m)?)?;
-        println!(
+        outln!(
             "    map    {}x{} over the encoder frame{}",
             s.map_size,
             s.map_size,
@@ -135,28 +136,28 @@ pub fn run(args: InfoArgs) -> Result<ExitCode> {
             }
         );
     }
-    print_variants(&bundle);
+    print_variants(&bundle)?;
     Ok(ExitCode::SUCCESS)
 }
 
 /// The precision variants, and what the accuracy gate measured of each.
-fn print_variants(bundle: &crate::bundle::Bundle) {
+fn print_variants(bundle: &crate::bundle::Bundle) -> Result<()> {
     let m = &bundle.manifest;
     let files = [
         ("encoder", &m.models.encoder.variants),
         ("decoder", &m.models.decoder.variants),
     ];
     if files.iter().all(|(_, v)| v.is_empty()) && m.gate.is_empty() {
-        return;
+        return Ok(());
     }
-    println!("  precision variants (--precision; f16 needs no file: tract converts fp32 at load)");
+    outln!("  precision variants (--precision; f16 needs no file: tract converts fp32 at load)");
     for (role, variants) in files {
         for (name, v) in variants {
-            println!("    {name:<9} {role} {}", v.file);
+            outln!("    {name:<9} {role} {}", v.file);
         }
     }
     for g in &m.gate {
-        println!(
+        outln!(
             "    gate {:<9} {:<6} {:<8} mask IoU {:.4} (min {:.4}), embedding cosine {:.5}: {} ({})",
             g.precision,
             g.backend,
@@ -168,4 +169,5 @@ fn print_variants(bundle: &crate::bundle::Bundle) {
             g.images
         );
     }
+    Ok(())
 }

@@ -2,6 +2,22 @@
 //! subcommand module turns arguments into library calls and prints results; no model logic
 //! lives here.
 
+/// `println!` that never panics: a failed write to stdout (a full disk behind `> file`, a closed
+/// descriptor) returns an error naming stdout from the enclosing function, which must return an
+/// `anyhow::Result`. A closed pipe never gets here: these commands die quietly of SIGPIPE
+/// (main.rs), and `segment` and `run` handle it themselves.
+macro_rules! outln {
+    () => {
+        outln!("")
+    };
+    ($($arg:tt)*) => {
+        if let Err(e) = $crate::cli::output::write_stdout_line(&format!($($arg)*)) {
+            return Err(e.into());
+        }
+    };
+}
+
+pub mod args;
 pub mod bench;
 mod bench_compare;
 mod bench_models;

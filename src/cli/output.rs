@@ -2,7 +2,6 @@
 //! per record, a closed pipe handled like ripgrep does), the short human line per image on a
 //! terminal, output folders, mask and overlay files, and progress bars.
 
-use std::fs::File;
 use std::io::{self, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
@@ -45,13 +44,11 @@ pub struct JsonLines {
 }
 
 impl JsonLines {
-    /// To `path` (created; the previous content is replaced), or to stdout.
+    /// To `path` (created; the previous content is replaced), or to stdout (no path, or `-`).
     pub fn open(path: Option<&Path>) -> Result<Self> {
-        Ok(match path {
+        Ok(match path.filter(|p| !is_stdout(p)) {
             Some(p) => JsonLines {
-                out: Some(Box::new(
-                    File::create(p).with_context(|| format!("{}: cannot create", p.display()))?,
-                )),
+                out: Some(Box::new(crate::sink::create_streamed(p)?)),
                 name: p.display().to_string(),
                 closed: false,
             },
@@ -104,6 +101,19 @@ impl JsonLines {
     }
 }
 
+/// Writes one line to stdout and flushes; the error names stdout and the cause (a full disk).
+pub fn write_stdout_line(line: &str) -> Result<()> {
+    let mut out = io::stdout().lock();
+    writeln!(out, "{line}")
+        .and_then(|_| out.flush())
+        .map_err(|e| anyhow!("stdout: cannot write: {e}"))
+}
+
+/// Whether a file argument means stdout (`-`).
+pub fn is_stdout(path: &Path) -> bool {
+    path.as_os_str() == "-"
+}
+
 /// Prints a line to stdout for people; false when stdout's reader went away.
 pub fn print_line(line: &str) -> bool {
     let mut out = io::stdout().lock();
@@ -137,6 +147,15 @@ pub struct MaskFiles {
 }
 
 impl MaskFiles {
+    /// The names inside the output folder that [`MaskFiles`] writes.
+    pub fn names(overlays: bool) -> Vec<&'static str> {
+        if overlays {
+            vec!["masks", "overlays"]
+        } else {
+            vec!["masks"]
+        }
+    }
+
     /// `out/masks` and, unless `overlays` is false, `out/overlays`, created.
     pub fn create(out: &Path, overlays: bool) -> Result<Self> {
         let masks = out.join("masks");

@@ -194,14 +194,14 @@ pub fn run(args: ProfileArgs) -> Result<ExitCode> {
             .take(args.top)
             .map(|(n, o, ms)| serde_json::json!({"node": n, "op": o, "ms": ms}))
             .collect();
-        println!(
+        outln!(
             "{}",
             serde_json::json!({"model": format!("{:?}", args.model), "total_ms": total, "by_op": shares, "top_nodes": top})
         );
         return Ok(ExitCode::SUCCESS);
     }
     crate::util::sort_floats(&mut totals);
-    println!(
+    outln!(
         "alignsam profile: {:?} of {} ({}), {} nodes, median over {} runs: {:.1} ms (sum of node medians {:.1} ms)",
         args.model,
         m.name,
@@ -211,12 +211,15 @@ pub fn run(args: ProfileArgs) -> Result<ExitCode> {
         percentile(&totals, 50.0),
         total
     );
-    println!(
+    outln!(
         "  {:<28} {:>6} {:>10} {:>7}",
-        "operator", "nodes", "ms", "share"
+        "operator",
+        "nodes",
+        "ms",
+        "share"
     );
     for s in &shares {
-        println!(
+        outln!(
             "  {:<28} {:>6} {:>10.2} {:>6.1}%",
             s.op,
             s.nodes,
@@ -224,9 +227,9 @@ pub fn run(args: ProfileArgs) -> Result<ExitCode> {
             s.share * 100.0
         );
     }
-    println!("  slowest nodes:");
+    outln!("  slowest nodes:");
     for (name, op, ms) in nodes.iter().take(args.top) {
-        println!("  {ms:>9.2} ms  {op:<24} {name}");
+        outln!("  {ms:>9.2} ms  {op:<24} {name}");
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -243,7 +246,7 @@ fn print_rten_report(
     for _ in 0..args.runs {
         model.run(views)?;
     }
-    println!(
+    outln!(
         "alignsam profile: {:?} ({}) on rten, one run after {} warm-up runs; rten's report:",
         args.model,
         model.path().display(),

@@ -5,7 +5,7 @@
 //! each frame into a loop result, writes it, and optionally warm-starts each frame from the
 //! previous one (temporal reuse).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Result, bail};
@@ -14,13 +14,13 @@ use serde::Serialize;
 
 use super::EngineArgs;
 use super::output::{
-    JsonLines, MaskFiles, StdoutMode, check_source_outputs, human_line, print_line,
+    JsonLines, MaskFiles, StdoutMode, check_source_outputs, human_line, is_stdout, print_line,
 };
 use super::segment::LoopArgs;
 use crate::agent::{Agent, LoopResult, PointRecord, StageTimes, StopReason, StreamSegmenter};
 use crate::pipeline::{self, FrameReport, Pipeline, PipelineOptions, StopFlag};
 use crate::sink::record::lossy_opt_path;
-use crate::sink::write_bytes_atomic;
+use crate::sink::{OutputPlan, write_bytes_atomic};
 use crate::source::{Frame, SourceOptions, open_source};
 
 /// Temporal reuse options, shared with `bench-reuse`.
@@ -71,9 +71,12 @@ pub struct RunArgs {
     /// Write mask and overlay PNGs every k-th processed frame (needs --out; 0: never).
     #[arg(long, default_value_t = 0, value_parser = super::validate::count64(0, 1_000_000_000_000))]
     pub save_every: u64,
-    /// Write the JSON lines to this file instead of stdout.
+    /// Write the JSON lines to this file instead of stdout (`-`: stdout).
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Whether existing files may be replaced.
+    #[command(flatten)]
+    pub write: super::args::WriteArgs,
     /// Temporal reuse.
     #[command(flatten)]
     pub reuse: ReuseArgs,
@@ -163,8 +166,30 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         .flat_map(|d| [d.join("masks"), d.join("overlays")])
         .collect();
     let summary = args.out.as_ref().map(|d| d.join("summary.json"));
-    let out_files: Vec<PathBuf> = args.json.iter().chain(&summary).cloned().collect();
+    let json_file = args.json.as_deref().filter(|p| !is_stdout(p));
+    let out_files: Vec<PathBuf> = json_file
+        .map(Path::to_path_buf)
+        .iter()
+        .chain(&summary)
+        .cloned()
+        .collect();
     check_source_outputs(&args.input, &out_files, &out_dirs)?;
+    let mut plan = OutputPlan::new("run", args.write.force).input_dir(&args.bundle);
+    let source_path = Path::new(&args.input);
+    if source_path.is_dir() {
+        plan = plan.input_dir(source_path);
+    } else if source_path.is_file() {
+        plan = plan.input(source_path);
+    }
+    if let Some(d) = &args.out {
+        let mut names = MaskFiles::names(true);
+        names.push("summary.json");
+        plan = plan.dir(d, &names);
+    }
+    if let Some(p) = json_file {
+        plan = plan.file(p);
+    }
+    let _lock = plan.check()?;
     let source = open_source(&args.input, &source_options)?;
     log::info!("reading {}", source.describe());
     let files = match &args.out {

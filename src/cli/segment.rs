@@ -8,8 +8,8 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 
 use super::output::{
-    JsonLines, MaskFiles, StdoutMode, check_no_clobber, human_line, output_stems, print_line,
-    progress,
+    JsonLines, MaskFiles, StdoutMode, check_no_clobber, human_line, is_stdout, output_stems,
+    print_line, progress,
 };
 use super::{EXIT_PARTIAL, EngineArgs};
 use crate::agent::{Agent, ImageOptions, LoopOptions, StepLabels};
@@ -17,7 +17,7 @@ use crate::bundle::manifest::AgentSection;
 use crate::exit::EXIT_INTERRUPTED;
 use crate::pipeline::{StopFlag, install_ctrlc};
 use crate::sam::Map;
-use crate::sink::ImageRecord;
+use crate::sink::{ImageRecord, OutputPlan};
 use crate::source::{expand_inputs, load_rgb};
 
 /// Options of the prompting loop, shared by `segment`, `bench` and `run`.
@@ -91,9 +91,12 @@ pub struct SegmentArgs {
     /// Output directory for masks/ and overlays/.
     #[arg(long, short = 'o', default_value = "out/segment")]
     pub out: PathBuf,
-    /// Write the JSON lines to this file instead of stdout.
+    /// Write the JSON lines to this file instead of stdout (`-`: stdout).
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Whether existing files may be replaced.
+    #[command(flatten)]
+    pub write: super::args::WriteArgs,
     /// Do not write overlay PNGs.
     #[arg(long)]
     pub no_overlays: bool,
@@ -184,8 +187,20 @@ pub fn run(args: SegmentArgs, quiet: bool) -> Result<ExitCode> {
     if !args.no_overlays {
         out_dirs.push(args.out.join("overlays"));
     }
-    let out_files: Vec<PathBuf> = args.json.iter().cloned().collect();
+    let json_file = args.json.as_deref().filter(|p| !is_stdout(p));
+    let out_files: Vec<PathBuf> = json_file.iter().map(|p| p.to_path_buf()).collect();
     check_no_clobber(&paths, &out_files, &out_dirs)?;
+    let mut plan = OutputPlan::new("segment", args.write.force)
+        .inputs(&paths)
+        .input_dir(&bundle.dir)
+        .dir(&args.out, &MaskFiles::names(!args.no_overlays));
+    if let Some(d) = &args.semantic_dir {
+        plan = plan.input_dir(d);
+    }
+    if let Some(p) = json_file {
+        plan = plan.file(p);
+    }
+    let _lock = plan.check()?;
     let files = MaskFiles::create(&args.out, !args.no_overlays)?;
     let human = StdoutMode::detect() == StdoutMode::Human;
     let json = match (&args.json, human) {
@@ -219,12 +234,10 @@ pub fn run(args: SegmentArgs, quiet: bool) -> Result<ExitCode> {
         }
         bar.inc(1);
         if stop.is_raised() {
+            // Counted before the bar ends: finishing a bar moves it to its length.
+            let done = bar.position();
             bar.finish_and_clear();
-            eprintln!(
-                "interrupted after {} of {} images",
-                bar.position(),
-                paths.len()
-            );
+            eprintln!("interrupted after {done} of {} images", paths.len());
             return Ok(ExitCode::from(EXIT_INTERRUPTED));
         }
         if out.json.is_closed() {

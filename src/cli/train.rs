@@ -44,6 +44,9 @@ pub struct TrainArgs {
     /// train_config.json (created if missing; those files are overwritten).
     #[arg(long)]
     pub out: PathBuf,
+    /// Whether existing files may be replaced.
+    #[command(flatten)]
+    pub write: super::args::WriteArgs,
     /// Clicker: DAgger rounds after the teacher's.
     #[arg(long, default_value_t = 3, value_parser = super::validate::count(0, 1000))]
     pub rounds: usize,
@@ -226,11 +229,24 @@ fn progress_printer(hidden: bool) -> impl FnMut(Progress) {
     }
 }
 
+/// What a training run reads (the source bundle, the datasets) and writes (the output bundle):
+/// the output may not be the source bundle, nor lie in it or in a dataset.
+fn output_plan(args: &TrainArgs) -> crate::sink::OutputPlan {
+    let mut plan = crate::sink::OutputPlan::new("train", args.write.force)
+        .input_dir(&args.bundle)
+        .dir(&args.out, crate::train::OUTPUT_NAMES);
+    for d in &args.data {
+        plan = plan.input_dir(d);
+    }
+    plan
+}
+
 /// Runs `alignsam train --agent clicker`.
 fn run_clicker(args: TrainArgs) -> Result<ExitCode> {
     for d in &args.data {
         super::output::check_dataset_outputs(d, &args.out)?;
     }
+    let _lock = output_plan(&args).check()?;
     let bundle = args.engine.open_bundle(&args.bundle)?;
     let datasets = args
         .data
@@ -257,7 +273,7 @@ fn run_clicker(args: TrainArgs) -> Result<ExitCode> {
     let mut on_progress = progress_printer(args.no_progress);
     let r = imitation::run(&job, &mut on_progress)?;
     let t = &r.seconds;
-    println!(
+    outln!(
         "trained a clicker into {} in {:.1} min on {}: cache fill {:.0} s, preparation {:.0} s, trunk {:.0} s, rollouts {:.0} s, head fits {:.0} s, export and checks {:.0} s",
         args.out.display(),
         t.total / 60.0,
@@ -269,7 +285,7 @@ fn run_clicker(args: TrainArgs) -> Result<ExitCode> {
         t.fits,
         t.export
     );
-    println!(
+    outln!(
         "kept round {} of {}; best patch {}; stop threshold {}; export check (candle vs {}): max |difference| {:.2e}",
         r.kept_round,
         r.rounds.len() - 1,
@@ -288,7 +304,7 @@ fn run_clicker(args: TrainArgs) -> Result<ExitCode> {
             .iter()
             .map(|(m, iou, steps)| format!("{m} {iou:.3} ({steps:.1} steps)"))
             .collect();
-        println!(
+        outln!(
             "held out ({} training images, the exported bundle's loop): mIoU {}",
             h.images,
             parts.join(", ")
@@ -317,6 +333,7 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
         );
     };
     super::output::check_dataset_outputs(data, &args.out)?;
+    let _lock = output_plan(&args).check()?;
     let bundle = args.engine.open_bundle(&args.bundle)?;
     // --images and --eval-images are at least 1 (their parsers say so).
     let dataset = Dataset::open_first(data, &args.split, args.images)?;
@@ -346,15 +363,15 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
     let mut on_progress = progress_printer(args.no_progress);
     if args.fill_cache_only {
         let (computed, seconds) = train::fill_only(&job, &mut on_progress)?;
-        println!("embedding cache filled: {computed} computed in {seconds:.1} s");
+        outln!("embedding cache filled: {computed} computed in {seconds:.1} s");
         return Ok(ExitCode::SUCCESS);
     }
     let report = train::run(&job, &mut on_progress)?;
 
     let t = &report.timing;
     let (first, last) = (&report.first_episodes, &report.last_episodes);
-    println!("trained {} into {}", report.source_name, args.out.display());
-    println!(
+    outln!("trained {} into {}", report.source_name, args.out.display());
+    outln!(
         "time: cache fill {:.1} s ({} computed), training {:.1} s ({} episodes, {:.2} s each), preparation {:.1} s, export and checks {:.1} s",
         t.cache_fill_s,
         t.cache_computed,
@@ -365,25 +382,38 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
         t.export_s
     );
     let ph = &t.phases;
-    println!(
+    outln!(
         "training time by part: decoder {:.1} s, PPO updates {:.1} s, SRM {:.1} s, policy rollouts {:.1} s, states {:.1} s, cache reads {:.1} s",
-        ph.decoder_s, ph.ppo_s, ph.srm_s, ph.policy_s, ph.state_s, ph.cache_s
+        ph.decoder_s,
+        ph.ppo_s,
+        ph.srm_s,
+        ph.policy_s,
+        ph.state_s,
+        ph.cache_s
     );
-    println!(
+    outln!(
         "first {} episodes: hit rate {:.3}, reward {:.2}, SRM IoU {:.3}, label accuracy {:.3}",
-        first.episodes, first.hit_rate, first.reward, first.srm_iou, first.label_accuracy
+        first.episodes,
+        first.hit_rate,
+        first.reward,
+        first.srm_iou,
+        first.label_accuracy
     );
-    println!(
+    outln!(
         "last {} episodes:  hit rate {:.3}, reward {:.2}, SRM IoU {:.3}, label accuracy {:.3}",
-        last.episodes, last.hit_rate, last.reward, last.srm_iou, last.label_accuracy
+        last.episodes,
+        last.hit_rate,
+        last.reward,
+        last.srm_iou,
+        last.label_accuracy
     );
-    println!(
+    outln!(
         "export check (candle vs {}): max |difference| {:.2e}",
         backend.name(),
         report.export_check.max()
     );
     if let Some(h) = &report.holdout {
-        println!(
+        outln!(
             "held out ({} images, {} steps, {:.1} s): hit rate policy {:.3}, random {:.3}, centre {:.3}; SRM IoU {:.3}, constant map {:.3}{}",
             h.images,
             h.steps,

@@ -204,8 +204,7 @@ impl GraphBuilder {
     pub fn save(self, path: &Path, producer: &str) -> Result<()> {
         let bytes = super::onnx_wire::unpacked(&self.into_model(producer).encode_to_vec())
             .with_context(|| format!("{}: re-encoding the model", path.display()))?;
-        std::fs::write(path, bytes)
-            .with_context(|| format!("{}: cannot write model", path.display()))
+        crate::sink::write_bytes_atomic(path, &bytes)
     }
 }
 

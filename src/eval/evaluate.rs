@@ -695,6 +695,9 @@ impl Evaluation {
                 self.methods
                     .iter()
                     .filter(move |t| t.method != method.method)
+                    // The greedy and the sampled policy are one network read two ways: their
+                    // difference is no result.
+                    .filter(move |t| !(t.method.is_policy() && method.method.is_policy()))
                     .map(move |other| Self::paired(method, other))
             })
             .collect()

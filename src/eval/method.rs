@@ -118,6 +118,11 @@ impl Method {
         )
     }
 
+    /// Whether the method is the paper's policy, greedy or sampled.
+    pub fn is_policy(self) -> bool {
+        matches!(self, Method::Policy | Method::PolicySample)
+    }
+
     /// Whether the method runs the prompting loop (the oracle clicks from scratch instead).
     pub fn is_loop(self) -> bool {
         self != Method::Oracle

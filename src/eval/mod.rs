@@ -8,6 +8,14 @@
 //! clicker (the interactive upper bound), [`evaluate`] the runs and totals, [`report`] the table
 //! and CSV, and [`montage`] the picture of a few images.
 
+/// The files `eval` writes into its output folder.
+pub const OUTPUT_NAMES: &[&str] = &[
+    "report.md",
+    "per_image.csv",
+    "oracle_curve.csv",
+    "montage.png",
+];
+
 pub mod agent_stats;
 pub mod evaluate;
 pub mod method;

@@ -10,7 +10,13 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, anyhow};
 
 /// Writes `path` through `write`, atomically; errors name the file and what failed.
+/// A target that exists must be a regular file: a device, FIFO, socket, folder or symbolic link
+/// is refused (the rename would replace the node or the link itself, never what it points to, but
+/// a user who named one meant something else).
 pub fn write_atomic(path: &Path, write: impl FnOnce(&mut dyn Write) -> Result<()>) -> Result<()> {
+    if let Ok(md) = std::fs::symlink_metadata(path) {
+        super::guard::refuse_special(path, &md, true)?;
+    }
     let tmp = temp_path(path);
     let result = (|| {
         let file =
@@ -28,6 +34,16 @@ pub fn write_atomic(path: &Path, write: impl FnOnce(&mut dyn Write) -> Result<()
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// Creates (or truncates) a file that is written as the run goes (JSON lines, logs a reader
+/// tails): an existing device, FIFO, socket, folder or symbolic link there is refused, not
+/// written through.
+pub fn create_streamed(path: &Path) -> Result<File> {
+    if let Ok(md) = std::fs::symlink_metadata(path) {
+        super::guard::refuse_special(path, &md, true)?;
+    }
+    File::create(path).map_err(|e| anyhow!("{}: cannot create: {e}", path.display()))
 }
 
 /// Writes bytes to `path` atomically.

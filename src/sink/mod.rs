@@ -1,12 +1,14 @@
 //! Result sinks: masks, overlays and JSON records written to disk, every file atomically
-//! ([`atomic`]).
+//! ([`atomic`]), each output path checked before the run starts ([`guard`]).
 
 pub mod atomic;
+pub mod guard;
 pub mod mask_png;
 pub mod overlay;
 pub mod record;
 
-pub use atomic::{save_png_atomic, write_atomic, write_bytes_atomic};
+pub use atomic::{create_streamed, save_png_atomic, write_atomic, write_bytes_atomic};
+pub use guard::{OutputLock, OutputPlan};
 pub use mask_png::write_mask_png;
 pub use overlay::overlay;
 pub use record::ImageRecord;

@@ -5,6 +5,7 @@
 //! gigabytes.
 
 use std::fs::Metadata;
+use std::io::Read;
 use std::path::Path;
 use std::sync::RwLock;
 
@@ -80,7 +81,19 @@ pub fn read_regular(path: &Path, what: &str, max_bytes: u64) -> Result<Vec<u8>> 
             md.len()
         );
     }
-    std::fs::read(path).map_err(|e| anyhow!("{}: cannot read {what}: {e}", path.display()))
+    // Read at most one byte past the limit: a file that grows after the check (or a special
+    // file that reports no size) can never make this allocate more than the limit.
+    let mut bytes = Vec::with_capacity(md.len() as usize);
+    std::fs::File::open(path)
+        .and_then(|f| f.take(max_bytes.saturating_add(1)).read_to_end(&mut bytes))
+        .map_err(|e| anyhow!("{}: cannot read {what}: {e}", path.display()))?;
+    if bytes.len() as u64 > max_bytes {
+        bail!(
+            "{}: {what} grew past the limit of {max_bytes} bytes while being read",
+            path.display()
+        );
+    }
+    Ok(bytes)
 }
 
 /// Decodes an image or mask file's bytes, refusing from the header alone an image larger than

@@ -74,8 +74,7 @@ pub fn csv(records: &[EpisodeRecord]) -> String {
 
 /// Writes `train_log.csv` at once.
 pub fn write_csv(path: &Path, records: &[EpisodeRecord]) -> Result<()> {
-    std::fs::write(path, csv(records))
-        .with_context(|| format!("{}: cannot write the training log", path.display()))
+    crate::sink::write_bytes_atomic(path, csv(records).as_bytes())
 }
 
 /// `train_log.csv` written as episodes finish (each line flushed).
@@ -87,8 +86,7 @@ pub struct CsvLog {
 impl CsvLog {
     /// Creates (or truncates) the file and writes the header.
     pub fn create(path: &Path) -> Result<Self> {
-        let file = std::fs::File::create(path)
-            .with_context(|| format!("{}: cannot create the training log", path.display()))?;
+        let file = crate::sink::create_streamed(path)?;
         let mut log = CsvLog {
             file: std::io::BufWriter::new(file),
             path: path.to_path_buf(),

@@ -82,6 +82,19 @@ pub mod files {
     pub const CONFIG: &str = "train_config.json";
 }
 
+/// Every name either kind of training writes into its output folder (the guard refuses an
+/// output folder where one of them is not its own earlier output).
+pub const OUTPUT_NAMES: &[&str] = &[
+    files::POLICY,
+    files::SRM,
+    files::LOG,
+    files::CURVES,
+    files::CONFIG,
+    imitation::files::CLICKER,
+    imitation::files::TRUNK_LOG,
+    "bundle.toml",
+];
+
 /// A training run: what to train on and where to write.
 pub struct TrainJob<'a> {
     /// The source bundle (encoder and decoder).
@@ -412,8 +425,10 @@ pub fn run(job: &TrainJob, progress: &mut dyn FnMut(Progress)) -> Result<TrainRe
         holdout,
     };
     let config_path = out.join(files::CONFIG);
-    std::fs::write(&config_path, serde_json::to_string_pretty(&report)? + "\n")
-        .with_context(|| format!("{}: cannot write", config_path.display()))?;
+    crate::sink::write_bytes_atomic(
+        &config_path,
+        (serde_json::to_string_pretty(&report)? + "\n").as_bytes(),
+    )?;
     Ok(report)
 }
 

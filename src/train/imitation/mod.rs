@@ -557,8 +557,10 @@ pub fn run(job: &ClickerJob, progress: &mut dyn FnMut(Progress)) -> Result<Click
         cpu: crate::util::cpu_description(),
     };
     let path = out.join(files::CONFIG);
-    std::fs::write(&path, serde_json::to_string_pretty(&report)? + "\n")
-        .with_context(|| format!("{}: cannot write", path.display()))?;
+    crate::sink::write_bytes_atomic(
+        &path,
+        (serde_json::to_string_pretty(&report)? + "\n").as_bytes(),
+    )?;
     Ok(report)
 }
 
@@ -981,10 +983,7 @@ struct RoundLog {
 impl RoundLog {
     fn create(path: &std::path::Path) -> Result<Self> {
         use std::io::Write;
-        let mut file = std::io::BufWriter::new(
-            std::fs::File::create(path)
-                .with_context(|| format!("{}: cannot create", path.display()))?,
-        );
+        let mut file = std::io::BufWriter::new(crate::sink::create_streamed(path)?);
         let curve: Vec<String> = CURVE_BUDGETS
             .iter()
             .map(|b| format!("holdout_iou_t{b}"))
@@ -1036,7 +1035,7 @@ fn write_trunk_log(path: &std::path::Path, epochs: &[TrunkEpoch]) -> Result<()> 
             e.epoch, e.loss, e.holdout_object_iou, e.seconds
         );
     }
-    std::fs::write(path, text).with_context(|| format!("{}: cannot write", path.display()))
+    crate::sink::write_bytes_atomic(path, text.as_bytes())
 }
 
 /// `bundle.toml` for the output: the source's encoder and decoder with their variants, its SRM
