@@ -74,6 +74,16 @@ pub struct RunArgs {
     /// Write the JSON lines to this file instead of stdout (`-`: stdout).
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Record the run as MCAP (Foxglove's schemas: the frame, the mask, the points, the
+    /// per-frame record), finished on Ctrl-C and SIGTERM; replay it with `--input FILE.mcap`.
+    #[cfg(feature = "mcap")]
+    #[arg(long, value_name = "FILE.mcap")]
+    pub record: Option<PathBuf>,
+    /// Stop the recording (finished and readable) when the file reaches this size; the run goes
+    /// on.
+    #[cfg(feature = "mcap")]
+    #[arg(long, requires = "record", value_parser = super::validate::count64(1, 100_000_000))]
+    pub record_max_mb: Option<u64>,
     /// Whether existing files may be replaced.
     #[command(flatten)]
     pub write: super::args::WriteArgs,
@@ -189,6 +199,10 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     if let Some(p) = json_file {
         plan = plan.file(p);
     }
+    #[cfg(feature = "mcap")]
+    if let Some(p) = &args.record {
+        plan = plan.file(p);
+    }
     let _lock = plan.check()?;
     let source = open_source(&args.input, &source_options)?;
     log::info!("reading {}", source.describe());
@@ -203,6 +217,14 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         (None, true) => JsonLines::none(),
     };
     let mut human_out = human;
+    #[cfg(feature = "mcap")]
+    let mut recorder = match &args.record {
+        Some(p) => Some(crate::sink::mcap_record::Recorder::create(
+            p,
+            args.record_max_mb.map(|mb| mb << 20),
+        )?),
+        None => None,
+    };
 
     let stop = StopFlag::new();
     pipeline::install_ctrlc(stop.clone())?;
@@ -220,6 +242,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
             let out = segmenter.segment(&frame.image);
             (frame.image, out)
         },
+        // The consumer: JSON line, files, recording.
         |report: FrameReport<(image::RgbImage, Result<(LoopResult, bool)>)>| {
             processed += 1;
             if args.max_frames.is_some_and(|m| processed >= m) {
@@ -269,6 +292,16 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
                 overlay: over,
             };
             json.write(&line)?;
+            #[cfg(feature = "mcap")]
+            if let Some(r) = recorder.as_mut() {
+                r.record(crate::sink::mcap_record::RecordedFrame {
+                    captured: report.captured,
+                    image: image.clone(),
+                    mask: result.mask.clone(),
+                    points: result.kept_points().to_vec(),
+                    record: serde_json::to_vec(&line)?,
+                })?;
+            }
             if human_out {
                 human_out = print_line(&human_line(&format!("frame {}", report.index), result));
             }
@@ -281,6 +314,21 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         },
     );
     eprintln!("{summary}");
+    #[cfg(feature = "mcap")]
+    if let (Some(r), Some(p)) = (recorder, &args.record) {
+        let rec = r.finish()?;
+        eprintln!(
+            "recorded {} frames in {} ({:.1} MB{})",
+            rec.frames,
+            p.display(),
+            rec.bytes as f64 / 1e6,
+            if rec.truncated_by_limit {
+                ", stopped at the size limit"
+            } else {
+                ""
+            }
+        );
+    }
     if failed > 0 {
         eprintln!("error: {failed} frames could not be segmented (see above)");
     }

@@ -4,6 +4,8 @@
 pub mod atomic;
 pub mod guard;
 pub mod mask_png;
+#[cfg(feature = "mcap")]
+pub mod mcap_record;
 pub mod overlay;
 pub mod record;
 

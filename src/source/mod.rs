@@ -6,6 +6,8 @@
 pub mod image_file;
 pub mod image_seq;
 pub mod limits;
+#[cfg(feature = "mcap")]
+pub mod mcap_replay;
 pub mod pace;
 pub mod paths;
 pub mod pixel;
@@ -178,6 +180,8 @@ pub enum SourceKind {
     Camera,
     /// A directory, glob pattern or image file.
     ImageSequence,
+    /// An MCAP recording (`.mcap`) made by `alignsam run --record`: its frames.
+    Mcap,
 }
 
 /// Decides what `spec` names, by its form and what is on disk. Errors for video containers
@@ -200,6 +204,9 @@ pub fn classify(spec: &str) -> Result<SourceKind> {
         .unwrap_or_default();
     if ext == "y4m" {
         return Ok(SourceKind::Y4mFile);
+    }
+    if ext == "mcap" {
+        return Ok(SourceKind::Mcap);
     }
     if path.is_file() && starts_with_y4m_magic(path) {
         return Ok(SourceKind::Y4mFile);
@@ -247,6 +254,9 @@ fn starts_with_y4m_magic(path: &Path) -> bool {
 /// capture device, malformed Y4M header, unsupported format).
 pub fn open_source(spec: &str, options: &SourceOptions) -> Result<Box<dyn FrameSource>> {
     let kind = classify(spec)?;
+    if options.looping && kind == SourceKind::Mcap {
+        bail!("{spec}: recordings are replayed once (--loop is for image sequences and Y4M files)");
+    }
     if options.looping && matches!(kind, SourceKind::Stdin | SourceKind::Camera) {
         bail!("{spec}: only files and image sequences can loop");
     }
@@ -261,7 +271,21 @@ pub fn open_source(spec: &str, options: &SourceOptions) -> Result<Box<dyn FrameS
             Box::new(ImageSequence::open(spec, options.fps, options.looping)?)
         }
         SourceKind::Camera => open_camera(spec, options)?,
+        SourceKind::Mcap => open_recording(Path::new(spec))?,
     })
+}
+
+#[cfg(feature = "mcap")]
+fn open_recording(path: &Path) -> Result<Box<dyn FrameSource>> {
+    Ok(Box::new(mcap_replay::McapSource::open(path)?))
+}
+
+#[cfg(not(feature = "mcap"))]
+fn open_recording(path: &Path) -> Result<Box<dyn FrameSource>> {
+    bail!(
+        "{}: this alignsam was built without MCAP support; rebuild with `--features mcap`",
+        path.display()
+    )
 }
 
 #[cfg(all(target_os = "linux", feature = "v4l2"))]

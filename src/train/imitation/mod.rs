@@ -756,9 +756,16 @@ fn train_trunk(
     }
     progress(Progress::Done(Stage::Trunk));
     if let Some(last) = out.last() {
+        // A fold's trunk has no held-out images of its own (the held-out set is the final
+        // trunk's): its line says the loss only.
+        let held = if last.holdout_object_iou.is_finite() {
+            format!(", held-out object map IoU {:.3}", last.holdout_object_iou)
+        } else {
+            String::new()
+        };
         progress(Progress::Note(format!(
-            "{what}: loss {:.3}, held-out object map IoU {:.3} after {} epochs",
-            last.loss, last.holdout_object_iou, last.epoch
+            "{what}: loss {:.3}{held} after {} epochs",
+            last.loss, last.epoch
         )));
     }
     Ok(out)
