@@ -74,6 +74,12 @@ pub struct RunArgs {
     /// Write the JSON lines to this file instead of stdout (`-`: stdout).
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Serve a live view of the run (the frame with its mask and points, the record, fps,
+    /// drops, latency) at this address, `127.0.0.1:8080` when none is given; `/status` is the
+    /// record as JSON.
+    #[cfg(feature = "serve")]
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:8080")]
+    pub serve: Option<String>,
     /// Record the run as MCAP (Foxglove's schemas: the frame, the mask, the points, the
     /// per-frame record), finished on Ctrl-C and SIGTERM; replay it with `--input FILE.mcap`.
     #[cfg(feature = "mcap")]
@@ -217,6 +223,15 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         (None, true) => JsonLines::none(),
     };
     let mut human_out = human;
+    #[cfg(feature = "serve")]
+    let live = match &args.serve {
+        Some(addr) => {
+            let server = crate::sink::live::LiveServer::start(addr)?;
+            eprintln!("live view at http://{}/", server.addr());
+            Some(server)
+        }
+        None => None,
+    };
     #[cfg(feature = "mcap")]
     let mut recorder = match &args.record {
         Some(p) => Some(crate::sink::mcap_record::Recorder::create(
@@ -292,6 +307,15 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
                 overlay: over,
             };
             json.write(&line)?;
+            #[cfg(feature = "serve")]
+            if let Some(server) = &live {
+                server.publish(
+                    std::sync::Arc::new(image.clone()),
+                    result.mask.clone(),
+                    result.kept_points().to_vec(),
+                    serde_json::to_value(&line)?,
+                );
+            }
             #[cfg(feature = "mcap")]
             if let Some(r) = recorder.as_mut() {
                 r.record(crate::sink::mcap_record::RecordedFrame {
@@ -314,6 +338,10 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         },
     );
     eprintln!("{summary}");
+    #[cfg(feature = "serve")]
+    if let Some(server) = live {
+        server.stop();
+    }
     #[cfg(feature = "mcap")]
     if let (Some(r), Some(p)) = (recorder, &args.record) {
         let rec = r.finish()?;

@@ -3,6 +3,8 @@
 
 pub mod atomic;
 pub mod guard;
+#[cfg(feature = "serve")]
+pub mod live;
 pub mod mask_png;
 #[cfg(feature = "mcap")]
 pub mod mcap_record;
