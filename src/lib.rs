@@ -1,9 +1,11 @@
 //! alignsam: AlignSAM on the edge. A learned prompting agent drives a frozen Segment Anything
-//! Model; this crate runs it through tract on CPUs and ARM boards.
+//! Model; this crate runs it through pure-Rust ONNX engines (rten by default, tract) or ONNX
+//! Runtime, on CPUs and ARM boards.
 //!
 //! Data flow, one module per stage: [`source`] (images, cameras, video) -> [`sam`] (preprocess,
-//! encode, decode, postprocess) -> [`agent`] (the bounded prompting loop: policy, SRM, decoder)
-//! -> [`sink`] (masks, overlays, JSON on disk). [`engine`] runs the ONNX models and [`bundle`]
+//! encode, decode, postprocess) -> [`agent`] (the bounded prompting loop: the learned clicker, or
+//! the paper's policy and SRM; the decoder) -> [`sink`] (masks, overlays, JSON, recordings, the
+//! live view; every output checked by one guard). [`engine`] runs the ONNX models and [`bundle`]
 //! says which ones, checked. [`pipeline`] runs a stream of frames through the loop, [`eval`] and
 //! `train` measure and train the agent, [`exit`] holds the exit codes. [`cli`] is the command
 //! line over all of it; the library modules know nothing of flags.
