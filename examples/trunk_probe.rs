@@ -85,14 +85,10 @@ fn main() -> Result<()> {
     let (fit_idx, held) = imitation::split(images.len(), 0.1, &mut rng);
     let norm = imitation::measure_norm(&images, &fit_idx, &arch)?;
     let net = ClickerNet::new(arch, norm, 3)?;
+    // Training's own trunk settings (`alignsam train --agent clicker`), the rate from the line.
     let cfg = fit::FitConfig {
         lr,
-        batch: 16,
-        teacher_weight: 0.0,
-        dense_weight: 0.0,
-        stop_weight: 0.0,
-        quality_weight: 0.0,
-        weight_decay: 1e-4,
+        ..imitation::ClickerConfig::new(1).trunk
     };
     let mut opt = fit::trunk_optimiser(&net, &cfg)?;
     let t = std::time::Instant::now();

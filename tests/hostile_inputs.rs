@@ -324,9 +324,7 @@ fn a_mask_that_is_a_fifo_does_not_hang_eval() {
     let ds = dataset(tmp.path());
     let mask = ds.join("masks/a.png");
     std::fs::remove_file(&mask).unwrap();
-    let c = std::ffi::CString::new(s(&mask)).unwrap();
-    // SAFETY: a valid C string path.
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    mkfifo(&mask);
     let o = run_within(
         alignsam(&[
             "eval",

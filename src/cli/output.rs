@@ -293,33 +293,7 @@ fn paths_stems_clash(
     paths.iter().any(|q| q != p && stem(q) == candidate)
 }
 
-/// An absolute, normalised form of a path that may not exist yet: the longest existing prefix
-/// resolved (symbolic links, `..`), the rest appended.
-pub fn normalise(path: &Path) -> PathBuf {
-    let abs = if path.is_absolute() {
-        path.to_path_buf()
-    } else {
-        std::env::current_dir().unwrap_or_default().join(path)
-    };
-    let mut existing = abs.as_path();
-    let mut rest = vec![];
-    loop {
-        if let Ok(c) = existing.canonicalize() {
-            let mut out = c;
-            for part in rest.iter().rev() {
-                out.push(part);
-            }
-            return out;
-        }
-        match (existing.parent(), existing.file_name()) {
-            (Some(parent), Some(name)) => {
-                rest.push(name.to_os_string());
-                existing = parent;
-            }
-            _ => return abs,
-        }
-    }
-}
+pub use crate::sink::guard::normalise;
 
 /// Refuses, before anything is written, outputs that would overwrite the user's inputs: an
 /// output file that is an input, or an output folder that holds inputs or is a dataset's

@@ -231,12 +231,8 @@ pub fn refuse_special(path: &Path, md: &std::fs::Metadata, file: bool) -> Result
 
 /// The names a run of `kind` recorded in `dir`'s index.
 fn recorded(dir: &Path, kind: &str) -> BTreeSet<String> {
-    let Ok(bytes) = crate::source::limits::read_regular(&dir.join(INDEX_NAME), "index", 1 << 20)
-    else {
-        return BTreeSet::new();
-    };
-    String::from_utf8_lossy(&bytes)
-        .lines()
+    recorded_lines(dir)
+        .iter()
         .filter_map(|l| l.split_once('\t'))
         .filter(|(k, _)| *k == kind)
         .map(|(_, n)| n.to_string())
@@ -257,6 +253,7 @@ fn record<'n>(dir: &Path, kind: &str, names: impl IntoIterator<Item = &'n str>) 
     super::write_bytes_atomic(&dir.join(INDEX_NAME), text.as_bytes())
 }
 
+/// Every `kind<TAB>name` line of `dir`'s index (none when it has no readable index).
 fn recorded_lines(dir: &Path) -> BTreeSet<String> {
     crate::source::limits::read_regular(&dir.join(INDEX_NAME), "index", 1 << 20)
         .map(|b| {

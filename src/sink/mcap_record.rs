@@ -280,25 +280,11 @@ impl McapFile {
         let stamp = json!({"sec": t.as_secs(), "nsec": t.subsec_nanos()});
         let ns = t.as_nanos().min(u64::MAX as u128) as u64;
         let (w, h) = f.image.dimensions();
-        let frame = png(|buf| {
-            image::codecs::png::PngEncoder::new_with_quality(
-                buf,
-                image::codecs::png::CompressionType::Fast,
-                image::codecs::png::FilterType::Adaptive,
-            )
-            .write_image(f.image.as_raw(), w, h, image::ExtendedColorType::Rgb8)
-        })?;
+        let frame = png(f.image.as_raw(), w, h, image::ExtendedColorType::Rgb8)?;
         let mask_image = GrayImage::from_fn(w, h, |x, y| {
             image::Luma([if f.mask[(y * w + x) as usize] { 255 } else { 0 }])
         });
-        let mask = png(|buf| {
-            image::codecs::png::PngEncoder::new_with_quality(
-                buf,
-                image::codecs::png::CompressionType::Fast,
-                image::codecs::png::FilterType::Adaptive,
-            )
-            .write_image(mask_image.as_raw(), w, h, image::ExtendedColorType::L8)
-        })?;
+        let mask = png(mask_image.as_raw(), w, h, image::ExtendedColorType::L8)?;
         let b64 = base64::engine::general_purpose::STANDARD;
         let messages = [
             (
@@ -335,9 +321,16 @@ impl McapFile {
 
 use image::ImageEncoder as _;
 
-fn png(encode: impl FnOnce(&mut Vec<u8>) -> image::ImageResult<()>) -> Result<Vec<u8>> {
+/// Lossless PNG with fast compression (the recording thread's main cost).
+fn png(raw: &[u8], w: u32, h: u32, color: image::ExtendedColorType) -> Result<Vec<u8>> {
     let mut buf = Vec::new();
-    encode(&mut buf).map_err(|e| anyhow!("cannot encode a PNG for the recording: {e}"))?;
+    image::codecs::png::PngEncoder::new_with_quality(
+        &mut buf,
+        image::codecs::png::CompressionType::Fast,
+        image::codecs::png::FilterType::Adaptive,
+    )
+    .write_image(raw, w, h, color)
+    .map_err(|e| anyhow!("cannot encode a PNG for the recording: {e}"))?;
     Ok(buf)
 }
 
