@@ -431,14 +431,15 @@ fn validate_pair(sample: &Sample) -> Result<()> {
     let image_size = image::ImageReader::open(&sample.image_path)
         .and_then(|r| r.with_guessed_format())
         .map_err(|e| anyhow!("{}: cannot read image: {e}", sample.image_path.display()))?
-        .into_dimensions()
+        .into_decoder()
+        .map(|mut d| crate::source::limits::shown_dimensions(&mut d))
         .map_err(|e| {
             anyhow!(
                 "{}: corrupt or unsupported image: {e}",
                 sample.image_path.display()
             )
         })?;
-    let decoder = image::ImageReader::open(&sample.mask_path)
+    let mut decoder = image::ImageReader::open(&sample.mask_path)
         .and_then(|r| r.with_guessed_format())
         .map_err(|e| anyhow!("{}: cannot read mask: {e}", sample.mask_path.display()))?
         .into_decoder()
@@ -467,7 +468,7 @@ fn validate_pair(sample: &Sample) -> Result<()> {
     }
     check_same_size(
         &sample.mask_path,
-        decoder.dimensions(),
+        crate::source::limits::shown_dimensions(&mut decoder),
         &sample.image_path,
         image_size,
     )

@@ -499,9 +499,9 @@ fn a_huge_y4m_header_allocates_nothing_before_data() {
 // ---------------------------------------------------------------------------------------------
 // Finding 6: external data outside the checksum, non-finite outputs
 
-/// A copy of the tiny bundle whose encoder keeps its largest weight in `encoder.onnx.data`, with
-/// the manifest written by `alignsam bundle` (which lists the data file and its checksum).
-fn bundle_with_external_data(root: &Path) -> PathBuf {
+/// A copy of the tiny bundle's models whose encoder keeps its largest weight in an external data
+/// file at `location` (relative to the models folder, as ONNX stores it); returns the folder.
+fn models_with_external_data(root: &Path, location: &str) -> PathBuf {
     use prost::Message;
     use tract_onnx::pb;
     let models = root.join("models");
@@ -526,18 +526,49 @@ fn bundle_with_external_data(root: &Path) -> PathBuf {
     };
     t.data_location = Some(pb::tensor_proto::DataLocation::External as i32);
     t.external_data = vec![
-        kv("location", "encoder.onnx.data".into()),
+        kv("location", location.into()),
         kv("offset", "0".into()),
         kv("length", data.len().to_string()),
     ];
     std::fs::write(models.join("encoder.onnx"), model.encode_to_vec()).unwrap();
-    std::fs::write(models.join("encoder.onnx.data"), &data).unwrap();
+    std::fs::write(models.join(location), &data).unwrap();
+    models
+}
+
+/// [`models_with_external_data`] beside it, with the manifest written by `alignsam bundle` (which
+/// lists the data file and its checksum).
+fn bundle_with_external_data(root: &Path) -> PathBuf {
+    let models = models_with_external_data(root, "encoder.onnx.data");
     let out = root.join("bundle");
     let o = alignsam(&["bundle", &s(&models), "--out", &s(&out)])
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", text(&o.stderr));
     out
+}
+
+/// Data outside the model's folder (`../x`, an absolute path) is refused when the manifest is
+/// written: every engine refuses to load it, so the bundle would never open.
+#[test]
+fn external_data_outside_the_model_folder_is_refused_by_bundle() {
+    let tmp = tempfile::tempdir().unwrap();
+    let abs = tmp.path().join("elsewhere.data");
+    for location in ["../outside.data", abs.to_str().unwrap()] {
+        let root = tmp.path().join(format!("case{}", location.len()));
+        let models = models_with_external_data(&root, location);
+        let out = root.join("bundle");
+        let o = run_within(
+            alignsam(&["bundle", &s(&models), "--out", &s(&out)]),
+            Duration::from_secs(60),
+        );
+        let err = text(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{location}: {err}");
+        assert!(
+            err.contains("encoder.onnx") && err.contains("outside the model's folder"),
+            "{location}: {err}"
+        );
+        assert!(!out.join("bundle.toml").exists(), "{location}");
+    }
 }
 
 #[test]
@@ -702,9 +733,13 @@ fn odd_file_names_keep_the_json_valid() {
     let dir = tmp.path().join("in");
     std::fs::create_dir_all(&dir).unwrap();
     let newline = dir.join("two\nlines.png");
-    let latin1 = dir.join(std::ffi::OsStr::from_bytes(b"caf\xe9.png"));
     picture(40, 30).save(&newline).unwrap();
-    picture(40, 30).save(&latin1).unwrap();
+    // Three names that are not UTF-8 and differ only in that byte: a replacement character
+    // would give all three the same name in the JSON.
+    for b in [0xe9u8, 0xfe, 0xff] {
+        let latin1 = dir.join(std::ffi::OsStr::from_bytes(&[b'c', b'a', b'f', b, b'.', b'p', b'n', b'g']));
+        picture(40, 30).save(&latin1).unwrap();
+    }
     let out = tmp.path().join("out");
     let o = segment_tiny(&dir, &out, &["--steps", "1"], 120);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
@@ -712,10 +747,17 @@ fn odd_file_names_keep_the_json_valid() {
         .lines()
         .map(|l| serde_json::from_str(l).expect("one record per line"))
         .collect();
-    assert_eq!(lines.len(), 2);
+    assert_eq!(lines.len(), 4);
     for l in &lines {
         assert!(Path::new(l["mask"].as_str().unwrap()).exists(), "{l}");
     }
+    let mut names: Vec<&str> = lines.iter().map(|l| l["image"].as_str().unwrap()).collect();
+    names.sort();
+    names.dedup();
+    assert_eq!(names.len(), 4, "{names:?}");
+    assert!(names.iter().any(|n| n.ends_with("caf\\xe9.png")), "{names:?}");
+    let masks: Vec<&str> = lines.iter().map(|l| l["mask"].as_str().unwrap()).collect();
+    assert!(masks.iter().any(|m| m.ends_with("caf_xff.png")), "{masks:?}");
 }
 
 #[cfg(unix)]
@@ -1191,4 +1233,105 @@ fn a_full_stdout_is_an_error_on_every_subcommand() {
         }
         assert!(!err.contains("panicked"), "{args:?}: {err}");
     }
+}
+
+/// A FIFO or a device given as an input is named as what it is, not "no such file", on every
+/// command that takes inputs; nothing is read from it (the test would hang on a FIFO otherwise).
+#[test]
+fn fifo_and_device_inputs_are_named_as_such() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fifo = tmp.path().join("fifo.png");
+    mkfifo(&fifo);
+    let out = s(&tmp.path().join("out"));
+    let bundle = tiny();
+    for input in [s(&fifo), "/dev/zero".into()] {
+        let cases: [Vec<&str>; 4] = [
+            vec!["segment", "--bundle", &bundle, &input, "--out", &out],
+            vec!["run", "--bundle", &bundle, "--input", &input, "--out", &out],
+            vec!["bench", "--bundle", &bundle, "--input", &input, "--frames", "1"],
+            vec!["bundle", "models/tiny", "--encoder", &input, "--out", &out],
+        ];
+        for args in cases {
+            let o = run_within(alignsam(&args), Duration::from_secs(60));
+            let err = text(&o.stderr);
+            assert_ne!(o.status.code(), Some(0), "{args:?}: {err}");
+            assert!(!err.contains("not found") && !err.contains("no such"), "{args:?}: {err}");
+            let named = if input.ends_with("zero") {
+                "character device"
+            } else {
+                "FIFO"
+            };
+            // `run` opens a device as a camera, which says so in its own words.
+            let camera = args[0] == "run" && err.contains("not a V4L2 device");
+            assert!(
+                err.contains(&input) && (err.contains(named) || camera),
+                "{args:?}: {err}"
+            );
+        }
+    }
+}
+
+/// `jpg` with an EXIF segment after its start marker holding only the orientation tag.
+fn with_exif_orientation(jpg: &[u8], orientation: u8) -> Vec<u8> {
+    let mut payload = b"Exif\0\0MM\0\x2a\0\0\0\x08\0\x01".to_vec();
+    payload.extend_from_slice(&[0x01, 0x12, 0, 3, 0, 0, 0, 1, 0, orientation, 0, 0, 0, 0, 0, 0]);
+    let mut out = jpg[..2].to_vec();
+    out.extend_from_slice(&[0xFF, 0xE1]);
+    out.extend_from_slice(&((payload.len() + 2) as u16).to_be_bytes());
+    out.extend_from_slice(&payload);
+    out.extend_from_slice(&jpg[2..]);
+    out
+}
+
+fn jpeg_bytes(img: &RgbImage) -> Vec<u8> {
+    let mut jpg = vec![];
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpg, 90)
+        .encode_image(img)
+        .unwrap();
+    jpg
+}
+
+/// A phone's portrait photo (stored 40x30, EXIF "rotate 90") is segmented as it is shown
+/// (30x40), and eval accepts the mask drawn on the shown image; a JPEG cut short is one failure
+/// among the inputs, named, not a picture with a grey half.
+#[test]
+fn exif_orientation_is_honoured_and_truncated_jpegs_are_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("in");
+    std::fs::create_dir_all(&dir).unwrap();
+    let rotated = with_exif_orientation(&jpeg_bytes(&picture(40, 30)), 6);
+    std::fs::write(dir.join("portrait.jpg"), &rotated).unwrap();
+    let busy = RgbImage::from_fn(200, 200, |x, y| {
+        image::Rgb([(x * 7 ^ y * 13) as u8, (x * y) as u8, (x + 3 * y) as u8])
+    });
+    let whole = jpeg_bytes(&busy);
+    std::fs::write(dir.join("cut.jpg"), &whole[..whole.len() / 2]).unwrap();
+    let out = tmp.path().join("out");
+    let o = segment_tiny(&dir, &out, &["--steps", "1"], 120);
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "one of two failed: {err}");
+    assert!(err.contains("cut.jpg: truncated JPEG"), "{err}");
+    let line: serde_json::Value = serde_json::from_str(text(&o.stdout).trim()).unwrap();
+    assert_eq!((line["width"].as_u64(), line["height"].as_u64()), (Some(30), Some(40)));
+    let mask = image::open(line["mask"].as_str().unwrap()).unwrap();
+    assert_eq!((mask.width(), mask.height()), (30, 40));
+
+    // eval: the image stored sideways, its mask drawn upright.
+    let ds = tmp.path().join("ds");
+    for d in ["images", "masks", "splits"] {
+        std::fs::create_dir_all(ds.join(d)).unwrap();
+    }
+    std::fs::write(ds.join("images/a.jpg"), &rotated).unwrap();
+    GrayImage::from_fn(30, 40, |x, _| image::Luma([if x < 15 { 255 } else { 0 }]))
+        .save(ds.join("masks/a.png"))
+        .unwrap();
+    std::fs::write(ds.join("splits/eval.txt"), "a\n").unwrap();
+    let o = run_within(
+        alignsam(&[
+            "eval", "--bundle", &tiny(), "--data", &s(&ds), "--split", "eval", "--steps", "1",
+            "--methods", "centre", "--out", &s(&tmp.path().join("eval")),
+        ]),
+        Duration::from_secs(120),
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
 }

@@ -142,6 +142,7 @@ impl Bundle {
                 _ => a == b,
             };
             for location in onnx_io::external_data_files(&proto) {
+                check_external_location(&path, &location)?;
                 let data = path.parent().unwrap_or(Path::new(".")).join(&location);
                 if !listed.iter().any(|l| same(l, &data)) {
                     bail!(
@@ -385,15 +386,31 @@ fn pick(
 /// A file given as a path (absolute, or relative to the working directory), as the manifest in
 /// `dir` stores it: relative to `dir`. The file must exist.
 fn relative_to_dir(dir: &Path, f: &Path) -> Result<String> {
-    if !f.is_file() {
-        bail!("{}: file not found", f.display());
-    }
+    crate::source::limits::regular_file(f, "model file")?;
     let parent = f
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     let rel = relative_path(parent, dir)?.join(f.file_name().expect("a file has a name"));
     Ok(rel.to_string_lossy().into_owned())
+}
+
+/// An external data file must lie in the model's folder or below it: ONNX Runtime and the other
+/// engines refuse a location that is absolute or climbs out with `..`, so a manifest that listed
+/// one would describe a bundle no backend can load.
+fn check_external_location(model: &Path, location: &str) -> Result<()> {
+    let path = Path::new(location);
+    let escapes = path.is_absolute()
+        || path
+            .components()
+            .any(|c| !matches!(c, std::path::Component::Normal(_) | std::path::Component::CurDir));
+    if escapes || location.is_empty() {
+        bail!(
+            "{}: external data location {location:?} is outside the model's folder (absolute or with `..`); the engines refuse it, so export the weights next to the model",
+            model.display()
+        );
+    }
+    Ok(())
 }
 
 /// The manifest's entries for variant files given as paths: relative to `dir`, with checksums.
@@ -450,6 +467,7 @@ pub fn infer_manifest(dir: &Path, options: &InferOptions) -> Result<Manifest> {
     let encoder_data = onnx_io::external_data_files(&enc_proto)
         .into_iter()
         .map(|location| {
+            check_external_location(&dir.join(&encoder_file), &location)?;
             let file = Path::new(&encoder_file)
                 .parent()
                 .unwrap_or(Path::new(""))

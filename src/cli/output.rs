@@ -245,7 +245,11 @@ mod tests {
 /// for what is still equal. Names cannot collide whatever the inputs: every candidate is checked
 /// against every name already given.
 pub fn output_stems(paths: &[PathBuf]) -> Vec<String> {
-    let lossy = |s: Option<&std::ffi::OsStr>| s.map(|s| s.to_string_lossy().into_owned());
+    // Bytes that are not UTF-8 as `_xNN` (from the records' `\xNN`): distinct names stay
+    // distinct, and no output name holds a replacement character or a backslash.
+    let lossy = |s: Option<&std::ffi::OsStr>| {
+        s.map(|s| crate::sink::record::escaped_path(Path::new(s)).replace('\\', "_"))
+    };
     let stem = |p: &PathBuf| lossy(p.file_stem()).unwrap_or_else(|| "image".into());
     let name = |p: &PathBuf| {
         lossy(p.file_name())

@@ -19,7 +19,7 @@ use super::output::{
 use super::segment::LoopArgs;
 use crate::agent::{Agent, LoopResult, PointRecord, StageTimes, StopReason, StreamSegmenter};
 use crate::pipeline::{self, FrameReport, Pipeline, PipelineOptions, StopFlag};
-use crate::sink::record::lossy_opt_path;
+use crate::sink::record::escaped_opt_path;
 use crate::sink::{OutputPlan, write_bytes_atomic};
 use crate::source::{Frame, SourceOptions, open_source};
 
@@ -135,12 +135,12 @@ struct FrameLine<'a> {
     dropped_so_far: u64,
     #[serde(
         skip_serializing_if = "Option::is_none",
-        serialize_with = "lossy_opt_path"
+        serialize_with = "escaped_opt_path"
     )]
     mask: Option<PathBuf>,
     #[serde(
         skip_serializing_if = "Option::is_none",
-        serialize_with = "lossy_opt_path"
+        serialize_with = "escaped_opt_path"
     )]
     overlay: Option<PathBuf>,
 }

@@ -10,7 +10,7 @@ use crate::agent::{LoopResult, PointRecord, StageTimes, StopReason};
 #[derive(Debug, Serialize)]
 pub struct ImageRecord<'a> {
     /// The input file (or frame source); a name that is not UTF-8 is written with U+FFFD.
-    #[serde(serialize_with = "lossy_path")]
+    #[serde(serialize_with = "escaped_path_ser")]
     pub image: &'a Path,
     /// Image width in pixels.
     pub width: usize,
@@ -33,13 +33,13 @@ pub struct ImageRecord<'a> {
     /// The mask PNG written, if any.
     #[serde(
         skip_serializing_if = "Option::is_none",
-        serialize_with = "lossy_opt_path"
+        serialize_with = "escaped_opt_path"
     )]
     pub mask: Option<&'a Path>,
     /// The overlay PNG written, if any.
     #[serde(
         skip_serializing_if = "Option::is_none",
-        serialize_with = "lossy_opt_path"
+        serialize_with = "escaped_opt_path"
     )]
     pub overlay: Option<&'a Path>,
 }
@@ -65,19 +65,38 @@ impl<'a> ImageRecord<'a> {
     }
 }
 
-/// Serialises a path as a string, replacing bytes that are not UTF-8 with U+FFFD (serde refuses
-/// such paths, which would lose the whole record).
-pub fn lossy_path<S: serde::Serializer>(p: &Path, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&p.to_string_lossy())
+/// A path as text for records and messages: UTF-8 names as they are; a byte that is not UTF-8
+/// is written as `\xNN` (as `ls -b` does), so that distinct files keep distinct names where a
+/// replacement character would make them all the same.
+pub fn escaped_path(p: &Path) -> std::borrow::Cow<'_, str> {
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = p.as_os_str().as_bytes();
+    if let Ok(text) = std::str::from_utf8(bytes) {
+        return text.into();
+    }
+    let mut out = String::with_capacity(bytes.len() + 8);
+    for chunk in bytes.utf8_chunks() {
+        out.push_str(chunk.valid());
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out.into()
 }
 
-/// [`lossy_path`] for an optional path.
-pub fn lossy_opt_path<S: serde::Serializer, P: AsRef<Path>>(
+/// Serialises a path as [`escaped_path`] text (serde refuses paths that are not UTF-8, which
+/// would lose the whole record).
+pub fn escaped_path_ser<S: serde::Serializer>(p: &Path, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&escaped_path(p))
+}
+
+/// [`escaped_path_ser`] for an optional path.
+pub fn escaped_opt_path<S: serde::Serializer, P: AsRef<Path>>(
     p: &Option<P>,
     s: S,
 ) -> Result<S::Ok, S::Error> {
     match p {
-        Some(p) => s.serialize_str(&p.as_ref().to_string_lossy()),
+        Some(p) => s.serialize_str(&escaped_path(p.as_ref())),
         None => s.serialize_none(),
     }
 }
@@ -91,7 +110,9 @@ mod tests {
         use std::os::unix::ffi::OsStrExt;
         let p = Path::new(std::ffi::OsStr::from_bytes(b"img\xff\n.png"));
         let mut out = vec![];
-        lossy_path(p, &mut serde_json::Serializer::new(&mut out)).unwrap();
-        assert_eq!(String::from_utf8(out).unwrap(), "\"img\u{fffd}\\n.png\"");
+        escaped_path_ser(p, &mut serde_json::Serializer::new(&mut out)).unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), r#""img\\xff\n.png""#);
+        let other = Path::new(std::ffi::OsStr::from_bytes(b"img\xfe\n.png"));
+        assert_ne!(escaped_path(p), escaped_path(other));
     }
 }

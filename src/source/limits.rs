@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::RwLock;
 
 use anyhow::{Result, anyhow, bail};
-use image::DynamicImage;
+use image::{DynamicImage, ImageDecoder};
 
 /// Limits on input files; [`InputLimits::default`] suits photos up to 100 megapixels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,8 +63,9 @@ pub fn regular_file(path: &Path, what: &str) -> Result<Metadata> {
     }
     if !md.is_file() {
         bail!(
-            "{}: not a regular file (a device, FIFO or socket), so not read as {}",
+            "{}: not a regular file but {}, so not read as {}",
             path.display(),
+            crate::source::paths::special_kind(&md),
             article(what)
         );
     }
@@ -110,18 +111,52 @@ pub fn decode_image(bytes: Vec<u8>, path: &Path, what: &str) -> Result<DynamicIm
         .map_err(|e| anyhow!("{}: corrupt or unsupported {what}: {e}", path.display()))?;
     check_pixels(path, what, w as u64, h as u64, limit)?;
     let mut r = reader()?;
+    if r.format() == Some(image::ImageFormat::Jpeg) && !jpeg_has_end(&bytes) {
+        // The JPEG decoder is lenient: a file cut short decodes with its missing part grey.
+        bail!(
+            "{}: truncated JPEG {what}: the data ends before the end-of-image marker (the file was cut short)",
+            path.display()
+        );
+    }
     let mut l = image::Limits::default();
     // The decoder's own allocation limit, as a second line of defence: 8 bytes per pixel (16-bit
     // RGBA) plus slack.
     l.max_alloc = Some(limit.saturating_mul(8).saturating_add(1 << 26));
     r.limits(l);
-    let img = r
-        .decode()
-        .map_err(|e| anyhow!("{}: corrupt or unsupported {what}: {e}", path.display()))?;
+    let corrupt = |e: image::ImageError| anyhow!("{}: corrupt or unsupported {what}: {e}", path.display());
+    let mut decoder = r.into_decoder().map_err(corrupt)?;
+    // The EXIF orientation (cameras store portrait photos sideways and say so there): applied
+    // as every viewer does, so that masks, points and overlays are in the orientation the user
+    // sees, and a mask drawn on the shown image matches it. An unreadable tag counts as none.
+    let orientation = decoder
+        .orientation()
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut img = DynamicImage::from_decoder(decoder).map_err(corrupt)?;
+    img.apply_orientation(orientation);
     if img.width() == 0 || img.height() == 0 {
         bail!("{}: {what} has no pixels", path.display());
     }
     Ok(img)
+}
+
+/// The size at which an image is shown (and decoded by [`decode_image`]): its stored size, with
+/// width and height swapped when its EXIF orientation turns it a quarter turn. Reads the header
+/// only.
+pub fn shown_dimensions(decoder: &mut impl ImageDecoder) -> (u32, u32) {
+    use image::metadata::Orientation::*;
+    let (w, h) = decoder.dimensions();
+    match decoder.orientation().unwrap_or(NoTransforms) {
+        Rotate90 | Rotate270 | Rotate90FlipH | Rotate270FlipH => (h, w),
+        _ => (w, h),
+    }
+}
+
+/// Whether a JPEG's data reaches its end-of-image marker after its last scan. Inside a scan a
+/// 0xFF byte is always followed by 0x00 or a restart marker, so 0xFFD9 after the last
+/// start-of-scan (0xFFDA) is the real end; an EXIF thumbnail's markers come before it.
+fn jpeg_has_end(bytes: &[u8]) -> bool {
+    let last_scan = bytes.windows(2).rposition(|w| w == [0xFF, 0xDA]);
+    last_scan.is_some_and(|at| bytes[at..].windows(2).any(|w| w == [0xFF, 0xD9]))
 }
 
 /// An error naming the file when `w x h` exceeds `limit` pixels.
@@ -195,5 +230,70 @@ mod tests {
                 .contains("huge.png: image of 20000x20000 = 400000000 pixels, more than the limit"),
             "{e}"
         );
+    }
+
+    /// A JPEG of `w` x `h`, left half red and right half blue, at quality 95.
+    fn halves_jpeg(w: u32, h: u32) -> Vec<u8> {
+        let img = image::RgbImage::from_fn(w, h, |x, _| {
+            if x < w / 2 { image::Rgb([255, 0, 0]) } else { image::Rgb([0, 0, 255]) }
+        });
+        let mut jpg = vec![];
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpg, 95)
+            .encode_image(&img)
+            .unwrap();
+        jpg
+    }
+
+    /// `jpg` with an EXIF APP1 segment right after its start marker that holds only the
+    /// orientation tag (0x0112, a SHORT) set to `orientation`.
+    pub(crate) fn with_exif_orientation(jpg: &[u8], orientation: u8) -> Vec<u8> {
+        let mut tiff = b"MM\0\x2a\0\0\0\x08\0\x01".to_vec();
+        tiff.extend_from_slice(&[0x01, 0x12, 0, 3, 0, 0, 0, 1, 0, orientation, 0, 0, 0, 0, 0, 0]);
+        let mut payload = b"Exif\0\0".to_vec();
+        payload.extend_from_slice(&tiff);
+        let len = (payload.len() + 2) as u16;
+        let mut out = jpg[..2].to_vec();
+        out.extend_from_slice(&[0xFF, 0xE1]);
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(&payload);
+        out.extend_from_slice(&jpg[2..]);
+        out
+    }
+
+    #[test]
+    fn exif_orientation_is_applied() {
+        let jpg = with_exif_orientation(&halves_jpeg(32, 16), 6);
+        let img = decode_image(jpg, Path::new("side.jpg"), "image").unwrap().to_rgb8();
+        // Orientation 6: shown rotated 90 degrees clockwise, so the left half is now on top.
+        assert_eq!(img.dimensions(), (16, 32));
+        let top = img.get_pixel(8, 4).0;
+        let bottom = img.get_pixel(8, 28).0;
+        assert!(top[0] > 200 && top[2] < 60, "{top:?}");
+        assert!(bottom[2] > 200 && bottom[0] < 60, "{bottom:?}");
+        // Orientation 1 (and none): as stored.
+        let jpg = with_exif_orientation(&halves_jpeg(32, 16), 1);
+        let img = decode_image(jpg, Path::new("up.jpg"), "image").unwrap();
+        assert_eq!((img.width(), img.height()), (32, 16));
+    }
+
+    #[test]
+    fn a_truncated_jpeg_is_an_error_and_trailing_bytes_are_not() {
+        // A busy picture, so that most of the file is scan data and half of it cuts a scan.
+        let img = image::RgbImage::from_fn(256, 256, |x, y| {
+            image::Rgb([(x * 7 ^ y * 13) as u8, (x * y) as u8, (x + 3 * y) as u8])
+        });
+        let mut jpg = vec![];
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpg, 90)
+            .encode_image(&img)
+            .unwrap();
+        let cut = jpg[..jpg.len() / 2].to_vec();
+        let e = decode_image(cut, Path::new("cut.jpg"), "image")
+            .err()
+            .expect("a truncated JPEG is refused, not decoded with a grey half");
+        assert!(e.to_string().contains("cut.jpg: truncated JPEG image"), "{e}");
+        let mut padded = jpg.clone();
+        padded.extend_from_slice(b"\0\0trailing junk some cameras write");
+        assert!(decode_image(padded, Path::new("padded.jpg"), "image").is_ok());
+        assert!(decode_image(jpg, Path::new("whole.jpg"), "image").is_ok());
     }
 }

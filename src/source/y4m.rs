@@ -387,13 +387,14 @@ impl<R: Read> Y4mReader<R> {
         let params = line
             .strip_prefix(b"FRAME")
             .filter(|p| p.is_empty() || p[0] == b' ');
-        if params.is_none() {
+        let Some(params) = params else {
             bail!(
                 "{name}: frame {n}: expected a FRAME header, found '{}' (not Y4M data, or the \
                  previous frame had the wrong size)",
                 printable(&line[..line.len().min(32)])
             );
-        }
+        };
+        check_frame_geometry(&self.header, params).map_err(|e| anyhow::anyhow!("{name}: frame {n}: {e}"))?;
         let need = self.header.frame_len();
         // The buffer grows with the data that arrives (a header's promise of a huge frame costs
         // nothing until the bytes come), and keeps its size from frame to frame.
@@ -639,6 +640,33 @@ impl FrameSource for Y4mSource {
     }
 }
 
+/// A frame header may carry parameters of its own; the ones that would change the picture's
+/// geometry (`W`, `H`, `C`) must repeat the stream header's values: the frame's bytes are read
+/// with the stream's geometry, so a frame that changed size would be silently misread.
+fn check_frame_geometry(header: &Y4mHeader, params: &[u8]) -> Result<()> {
+    for token in params.split(|&b| b == b' ').filter(|t| !t.is_empty()) {
+        let value = String::from_utf8_lossy(&token[1..]);
+        let same = match token[0] {
+            b'W' => value.parse::<u32>().ok() == Some(header.width),
+            b'H' => value.parse::<u32>().ok() == Some(header.height),
+            b'C' => value == header.colourspace,
+            _ => true,
+        };
+        if !same {
+            bail!(
+                "the frame header sets {} where the stream header says W{} H{} C{}; frames that \
+                 change size or colourspace mid-stream are not supported (re-encode the stream \
+                 with one geometry)",
+                printable(&token[..token.len().min(32)]),
+                header.width,
+                header.height,
+                header.colourspace
+            );
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -731,6 +759,18 @@ mod tests {
             h.to_string(),
             "YUV4MPEG2 W2 H2 F30000:1001 It C420mpeg2 XYSCSS=420MPEG2 XCOLORRANGE=FULL"
         );
+        // Frame parameters that repeat the stream's geometry are fine; ones that change it are
+        // refused, naming the frame.
+        let mut bytes = b"YUV4MPEG2 W2 H2 C420jpeg\nFRAME W2 H2 C420jpeg\n".to_vec();
+        bytes.extend_from_slice(&[0, 255, 0, 255, 128, 128]);
+        bytes.extend_from_slice(b"FRAME W4 H2\n");
+        bytes.extend_from_slice(&[0; 12]);
+        let (_, frames, err) = read_all(&bytes);
+        assert_eq!(frames.len(), 1);
+        let err = err.expect("the size change is refused");
+        assert!(err.contains("frame 1: the frame header sets W4"), "{err}");
+        let (_, frames, err) = read_all(b"YUV4MPEG2 W1 H1\nFRAME C444\n\x10\x80\x80");
+        assert!(frames.is_empty() && err.unwrap().contains("sets C444"));
         // No C tag: 420jpeg. 444alpha: the alpha plane is skipped.
         let mut bytes = b"YUV4MPEG2 W1 H1\nFRAME\n\x10\x80\x80".to_vec();
         assert_eq!(read_all(&bytes).1.len(), 1);
