@@ -1,5 +1,6 @@
 //! Mutation fuzzing of every parser that reads untrusted bytes: the Y4M reader, the pixel-format
-//! converters, bundle.toml, ONNX inspection, image decoding and the dataset loader. Valid inputs
+//! converters, bundle.toml, ONNX inspection, image decoding, the dataset loader (split files and
+//! masks), embedding-cache entries and gate references. Valid inputs
 //! are mutated (bit flips, byte overwrites with boundary values, deletions, insertions,
 //! duplicated chunks, truncation, numbers in text replaced by huge, negative or NaN ones) by a
 //! seeded generator; every mutant must give `Ok` or an error, never a panic, and the harness
@@ -306,6 +307,107 @@ fn fuzz_dataset_loader() {
             for s in d.items() {
                 let _ = s.load();
             }
+        }
+    });
+}
+
+/// Gate references (`gate --reference`): a reference the harness writes, then mutated. The
+/// header's claimed sizes and offsets, the tensors' shapes and the JSON metadata are all
+/// attacker-controlled; loading must give a reference or an error.
+#[test]
+fn fuzz_gate_references() {
+    use alignsam::engine::tensor::Tensor;
+    use alignsam::gate::{Reference, ReferenceImage};
+    use alignsam::sam::decoder::{PointLabel, PromptPoint};
+    use alignsam::sam::postprocess::Map;
+    let item = |id: &str| ReferenceImage {
+        id: id.into(),
+        embedding: Tensor::new(vec![1, 2, 2, 2], (0..8).map(|i| i as f32).collect()).unwrap(),
+        prompt: vec![
+            PromptPoint {
+                x: 3.0,
+                y: 4.0,
+                label: PointLabel::Positive,
+            },
+            PromptPoint {
+                x: 1.0,
+                y: 2.0,
+                label: PointLabel::Negative,
+            },
+        ],
+        start_points: 1,
+        low_res: Map {
+            height: 2,
+            width: 3,
+            data: vec![0.5; 6],
+        },
+    };
+    let reference = Reference {
+        bundle: "tiny".into(),
+        encoder_sha256: "ab".repeat(32),
+        images: "demo:eval:2 images:3 steps".into(),
+        backend: "tract".into(),
+        arch: "x86_64".into(),
+        items: vec![item("ball"), item("mug")],
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let seed_path = dir.path().join("seed.safetensors");
+    reference.save(&seed_path).unwrap();
+    let seeds = vec![std::fs::read(&seed_path).unwrap()];
+    let loaded = Reference::load(&seed_path).expect("the seed loads");
+    assert_eq!(loaded.items.len(), 2);
+    let path = dir.path().join("ref.safetensors");
+    check("gate-reference", &seeds, |b| {
+        std::fs::write(&path, b).unwrap();
+        let _ = Reference::load(&path);
+    });
+}
+
+/// Embedding-cache entries (`eval --cache`, training's cache): an entry the cache wrote, then
+/// mutated in place; a damaged entry must be reported as absent (and recomputed), never trusted
+/// with the wrong shape and never a panic.
+#[test]
+fn fuzz_cache_entries() {
+    use alignsam::cache::EmbeddingCache;
+    use alignsam::engine::precision::Precision;
+    use alignsam::engine::tensor::Tensor;
+    use alignsam::sam::encoder::Embedding;
+    use alignsam::sam::transform::FrameGeometry;
+    let manifest_path = common::tiny_bundle().join("bundle.toml");
+    let manifest = Manifest::parse(
+        &std::fs::read_to_string(&manifest_path).unwrap(),
+        &manifest_path,
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = EmbeddingCache::new(dir.path(), &manifest, Precision::Fp32).unwrap();
+    let image = dir.path().join("a.png");
+    std::fs::write(&image, b"any bytes: the key is their checksum").unwrap();
+    let [c, h, w] = manifest.embedding.shape;
+    let embedding = Embedding(
+        Tensor::new(
+            vec![1, c, h, w],
+            (0..c * h * w).map(|i| (i % 97) as f32).collect(),
+        )
+        .unwrap(),
+    );
+    let frame = manifest.image.size;
+    cache
+        .put(&image, &embedding, &FrameGeometry::new(30, 40, frame))
+        .unwrap();
+    let entry = std::fs::read_dir(cache.dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "safetensors"))
+        .expect("the cache wrote an entry");
+    let seeds = vec![std::fs::read(&entry).unwrap()];
+    assert!(cache.get(&image).unwrap().is_some(), "the seed reads back");
+    check("cache-entry", &seeds, |b| {
+        std::fs::write(&entry, b).unwrap();
+        if let Ok(Some((e, g))) = cache.get(&image) {
+            // Whatever is accepted has the model's shape and a geometry that fits the frame.
+            assert_eq!(e.0.shape(), [1, c, h, w]);
+            assert!(g.original.0 > 0 && g.original.1 > 0 && g.resized.0 <= frame);
         }
     });
 }

@@ -737,7 +737,9 @@ fn odd_file_names_keep_the_json_valid() {
     // Three names that are not UTF-8 and differ only in that byte: a replacement character
     // would give all three the same name in the JSON.
     for b in [0xe9u8, 0xfe, 0xff] {
-        let latin1 = dir.join(std::ffi::OsStr::from_bytes(&[b'c', b'a', b'f', b, b'.', b'p', b'n', b'g']));
+        let latin1 = dir.join(std::ffi::OsStr::from_bytes(&[
+            b'c', b'a', b'f', b, b'.', b'p', b'n', b'g',
+        ]));
         picture(40, 30).save(&latin1).unwrap();
     }
     let out = tmp.path().join("out");
@@ -755,9 +757,15 @@ fn odd_file_names_keep_the_json_valid() {
     names.sort();
     names.dedup();
     assert_eq!(names.len(), 4, "{names:?}");
-    assert!(names.iter().any(|n| n.ends_with("caf\\xe9.png")), "{names:?}");
+    assert!(
+        names.iter().any(|n| n.ends_with("caf\\xe9.png")),
+        "{names:?}"
+    );
     let masks: Vec<&str> = lines.iter().map(|l| l["mask"].as_str().unwrap()).collect();
-    assert!(masks.iter().any(|m| m.ends_with("caf_xff.png")), "{masks:?}");
+    assert!(
+        masks.iter().any(|m| m.ends_with("caf_xff.png")),
+        "{masks:?}"
+    );
 }
 
 #[cfg(unix)]
@@ -1248,14 +1256,19 @@ fn fifo_and_device_inputs_are_named_as_such() {
         let cases: [Vec<&str>; 4] = [
             vec!["segment", "--bundle", &bundle, &input, "--out", &out],
             vec!["run", "--bundle", &bundle, "--input", &input, "--out", &out],
-            vec!["bench", "--bundle", &bundle, "--input", &input, "--frames", "1"],
+            vec![
+                "bench", "--bundle", &bundle, "--input", &input, "--frames", "1",
+            ],
             vec!["bundle", "models/tiny", "--encoder", &input, "--out", &out],
         ];
         for args in cases {
             let o = run_within(alignsam(&args), Duration::from_secs(60));
             let err = text(&o.stderr);
             assert_ne!(o.status.code(), Some(0), "{args:?}: {err}");
-            assert!(!err.contains("not found") && !err.contains("no such"), "{args:?}: {err}");
+            assert!(
+                !err.contains("not found") && !err.contains("no such"),
+                "{args:?}: {err}"
+            );
             let named = if input.ends_with("zero") {
                 "character device"
             } else {
@@ -1274,7 +1287,24 @@ fn fifo_and_device_inputs_are_named_as_such() {
 /// `jpg` with an EXIF segment after its start marker holding only the orientation tag.
 fn with_exif_orientation(jpg: &[u8], orientation: u8) -> Vec<u8> {
     let mut payload = b"Exif\0\0MM\0\x2a\0\0\0\x08\0\x01".to_vec();
-    payload.extend_from_slice(&[0x01, 0x12, 0, 3, 0, 0, 0, 1, 0, orientation, 0, 0, 0, 0, 0, 0]);
+    payload.extend_from_slice(&[
+        0x01,
+        0x12,
+        0,
+        3,
+        0,
+        0,
+        0,
+        1,
+        0,
+        orientation,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+    ]);
     let mut out = jpg[..2].to_vec();
     out.extend_from_slice(&[0xFF, 0xE1]);
     out.extend_from_slice(&((payload.len() + 2) as u16).to_be_bytes());
@@ -1312,7 +1342,10 @@ fn exif_orientation_is_honoured_and_truncated_jpegs_are_errors() {
     assert_eq!(o.status.code(), Some(2), "one of two failed: {err}");
     assert!(err.contains("cut.jpg: truncated JPEG"), "{err}");
     let line: serde_json::Value = serde_json::from_str(text(&o.stdout).trim()).unwrap();
-    assert_eq!((line["width"].as_u64(), line["height"].as_u64()), (Some(30), Some(40)));
+    assert_eq!(
+        (line["width"].as_u64(), line["height"].as_u64()),
+        (Some(30), Some(40))
+    );
     let mask = image::open(line["mask"].as_str().unwrap()).unwrap();
     assert_eq!((mask.width(), mask.height()), (30, 40));
 
@@ -1328,10 +1361,299 @@ fn exif_orientation_is_honoured_and_truncated_jpegs_are_errors() {
     std::fs::write(ds.join("splits/eval.txt"), "a\n").unwrap();
     let o = run_within(
         alignsam(&[
-            "eval", "--bundle", &tiny(), "--data", &s(&ds), "--split", "eval", "--steps", "1",
-            "--methods", "centre", "--out", &s(&tmp.path().join("eval")),
+            "eval",
+            "--bundle",
+            &tiny(),
+            "--data",
+            &s(&ds),
+            "--split",
+            "eval",
+            "--steps",
+            "1",
+            "--methods",
+            "centre",
+            "--out",
+            &s(&tmp.path().join("eval")),
         ]),
         Duration::from_secs(120),
     );
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+}
+
+/// A device node to aim outputs at: a character device (1,3, as /dev/null) made here when the
+/// tests run as root, else a FIFO; both are special files the guard must never replace. The
+/// system's /dev/null is never used: a guard bug would replace it for the whole machine.
+fn special_node(path: &Path) -> &'static str {
+    let c = std::ffi::CString::new(s(path)).unwrap();
+    // SAFETY: a valid C string path; makedev(1, 3) is a plain number.
+    if unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, 3)) } == 0 {
+        "character device"
+    } else {
+        mkfifo(path);
+        "FIFO"
+    }
+}
+
+/// What a path holds, to compare before and after a refused run: file bytes, a folder's files
+/// (recursively) with their bytes, or the kind of special file.
+fn snapshot(path: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    use std::os::unix::fs::FileTypeExt;
+    let Ok(md) = std::fs::symlink_metadata(path) else {
+        return vec![];
+    };
+    let t = md.file_type();
+    if t.is_dir() {
+        walk(path).into_iter().flat_map(|p| snapshot(&p)).collect()
+    } else if t.is_file() {
+        vec![(path.to_path_buf(), std::fs::read(path).unwrap())]
+    } else {
+        let kind = if t.is_char_device() {
+            "chr"
+        } else if t.is_fifo() {
+            "fifo"
+        } else {
+            "other"
+        };
+        vec![(path.to_path_buf(), kind.as_bytes().to_vec())]
+    }
+}
+
+/// The property over every subcommand that writes: each output option, aimed at an input of the
+/// same run, at a device node, or at a file another option of the run writes, is refused before
+/// anything is written (exit 1, the path named) and the target is left as it was.
+#[test]
+fn every_output_option_refuses_inputs_devices_and_the_runs_other_outputs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let bundle = t.join("bundle");
+    std::fs::create_dir_all(&bundle).unwrap();
+    for e in std::fs::read_dir(common::tiny_bundle()).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, bundle.join(p.file_name().unwrap())).unwrap();
+    }
+    let frames = t.join("in");
+    std::fs::create_dir_all(&frames).unwrap();
+    let img = frames.join("a.png");
+    picture(40, 30).save(&img).unwrap();
+    let ds = dataset(t);
+    let node = t.join("node");
+    let node_kind = special_node(&node);
+    let (b, i, f, d) = (s(&bundle), s(&img), s(&frames), s(&ds));
+    let o = |name: &str| s(&t.join(name));
+
+    // (command line with TARGET in place of the output, [(class, target)]).
+    type Case = (Vec<String>, Vec<(&'static str, String)>);
+    let args = |a: &[&str]| a.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    let mut cases: Vec<Case> = vec![
+        (
+            args(&[
+                "segment",
+                "--bundle",
+                &b,
+                &i,
+                "--out",
+                &o("seg"),
+                "--steps",
+                "1",
+                "--json",
+                "TARGET",
+            ]),
+            vec![
+                ("input", i.clone()),
+                ("output", format!("{}/masks/a.png", o("seg"))),
+            ],
+        ),
+        (
+            // Masks written into the dataset the image comes from would replace its truth.
+            args(&[
+                "segment",
+                "--bundle",
+                &b,
+                &format!("{d}/images/a.png"),
+                "--steps",
+                "1",
+                "--out",
+                "TARGET",
+            ]),
+            vec![("input", d.clone())],
+        ),
+        (
+            args(&[
+                "run",
+                "--bundle",
+                &b,
+                "--input",
+                &f,
+                "--steps",
+                "1",
+                "--out",
+                &o("run"),
+                "--json",
+                "TARGET",
+            ]),
+            vec![
+                ("input", i.clone()),
+                ("output", format!("{}/summary.json", o("run"))),
+            ],
+        ),
+        (
+            args(&["decode", "--bundle", &b, &i, "-p", "10,10", "-o", "TARGET"]),
+            vec![
+                ("input", i.clone()),
+                ("input", s(&bundle.join("decoder_lowres.onnx"))),
+            ],
+        ),
+        (
+            args(&[
+                "eval",
+                "--bundle",
+                &b,
+                "--data",
+                &d,
+                "--split",
+                "eval",
+                "--steps",
+                "1",
+                "--methods",
+                "centre",
+                "--cache",
+                &o("cache"),
+                "--out",
+                "TARGET",
+            ]),
+            vec![("input", d.clone()), ("input", format!("{d}/masks"))],
+        ),
+        (
+            args(&[
+                "eval",
+                "--bundle",
+                &b,
+                "--data",
+                &d,
+                "--split",
+                "eval",
+                "--steps",
+                "1",
+                "--methods",
+                "centre",
+                "--out",
+                &o("ev"),
+                "--cache",
+                "TARGET",
+            ]),
+            vec![
+                ("input", d.clone()),
+                ("input", b.clone()),
+                ("output", format!("{}/report.md", o("ev"))),
+            ],
+        ),
+        (
+            args(&[
+                "gate",
+                "--bundle",
+                &b,
+                "--data",
+                &d,
+                "--images",
+                "1",
+                "--steps",
+                "1",
+                "--precisions",
+                "fp32",
+                "--backends",
+                "tract",
+                "--save-reference",
+                "TARGET",
+            ]),
+            vec![
+                ("input", format!("{d}/masks/a.png")),
+                ("input", s(&bundle.join("encoder.onnx"))),
+            ],
+        ),
+        (
+            args(&["bundle", &b, "--out", "TARGET"]),
+            vec![("input", s(&bundle.join("encoder.onnx")))],
+        ),
+        (
+            args(&[
+                "train", "--bundle", &b, "--data", &d, "--split", "eval", "--out", "TARGET",
+            ]),
+            vec![("input", b.clone()), ("input", d.clone())],
+        ),
+        (
+            args(&[
+                "train",
+                "--bundle",
+                &b,
+                "--data",
+                &d,
+                "--split",
+                "eval",
+                "--out",
+                &o("tr"),
+                "--cache",
+                "TARGET",
+            ]),
+            vec![
+                ("input", format!("{d}/images")),
+                ("output", format!("{}/bundle.toml", o("tr"))),
+            ],
+        ),
+    ];
+    if cfg!(feature = "mcap") {
+        cases.push((
+            args(&[
+                "run",
+                "--bundle",
+                &b,
+                "--input",
+                &f,
+                "--steps",
+                "1",
+                "--out",
+                &o("rec"),
+                "--json",
+                &o("rec.jsonl"),
+                "--record",
+                "TARGET",
+            ]),
+            vec![
+                ("input", i.clone()),
+                ("output", o("rec.jsonl")),
+                ("output", format!("{}/summary.json", o("rec"))),
+            ],
+        ));
+    }
+    let mut checked = 0;
+    for (template, targets) in &cases {
+        let targets = targets.iter().cloned().chain([("device", s(&node))]);
+        for (class, target) in targets {
+            let argv: Vec<String> = template
+                .iter()
+                .map(|a| {
+                    if a == "TARGET" {
+                        target.clone()
+                    } else {
+                        a.clone()
+                    }
+                })
+                .collect();
+            let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+            let before = snapshot(Path::new(&target));
+            let out = run_within(alignsam(&argv), Duration::from_secs(120));
+            let err = text(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{class} {argv:?}: {err}");
+            assert!(
+                err.contains(&target),
+                "{class} {argv:?}: the error names the path: {err}"
+            );
+            assert_eq!(
+                snapshot(Path::new(&target)),
+                before,
+                "{class} {argv:?}: the target changed ({node_kind})"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 20, "{checked}");
 }

@@ -401,9 +401,12 @@ fn relative_to_dir(dir: &Path, f: &Path) -> Result<String> {
 fn check_external_location(model: &Path, location: &str) -> Result<()> {
     let path = Path::new(location);
     let escapes = path.is_absolute()
-        || path
-            .components()
-            .any(|c| !matches!(c, std::path::Component::Normal(_) | std::path::Component::CurDir));
+        || path.components().any(|c| {
+            !matches!(
+                c,
+                std::path::Component::Normal(_) | std::path::Component::CurDir
+            )
+        });
     if escapes || location.is_empty() {
         bail!(
             "{}: external data location {location:?} is outside the model's folder (absolute or with `..`); the engines refuse it, so export the weights next to the model",

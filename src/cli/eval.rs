@@ -290,12 +290,13 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
         );
     }
     check_dataset_outputs(&args.data, &args.out)?;
+    let cache_root = args.cache.clone().unwrap_or_else(default_dir);
     let _lock = crate::sink::OutputPlan::new("eval", args.write.force)
         .input_dir(&args.data)
         .input_dir(&bundle.dir)
         .dir(&args.out, crate::eval::OUTPUT_NAMES)
+        .shared_dir(&cache_root)
         .check()?;
-    let cache_root = args.cache.clone().unwrap_or_else(default_dir);
     let cache = EmbeddingCache::new(&cache_root, &bundle.manifest, bundle.precision)?;
 
     let samples = dataset.items();

@@ -234,7 +234,8 @@ fn progress_printer(hidden: bool) -> impl FnMut(Progress) {
 fn output_plan(args: &TrainArgs) -> crate::sink::OutputPlan {
     let mut plan = crate::sink::OutputPlan::new("train", args.write.force)
         .input_dir(&args.bundle)
-        .dir(&args.out, crate::train::OUTPUT_NAMES);
+        .dir(&args.out, crate::train::OUTPUT_NAMES)
+        .shared_dir(&args.cache.clone().unwrap_or_else(crate::cache::default_dir));
     for d in &args.data {
         plan = plan.input_dir(d);
     }

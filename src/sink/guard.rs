@@ -36,6 +36,7 @@ pub struct OutputPlan {
     input_dirs: Vec<PathBuf>,
     files: Vec<PathBuf>,
     dirs: Vec<(PathBuf, Vec<String>)>,
+    shared_dirs: Vec<PathBuf>,
 }
 
 /// Held while the run writes: the output folders' locks, and where to record the outputs.
@@ -90,6 +91,15 @@ impl OutputPlan {
         self
     }
 
+    /// A folder the run writes into that other runs share at the same time (the embedding
+    /// cache, whose entries are written atomically under content-derived names): checked like
+    /// an output folder (never inside what the run reads, never over another output, never a
+    /// special file) but neither locked nor indexed.
+    pub fn shared_dir(mut self, dir: &Path) -> Self {
+        self.shared_dirs.push(dir.to_path_buf());
+        self
+    }
+
     /// Checks every rule, creates the output folders, takes their locks and records the
     /// outputs in each folder's index; the first refusal is the error, naming the path.
     pub fn check(self) -> Result<OutputLock> {
@@ -114,7 +124,21 @@ impl OutputPlan {
             self.check_file(f)?;
             written.push((n, f.display().to_string()));
         }
+        for dir in &self.shared_dirs {
+            let n = normalise(dir);
+            if let Some((_, other)) = written.iter().find(|(w, _)| n.starts_with(w)) {
+                bail!(
+                    "{}: another output of this run writes there ({other}); choose another folder",
+                    dir.display()
+                );
+            }
+            self.check_dir(dir, &[])?;
+        }
         let mut locks = vec![];
+        for dir in &self.shared_dirs {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| anyhow!("{}: cannot create: {e}", dir.display()))?;
+        }
         for (dir, names) in &self.dirs {
             std::fs::create_dir_all(dir)
                 .map_err(|e| anyhow!("{}: cannot create: {e}", dir.display()))?;

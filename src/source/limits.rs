@@ -123,7 +123,8 @@ pub fn decode_image(bytes: Vec<u8>, path: &Path, what: &str) -> Result<DynamicIm
     // RGBA) plus slack.
     l.max_alloc = Some(limit.saturating_mul(8).saturating_add(1 << 26));
     r.limits(l);
-    let corrupt = |e: image::ImageError| anyhow!("{}: corrupt or unsupported {what}: {e}", path.display());
+    let corrupt =
+        |e: image::ImageError| anyhow!("{}: corrupt or unsupported {what}: {e}", path.display());
     let mut decoder = r.into_decoder().map_err(corrupt)?;
     // The EXIF orientation (cameras store portrait photos sideways and say so there): applied
     // as every viewer does, so that masks, points and overlays are in the orientation the user
@@ -235,7 +236,11 @@ mod tests {
     /// A JPEG of `w` x `h`, left half red and right half blue, at quality 95.
     fn halves_jpeg(w: u32, h: u32) -> Vec<u8> {
         let img = image::RgbImage::from_fn(w, h, |x, _| {
-            if x < w / 2 { image::Rgb([255, 0, 0]) } else { image::Rgb([0, 0, 255]) }
+            if x < w / 2 {
+                image::Rgb([255, 0, 0])
+            } else {
+                image::Rgb([0, 0, 255])
+            }
         });
         let mut jpg = vec![];
         image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpg, 95)
@@ -248,7 +253,24 @@ mod tests {
     /// orientation tag (0x0112, a SHORT) set to `orientation`.
     pub(crate) fn with_exif_orientation(jpg: &[u8], orientation: u8) -> Vec<u8> {
         let mut tiff = b"MM\0\x2a\0\0\0\x08\0\x01".to_vec();
-        tiff.extend_from_slice(&[0x01, 0x12, 0, 3, 0, 0, 0, 1, 0, orientation, 0, 0, 0, 0, 0, 0]);
+        tiff.extend_from_slice(&[
+            0x01,
+            0x12,
+            0,
+            3,
+            0,
+            0,
+            0,
+            1,
+            0,
+            orientation,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+        ]);
         let mut payload = b"Exif\0\0".to_vec();
         payload.extend_from_slice(&tiff);
         let len = (payload.len() + 2) as u16;
@@ -263,7 +285,9 @@ mod tests {
     #[test]
     fn exif_orientation_is_applied() {
         let jpg = with_exif_orientation(&halves_jpeg(32, 16), 6);
-        let img = decode_image(jpg, Path::new("side.jpg"), "image").unwrap().to_rgb8();
+        let img = decode_image(jpg, Path::new("side.jpg"), "image")
+            .unwrap()
+            .to_rgb8();
         // Orientation 6: shown rotated 90 degrees clockwise, so the left half is now on top.
         assert_eq!(img.dimensions(), (16, 32));
         let top = img.get_pixel(8, 4).0;
@@ -290,7 +314,10 @@ mod tests {
         let e = decode_image(cut, Path::new("cut.jpg"), "image")
             .err()
             .expect("a truncated JPEG is refused, not decoded with a grey half");
-        assert!(e.to_string().contains("cut.jpg: truncated JPEG image"), "{e}");
+        assert!(
+            e.to_string().contains("cut.jpg: truncated JPEG image"),
+            "{e}"
+        );
         let mut padded = jpg.clone();
         padded.extend_from_slice(b"\0\0trailing junk some cameras write");
         assert!(decode_image(padded, Path::new("padded.jpg"), "image").is_ok());

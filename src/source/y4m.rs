@@ -394,7 +394,8 @@ impl<R: Read> Y4mReader<R> {
                 printable(&line[..line.len().min(32)])
             );
         };
-        check_frame_geometry(&self.header, params).map_err(|e| anyhow::anyhow!("{name}: frame {n}: {e}"))?;
+        check_frame_geometry(&self.header, params)
+            .map_err(|e| anyhow::anyhow!("{name}: frame {n}: {e}"))?;
         let need = self.header.frame_len();
         // The buffer grows with the data that arrives (a header's promise of a huge frame costs
         // nothing until the bytes come), and keeps its size from frame to frame.
