@@ -396,12 +396,21 @@ fn read_split(dir: &Path, split: &str, path: &Path) -> Result<Vec<(usize, String
     // Present: only a regular file of sane size is read (a FIFO would block, /dev/zero never end).
     let text = String::from_utf8(read_regular(path, "split file", limits().max_file_bytes)?)
         .map_err(|_| anyhow!("{}: split file is not UTF-8 text", path.display()))?;
+    // Editors on Windows start UTF-8 files with a byte-order mark: it is not part of the first id.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let mut ids = vec![];
     let mut seen: HashMap<String, usize> = HashMap::new();
     for (i, line) in text.lines().enumerate() {
         let (line_no, id) = (i + 1, line.trim());
         if id.is_empty() {
             continue;
+        }
+        if let Some(c) = id.chars().find(|c| c.is_control() || is_invisible(*c)) {
+            bail!(
+                "{}: line {line_no}: id {id:?} holds the invisible character U+{:04X}; ids are file names without extension",
+                path.display(),
+                c as u32
+            );
         }
         if id.contains(['/', '\\']) || id == "." || id == ".." {
             bail!(
@@ -421,6 +430,12 @@ fn read_split(dir: &Path, split: &str, path: &Path) -> Result<Vec<(usize, String
         bail!("{}: split file lists no ids", path.display());
     }
     Ok(ids)
+}
+
+/// Characters that print as nothing (zero-width spaces and joiners, byte-order marks): an id
+/// holding one can never match the file the user sees.
+fn is_invisible(c: char) -> bool {
+    matches!(c, '\u{200b}'..='\u{200f}' | '\u{2060}'..='\u{2064}' | '\u{feff}' | '\u{00ad}')
 }
 
 /// Header-only checks of one pair.

@@ -310,6 +310,24 @@ fn id_that_is_a_path() {
     );
 }
 
+/// A split file saved with a byte-order mark reads as without one; an id with an invisible
+/// character is named with it escaped, not as "no image for id 'ball'".
+#[test]
+fn byte_order_mark_and_invisible_characters() {
+    let f = Fake::new();
+    f.pair("a").pair("b").split("train", "\u{feff}a\nb\n");
+    let d = Dataset::open(&f.dir, "train").unwrap();
+    assert_eq!(d.len(), 2);
+    f.split("train", "a\nb\u{200b}\n");
+    assert_eq!(
+        f.open_err("train"),
+        format!(
+            "{}: line 2: id \"b\\u{{200b}}\" holds the invisible character U+200B; ids are file names without extension",
+            f.path("splits/train.txt")
+        )
+    );
+}
+
 /// The number of ids in a split file (non-blank lines).
 fn count_ids(path: &Path) -> usize {
     std::fs::read_to_string(path)
