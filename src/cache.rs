@@ -27,12 +27,14 @@ pub struct EmbeddingCache {
 }
 
 /// What a fill did.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Default)]
 pub struct FillStats {
     /// Embeddings found in the cache.
     pub hits: usize,
     /// Embeddings computed and stored.
     pub computed: usize,
+    /// Per image, in order: the error that kept it out of the cache (None: it is there).
+    pub errors: Vec<Option<anyhow::Error>>,
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -177,25 +179,35 @@ impl EmbeddingCache {
         Ok((e, g, false))
     }
 
-    /// Makes sure every image has an entry, calling `progress` after each one.
+    /// Makes sure every image has an entry. An image that cannot be read or encoded is recorded
+    /// in [`FillStats::errors`] and the others go on (the caller decides whether one failure
+    /// stops it). `progress` is called after each image with its index + 1 and whether it was a
+    /// cache hit, or its error. The one way every command fills the cache.
     pub fn fill(
         &self,
         sam: &Sam,
         images: &[PathBuf],
-        mut progress: impl FnMut(usize, bool),
-    ) -> Result<FillStats> {
+        mut progress: impl FnMut(usize, Result<bool, &anyhow::Error>),
+    ) -> FillStats {
         let mut stats = FillStats::default();
         for (i, image) in images.iter().enumerate() {
-            let hit = self.get(image)?.is_some();
-            if !hit {
-                self.get_or_compute(sam, image)?;
-                stats.computed += 1;
-            } else {
-                stats.hits += 1;
+            match self.get_or_compute(sam, image) {
+                Ok((_, _, hit)) => {
+                    if hit {
+                        stats.hits += 1;
+                    } else {
+                        stats.computed += 1;
+                    }
+                    progress(i + 1, Ok(hit));
+                    stats.errors.push(None);
+                }
+                Err(e) => {
+                    progress(i + 1, Err(&e));
+                    stats.errors.push(Some(e));
+                }
             }
-            progress(i + 1, hit);
         }
-        Ok(stats)
+        stats
     }
 }
 

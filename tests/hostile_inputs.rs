@@ -1332,7 +1332,7 @@ fn exif_orientation_is_honoured_and_truncated_jpegs_are_errors() {
     let rotated = with_exif_orientation(&jpeg_bytes(&picture(40, 30)), 6);
     std::fs::write(dir.join("portrait.jpg"), &rotated).unwrap();
     let busy = RgbImage::from_fn(200, 200, |x, y| {
-        image::Rgb([(x * 7 ^ y * 13) as u8, (x * y) as u8, (x + 3 * y) as u8])
+        image::Rgb([((x * 7) ^ (y * 13)) as u8, (x * y) as u8, (x + 3 * y) as u8])
     });
     let whole = jpeg_bytes(&busy);
     std::fs::write(dir.join("cut.jpg"), &whole[..whole.len() / 2]).unwrap();

@@ -53,6 +53,15 @@ pub struct OpenOptions {
     pub allow_ungated: bool,
 }
 
+/// Which precision to open a bundle at: a fixed one, or `auto` ([`Bundle::open_choosing`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PrecisionChoice {
+    /// The fastest variant that passed the gate here ([`Bundle::fastest_gated`]).
+    Auto,
+    /// This precision.
+    Fixed(Precision),
+}
+
 impl Default for OpenOptions {
     fn default() -> Self {
         OpenOptions {
@@ -229,6 +238,41 @@ impl Bundle {
             .filter(|(p, _)| self.has_variant(*p))
             .max_by(|a, b| a.1.total_cmp(&b.1))
             .map_or(Precision::Fp32, |(p, _)| p)
+    }
+
+    /// Opens a bundle at a [`PrecisionChoice`]: a fixed precision, or `auto`, the fastest
+    /// variant that passed the gate on `backend` here ([`Bundle::fastest_gated`]).
+    pub fn open_choosing(
+        dir: &Path,
+        verify_checksums: bool,
+        choice: PrecisionChoice,
+        allow_ungated: bool,
+        backend: &str,
+    ) -> Result<Self> {
+        let precision = match choice {
+            PrecisionChoice::Fixed(p) => p,
+            PrecisionChoice::Auto => Precision::Fp32,
+        };
+        let bundle = Bundle::open(
+            dir,
+            OpenOptions {
+                verify_checksums,
+                precision,
+                allow_ungated,
+            },
+        )?;
+        match choice {
+            PrecisionChoice::Fixed(_) => Ok(bundle),
+            PrecisionChoice::Auto => {
+                let p = bundle.fastest_gated(backend);
+                if p != Precision::Fp32 {
+                    log::info!(
+                        "precision auto: {p} (passed the accuracy gate on {backend} here, fastest)"
+                    );
+                }
+                bundle.with_precision(p)
+            }
+        }
     }
 
     /// The accuracy-gate records of the chosen precision on `backend`, measured on a CPU like this

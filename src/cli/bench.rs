@@ -14,11 +14,12 @@ use clap::Args;
 use image::RgbImage;
 use serde::Serialize;
 
-use super::EngineArgs;
-use crate::agent::{Agent, LoopOptions, LoopResult};
-use crate::bench::{Stats, peak_rss_bytes};
+use super::args::EngineArgs;
+use crate::agent::Agent;
+use crate::bench::{
+    DecoderComparison, FrameCounts, Stats, StepCountReport, peak_rss_bytes, synthetic_frame,
+};
 use crate::bundle::DecoderForm;
-use crate::sam::{Decoder, FullResDecoder, preprocess};
 use crate::source::{expand_inputs, load_rgb};
 use crate::util::ms;
 
@@ -51,55 +52,14 @@ pub struct BenchArgs {
     /// `tract:fp32,rten:fp32,rten:int8`), frames interleaved, each as a ratio of the first.
     /// Variants need a passing gate record (or --allow-ungated).
     #[arg(long, value_delimiter = ',')]
-    pub compare: Vec<super::bench_compare::Candidate>,
-    /// Print the report as JSON instead of a table.
-    #[arg(long)]
-    pub json: bool,
+    pub compare: Vec<crate::bench::Candidate>,
+    /// The report as JSON instead of a table: on stdout, or with `--json=FILE` in FILE (`-`:
+    /// stdout), as `--json` means for every command.
+    #[arg(long, value_name = "FILE", num_args = 0..=1, require_equals = true, default_missing_value = "-")]
+    pub json: Option<PathBuf>,
     /// Backend, threads and checksum verification.
     #[command(flatten)]
     pub engine: EngineArgs,
-}
-
-/// Latency of each stage for one step count.
-#[derive(Debug, Serialize)]
-pub struct StepCountReport {
-    /// The step budget per frame.
-    pub steps: usize,
-    /// Steps run per frame on average (fewer than the budget when the agent stops).
-    pub mean_steps: f64,
-    /// Frames measured.
-    pub frames: usize,
-    /// Resize, normalise, pad.
-    pub preprocess: Stats,
-    /// The image encoder.
-    pub encoder: Stats,
-    /// One SRM run (start and every step).
-    pub srm: Stats,
-    /// One run of the agent's network (the paper's policy or the clicker).
-    pub policy: Stats,
-    /// One decoder run (start and every step), low-resolution outputs.
-    pub decoder: Stats,
-    /// Final upscaling and threshold.
-    pub postprocess: Stats,
-    /// The whole frame.
-    pub frame: Stats,
-    /// Frames per second (frames / total frame time).
-    pub fps: f64,
-    /// Median share of the frame spent in the encoder.
-    pub encoder_share: f64,
-}
-
-/// Per-step decoder time of the two decoder uses, on the same prompts.
-#[derive(Debug, Serialize)]
-pub struct DecoderComparison {
-    /// The decoder file as the loop runs it (low-res outputs; a standard file is pruned).
-    pub loop_decoder: Stats,
-    /// A standard decoder computing its full-size `masks` output.
-    pub standard_full_size: Stats,
-    /// Which files.
-    pub loop_decoder_file: PathBuf,
-    /// Which files.
-    pub standard_file: PathBuf,
 }
 
 /// The whole report.
@@ -125,55 +85,6 @@ pub struct BenchReport {
     pub peak_rss_mb: Option<f64>,
 }
 
-/// A deterministic 640x480 frame with smooth structure (no file needed).
-pub fn synthetic_frame() -> RgbImage {
-    RgbImage::from_fn(640, 480, |x, y| {
-        let (fx, fy) = (x as f32 / 640.0, y as f32 / 480.0);
-        let disc = ((fx - 0.45).powi(2) + (fy - 0.5).powi(2)).sqrt() < 0.2;
-        if disc {
-            image::Rgb([200, 60 + (fy * 80.0) as u8, 40])
-        } else {
-            image::Rgb([(fx * 120.0) as u8 + 60, (fy * 150.0) as u8 + 50, 140])
-        }
-    })
-}
-
-pub(super) fn collect(steps: usize, results: &[LoopResult]) -> StepCountReport {
-    let mut srm = vec![];
-    let mut policy = vec![];
-    let mut decoder = vec![];
-    for r in results {
-        srm.push(r.times.start_srm_ms);
-        decoder.push(r.times.start_decoder_ms);
-        for s in &r.times.steps {
-            srm.push(s.srm_ms);
-            policy.push(s.policy_ms);
-            decoder.push(s.decoder_ms);
-        }
-    }
-    let pick = |f: fn(&LoopResult) -> f64| results.iter().map(f).collect::<Vec<f64>>();
-    let frame = pick(|r| r.times.total_ms);
-    let shares: Vec<f64> = results
-        .iter()
-        .map(|r| r.times.encoder_ms / r.times.total_ms)
-        .collect();
-    StepCountReport {
-        steps,
-        mean_steps: results.iter().map(|r| r.steps as f64).sum::<f64>()
-            / results.len().max(1) as f64,
-        frames: results.len(),
-        preprocess: Stats::of(&pick(|r| r.times.preprocess_ms)),
-        encoder: Stats::of(&pick(|r| r.times.encoder_ms)),
-        srm: Stats::of(&srm),
-        policy: Stats::of(&policy),
-        decoder: Stats::of(&decoder),
-        postprocess: Stats::of(&pick(|r| r.times.postprocess_ms)),
-        fps: results.len() as f64 / (frame.iter().sum::<f64>() / 1e3),
-        frame: Stats::of(&frame),
-        encoder_share: Stats::of(&shares).p50,
-    }
-}
-
 /// Runs `alignsam bench`.
 pub fn run(args: BenchArgs) -> Result<ExitCode> {
     if args.steps.is_empty() || args.frames == 0 {
@@ -196,8 +107,8 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
             &args.steps,
             (args.warmup, args.frames),
         )?;
-        if args.json {
-            outln!("{}", serde_json::to_string_pretty(&reports)?);
+        if let Some(path) = &args.json {
+            super::output::write_json_report(path, "bench", &reports)?;
         } else {
             let threads = crate::engine::EngineOptions {
                 threads: args.engine.threads,
@@ -213,19 +124,15 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     let agent = Agent::load(&bundle, backend.as_ref())?;
     let load_ms = ms(t.elapsed());
 
+    let counts = FrameCounts {
+        warmup: args.warmup,
+        measured: args.frames,
+    };
     let mut runs = vec![];
     let mut last_results = vec![];
     for &steps in &args.steps {
-        let options = LoopOptions::fixed_steps(steps);
-        let mut results = vec![];
-        for i in 0..args.warmup + args.frames {
-            let frame = &frames[i % frames.len()];
-            let r = agent.segment(frame, &options)?;
-            if i >= args.warmup {
-                results.push(r);
-            }
-        }
-        runs.push(collect(steps, &results));
+        let (report, results) = crate::bench::measure_loop(&agent, &frames, steps, counts)?;
+        runs.push(report);
         last_results = results;
     }
 
@@ -235,42 +142,22 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         (None, DecoderForm::Standard) => Some(bundle.decoder_path()),
         (None, DecoderForm::LowRes) => None,
     };
-    let decoder_comparison = match standard {
-        None => None,
-        Some(path) => {
-            let mut manifest = bundle.manifest.clone();
-            manifest.models.decoder.form = DecoderForm::Standard;
-            let full = FullResDecoder::new(backend.as_ref(), &path, &manifest);
-            // Check the file is a standard decoder before timing it.
-            Decoder::load(backend.as_ref(), &path, &manifest)?;
-            let (mut a, mut b) = (vec![], vec![]);
-            for (i, r) in last_results.iter().enumerate() {
-                let image = &frames[(args.warmup + i) % frames.len()];
-                let (input, geometry) = preprocess::preprocess(image, &agent.sam.preprocess)?;
-                let embedding = agent.sam.encoder.encode(&input)?;
-                full.prepare(&geometry)?;
-                let prompt = r.prompt();
-                // Replay every prefix the loop decoded: the two start points, then one more per step.
-                for n in 2..=prompt.len() {
-                    let t = Instant::now();
-                    agent
-                        .sam
-                        .decoder
-                        .decode(&embedding, &prompt[..n], None, &geometry)?;
-                    a.push(ms(t.elapsed()));
-                    let t = Instant::now();
-                    full.decode(&embedding, &prompt[..n], None, &geometry)?;
-                    b.push(ms(t.elapsed()));
-                }
-            }
-            Some(DecoderComparison {
-                loop_decoder: Stats::of(&a),
-                standard_full_size: Stats::of(&b),
-                loop_decoder_file: bundle.decoder_path(),
-                standard_file: path,
-            })
-        }
-    };
+    // The measured frames, in the order the loop saw them.
+    let measured: Vec<&RgbImage> = (0..last_results.len())
+        .map(|i| &frames[(args.warmup + i) % frames.len()])
+        .collect();
+    let decoder_comparison = standard
+        .map(|path| {
+            crate::bench::compare_decoders(
+                &agent,
+                backend.as_ref(),
+                &bundle,
+                path,
+                &measured,
+                &last_results,
+            )
+        })
+        .transpose()?;
 
     let report = BenchReport {
         bundle: bundle.manifest.name.clone(),
@@ -286,8 +173,8 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         decoder_comparison,
         peak_rss_mb: peak_rss_bytes().map(|b| b as f64 / 1e6),
     };
-    if args.json {
-        outln!("{}", serde_json::to_string_pretty(&report)?);
+    if let Some(path) = &args.json {
+        super::output::write_json_report(path, "bench", &report)?;
     } else {
         print_table(&report, args.warmup)?;
     }

@@ -8,38 +8,11 @@ use anyhow::{Result, anyhow};
 use image::RgbImage;
 use serde::Serialize;
 
-use super::EngineArgs;
-use super::bench::{StepCountReport, collect};
-use crate::agent::{Agent, LoopOptions};
-use crate::engine::{BackendKind, EngineOptions, Precision};
+use super::args::EngineArgs;
+use crate::agent::Agent;
+use crate::bench::{Candidate, FrameCounts, StepCountReport, measure_interleaved, summarise};
+use crate::engine::EngineOptions;
 use crate::util::ms;
-
-/// A backend at a precision, as `backend:precision` on the command line.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Candidate {
-    /// The engine.
-    pub backend: BackendKind,
-    /// The precision variant.
-    pub precision: Precision,
-}
-
-impl std::str::FromStr for Candidate {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (b, p) = s.split_once(':').unwrap_or((s, "fp32"));
-        Ok(Candidate {
-            backend: b.parse()?,
-            precision: p.parse()?,
-        })
-    }
-}
-
-impl std::fmt::Display for Candidate {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}", self.backend, self.precision)
-    }
-}
 
 /// One candidate's measurements.
 #[derive(Debug, Serialize)]
@@ -83,20 +56,12 @@ pub fn run(
             runs: vec![],
         })
         .collect();
+    let counts = FrameCounts { warmup, measured };
+    let loaded: Vec<&Agent> = agents.iter().map(|(agent, _, _)| agent).collect();
     for &t in steps {
-        let options = LoopOptions::fixed_steps(t);
-        let mut results = vec![vec![]; agents.len()];
-        for i in 0..warmup + measured {
-            let frame = &frames[i % frames.len()];
-            for (k, (agent, _, _)) in agents.iter().enumerate() {
-                let r = agent.segment(frame, &options)?;
-                if i >= warmup {
-                    results[k].push(r);
-                }
-            }
-        }
+        let results = measure_interleaved(&loaded, frames, t, counts)?;
         for (report, r) in reports.iter_mut().zip(&results) {
-            report.runs.push(collect(t, r));
+            report.runs.push(summarise(t, r));
         }
     }
     Ok(reports)

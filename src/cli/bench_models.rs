@@ -10,15 +10,12 @@ use anyhow::{Result, bail};
 use clap::Args;
 use serde::Serialize;
 
-use super::EngineArgs;
-use super::bench::synthetic_frame;
-use crate::bench::Stats;
+use super::args::EngineArgs;
+use crate::bench::{Stats, spread_points, synthetic_frame};
 use crate::bundle::Bundle;
 use crate::bundle::DecoderForm;
 use crate::engine::{Backend, BackendKind, EngineOptions, Model, ModelSpec, Precision, Tensor};
-use crate::sam::{
-    Decoder, Encoder, FullResDecoder, PointLabel, PromptPoint, decoder::PromptInputs, preprocess,
-};
+use crate::sam::{Decoder, Encoder, FullResDecoder, decoder::PromptInputs, preprocess};
 use crate::source::load_rgb;
 
 /// Arguments of `alignsam bench-models`.
@@ -29,11 +26,11 @@ pub struct BenchModelsArgs {
     pub bundle: PathBuf,
     /// Backends to compare (the first backend at the first precision is the reference for
     /// output agreement).
-    #[arg(long, value_delimiter = ',', default_values_t = [BackendKind::default()], value_parser = super::backend_parser())]
+    #[arg(long, value_delimiter = ',', default_values_t = [BackendKind::default()], value_parser = super::args::backend_parser())]
     pub backends: Vec<BackendKind>,
     /// Precisions to compare on every backend (variants need no passing gate record here; the
     /// table says whether each has one).
-    #[arg(long, value_delimiter = ',', default_value = "fp32", value_parser = super::precision_parser())]
+    #[arg(long, value_delimiter = ',', default_value = "fp32", value_parser = super::args::precision_parser())]
     pub precisions: Vec<Precision>,
     /// Measured runs per model and backend (after one warm-up run).
     #[arg(long, default_value_t = 10, value_parser = super::validate::count(1, 100_000))]
@@ -44,9 +41,10 @@ pub struct BenchModelsArgs {
     /// Image to encode (default: a generated 640x480 test image).
     #[arg(long)]
     pub image: Option<PathBuf>,
-    /// Print JSON instead of a table.
-    #[arg(long)]
-    pub json: bool,
+    /// The report as JSON instead of a table: on stdout, or with `--json=FILE` in FILE (`-`:
+    /// stdout), as `--json` means for every command.
+    #[arg(long, value_name = "FILE", num_args = 0..=1, require_equals = true, default_missing_value = "-")]
+    pub json: Option<PathBuf>,
     /// Backend, threads and checksum verification.
     #[command(flatten)]
     pub engine: EngineArgs,
@@ -85,24 +83,6 @@ fn rel_diff(a: &[f32], reference: &[f32]) -> f64 {
         .zip(reference)
         .fold(0f64, |m, (&x, &y)| m.max((x as f64 - y as f64).abs()))
         / scale
-}
-
-/// Deterministic prompt points spread over the image, alternating labels (benchmarks, profiles).
-pub fn spread_points(n: usize, w: usize, h: usize) -> Vec<PromptPoint> {
-    (0..n)
-        .map(|i| {
-            let f = (i as f64 + 0.5) / n as f64;
-            PromptPoint {
-                x: f * w as f64,
-                y: (0.3 + 0.4 * f) * h as f64,
-                label: if i % 2 == 0 {
-                    PointLabel::Positive
-                } else {
-                    PointLabel::Negative
-                },
-            }
-        })
-        .collect()
 }
 
 /// A backend at a precision.
@@ -341,8 +321,8 @@ pub fn run(args: BenchModelsArgs) -> Result<ExitCode> {
         .flat_map(|case| case.measure(&candidates, args.runs))
         .collect();
 
-    if args.json {
-        outln!("{}", serde_json::to_string_pretty(&rows)?);
+    if let Some(path) = &args.json {
+        super::output::write_json_report(path, "bench-models", &rows)?;
         return Ok(ExitCode::SUCCESS);
     }
     outln!(

@@ -12,9 +12,7 @@ use anyhow::{Result, bail};
 use clap::Args;
 use serde::Serialize;
 
-use super::EngineArgs;
-use super::run::ReuseArgs;
-use super::segment::LoopArgs;
+use super::args::{EngineArgs, LoopArgs, ReuseArgs};
 use crate::agent::ground_truth::mask_iou;
 use crate::agent::{Agent, StreamSegmenter};
 use crate::bench::Stats;
@@ -34,9 +32,10 @@ pub struct BenchReuseArgs {
     /// At most this many frames per sequence (from the start).
     #[arg(long, value_parser = super::validate::count(1, 100_000_000))]
     pub max_frames: Option<usize>,
-    /// Print JSON instead of a table.
-    #[arg(long)]
-    pub json: bool,
+    /// The report as JSON instead of a table: on stdout, or with `--json=FILE` in FILE (`-`:
+    /// stdout), as `--json` means for every command.
+    #[arg(long, value_name = "FILE", num_args = 0..=1, require_equals = true, default_missing_value = "-")]
+    pub json: Option<PathBuf>,
     /// Temporal reuse.
     #[command(flatten)]
     pub reuse: ReuseArgs,
@@ -182,7 +181,7 @@ pub fn run(args: BenchReuseArgs) -> Result<ExitCode> {
             .unwrap_or_default();
         let s = run_sequence(&agent, dir, &args, &options)?;
         let row = s.row(&name);
-        if !args.json {
+        if args.json.is_none() {
             eprintln!(
                 "{name}: {} frames, steps {:.2} cold / {:.2} warm, agreement IoU {:.3}",
                 row.frames, row.cold_steps, row.warm_steps, row.agreement_iou
@@ -192,8 +191,8 @@ pub fn run(args: BenchReuseArgs) -> Result<ExitCode> {
         all.extend(&s);
     }
     rows.push(all.row("all"));
-    if args.json {
-        outln!("{}", serde_json::to_string_pretty(&rows)?);
+    if let Some(path) = &args.json {
+        super::output::write_json_report(path, "bench-reuse", &rows)?;
         return Ok(ExitCode::SUCCESS);
     }
     outln!(

@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::{Result, bail};
 use clap::Args;
 
-use super::EngineArgs;
+use super::args::EngineArgs;
 use crate::sam::{PointLabel, PromptPoint, Sam};
 use crate::sink::{OutputPlan, write_mask_png};
 use crate::source::load_rgb;

@@ -3,32 +3,26 @@
 //! the same cached embeddings. Writes a table (stdout and `report.md`), `per_image.csv`,
 //! `oracle_curve.csv` (when the oracle runs) and `montage.png`.
 //!
-//! Two passes: first every embedding is made sure of in the cache (the encoder is the slow part,
-//! and a second run skips it), then every image runs the loop once per method.
+//! The evaluation itself is the library's ([`crate::eval::driver::run`]); this file reads the
+//! flags, checks the outputs, shows progress and writes `report.md` with the command line.
 
-use std::fs::File;
-use std::io::{BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use clap::Args;
 use indicatif::ProgressBar;
 
 use super::output::{check_dataset_outputs, progress};
 
-use super::segment::LoopArgs;
-use super::{EXIT_PARTIAL, EngineArgs};
+use super::args::{EngineArgs, LoopArgs};
 use crate::agent::{Agent, LoopOptions};
 use crate::bundle::manifest::AgentSection;
 use crate::cache::{EmbeddingCache, default_dir};
-use crate::dataset::{Dataset, Sample, load_mask};
-use crate::eval::report::{
-    CSV_HEADER, RunInfo, csv_rows, markdown, oracle_csv_header, oracle_csv_row, text_table,
-};
-use crate::eval::{BUDGETS, Evaluation, Method, MethodRunner, NOC_CAP, montage, srm_scores};
-use crate::source::load_rgb;
+use crate::dataset::Dataset;
+use crate::eval::report::{RunInfo, markdown, text_table};
+use crate::eval::{EvalJob, EvalProgress, Method, default_methods};
+use crate::exit::EXIT_PARTIAL;
 
 /// `LoopArgs`'s default `--stop-iou`, to tell whether one was given (eval ignores it without
 /// `--early-stop`, and says so rather than dropping it silently). A test keeps the two equal.
@@ -132,107 +126,6 @@ fn command_line() -> String {
         .join(" ")
 }
 
-/// What the cache pass found.
-struct Filled {
-    hits: usize,
-    computed: usize,
-    seconds: f64,
-    /// Per sample, the error that rules it out (None: ready).
-    errors: Vec<Option<String>>,
-}
-
-/// The error's message, led by the file's name unless it already names it (file errors do).
-fn naming(path: &Path, e: anyhow::Error) -> String {
-    let (msg, name) = (format!("{e:#}"), path.display().to_string());
-    if msg.contains(&name) {
-        msg
-    } else {
-        format!("{name}: {msg}")
-    }
-}
-
-/// Makes sure every image has a cached embedding. A failing image is reported and skipped.
-fn fill_cache(
-    cache: &EmbeddingCache,
-    agent: &Agent,
-    samples: &[Sample],
-    bar: &ProgressBar,
-) -> Filled {
-    let start = Instant::now();
-    let mut f = Filled {
-        hits: 0,
-        computed: 0,
-        seconds: 0.0,
-        errors: vec![],
-    };
-    for s in samples {
-        bar.set_message(s.id.clone());
-        let error = match cache.get_or_compute(&agent.sam, &s.image_path) {
-            Ok((_, _, true)) => {
-                f.hits += 1;
-                None
-            }
-            Ok((_, _, false)) => {
-                f.computed += 1;
-                None
-            }
-            Err(e) => {
-                let msg = naming(&s.image_path, e);
-                bar.suspend(|| eprintln!("error: {msg}"));
-                Some(msg)
-            }
-        };
-        f.errors.push(error);
-        bar.inc(1);
-    }
-    bar.finish_and_clear();
-    f.seconds = start.elapsed().as_secs_f64();
-    f
-}
-
-/// One image's CSV lines: the per-method rows and, when the oracle ran, its curve.
-struct ImageRows {
-    methods: Vec<String>,
-    oracle: Option<String>,
-}
-
-/// Runs every method on one image and adds it to the totals; returns its CSV lines and, when
-/// asked, its montage row.
-fn evaluate_one(
-    runner: &MethodRunner,
-    cache: &EmbeddingCache,
-    evaluation: &mut Evaluation,
-    sample: &Sample,
-    with_montage: bool,
-) -> Result<(ImageRows, Option<Vec<image::RgbImage>>)> {
-    let agent = runner.agent;
-    let gt = load_mask(&sample.mask_path)?;
-    let (embedding, geometry, _) = cache.get_or_compute(&agent.sam, &sample.image_path)?;
-    let (h, w) = geometry.original;
-    if (gt.height, gt.width) != (h, w) {
-        bail!(
-            "{} is {}x{} but {} is {w}x{h}",
-            sample.mask_path.display(),
-            gt.width,
-            gt.height,
-            sample.image_path.display()
-        );
-    }
-    let srm = srm_scores(&agent.srm, &embedding, &geometry, &gt)?;
-    let results = runner.run(&sample.id, &embedding, &geometry, &gt)?;
-    let eval = evaluation.add(&sample.id, &gt, srm, results)?;
-    let row = if with_montage {
-        Some(montage::row(&load_rgb(&sample.image_path)?, &gt, &eval))
-    } else {
-        None
-    };
-    let rows = ImageRows {
-        methods: csv_rows(&eval),
-        oracle: oracle_csv_row(&eval),
-    };
-    Ok((rows, row))
-}
-
 /// The methods in the order given, each once; an error for none or a repeat.
 fn distinct_methods(methods: &[Method]) -> Result<Vec<Method>> {
     if methods.is_empty() {
@@ -248,23 +141,17 @@ fn distinct_methods(methods: &[Method]) -> Result<Vec<Method>> {
     Ok(out)
 }
 
-fn create(path: &Path) -> Result<BufWriter<File>> {
-    Ok(BufWriter::new(crate::sink::create_streamed(path)?))
-}
-
-/// The methods a bundle allows by default: its agents, every baseline it has what for, the
-/// oracle.
-fn default_methods(agent: &Agent) -> Vec<Method> {
-    Method::ALL
-        .into_iter()
-        .filter(|m| match m {
-            Method::Clicker | Method::ClickerNoStop => agent.clicker.is_some(),
-            Method::Policy => agent.policy.is_some(),
-            Method::BestPatch => agent.best_patch.is_some(),
-            Method::PolicySample | Method::Teacher => false,
-            _ => true,
-        })
-        .collect()
+/// A progress bar per pass, errors printed above it, notes between passes.
+fn progress_printer(hidden: bool) -> impl FnMut(EvalProgress) {
+    let mut bar = ProgressBar::hidden();
+    move |p: EvalProgress| match p {
+        EvalProgress::Start(what, n) => bar = progress(n, hidden, what),
+        EvalProgress::Item(id) => bar.set_message(id.to_string()),
+        EvalProgress::Advance => bar.inc(1),
+        EvalProgress::Error(msg) => bar.suspend(|| eprintln!("error: {msg}")),
+        EvalProgress::Done => bar.finish_and_clear(),
+        EvalProgress::Note(line) => bar.suspend(|| eprintln!("{line}")),
+    }
 }
 
 /// Runs `alignsam eval`.
@@ -300,87 +187,20 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
     let cache = EmbeddingCache::new(&cache_root, &bundle.manifest, bundle.precision)?;
 
     let samples = dataset.items();
-    let bar = progress(samples.len(), args.no_progress, "embeddings");
-    let filled = fill_cache(&cache, &agent, samples, &bar);
-    eprintln!(
-        "embeddings: {} images, {} from the cache ({}), {} computed in {:.1} s",
-        samples.len(),
-        filled.hits,
-        cache.dir().display(),
-        filled.computed,
-        filled.seconds
-    );
-
-    let csv_path = args.out.join("per_image.csv");
-    let mut csv = create(&csv_path)?;
-    writeln!(csv, "{CSV_HEADER}")?;
-    let oracle_path = args.out.join("oracle_curve.csv");
-    let mut oracle_csv = match methods.contains(&Method::Oracle) {
-        true => {
-            let mut f = create(&oracle_path)?;
-            writeln!(
-                f,
-                "{}",
-                oracle_csv_header(NOC_CAP.max(2 + options.max_steps))
-            )?;
-            Some(f)
-        }
-        false => None,
-    };
-    let runner = MethodRunner {
+    let job = EvalJob {
         agent: &agent,
         options: &options,
         methods: &methods,
+        samples,
+        cache: &cache,
+        out: &args.out,
         seed: args.seed,
         truth_labels: args.labels == "truth",
+        montage: args.montage,
     };
-    let budgets: Vec<usize> = BUDGETS
-        .into_iter()
-        .filter(|&b| b <= options.max_steps)
-        .collect();
-    let mut evaluation = Evaluation::new(&methods).with_budgets(&budgets, options.keep_best);
-    let mut failed: Vec<String> = filled.errors.iter().flatten().cloned().collect();
-    let mut rows = vec![];
-    let bar = progress(samples.len() - failed.len(), args.no_progress, "images");
-    for (sample, error) in samples.iter().zip(&filled.errors) {
-        if error.is_some() {
-            continue;
-        }
-        bar.set_message(sample.id.clone());
-        let with_montage = rows.len() < args.montage;
-        match evaluate_one(&runner, &cache, &mut evaluation, sample, with_montage) {
-            Ok((lines, row)) => {
-                for line in lines.methods {
-                    writeln!(csv, "{line}")?;
-                }
-                if let (Some(f), Some(line)) = (oracle_csv.as_mut(), lines.oracle) {
-                    writeln!(f, "{line}")?;
-                }
-                rows.extend(row);
-            }
-            Err(e) => {
-                let msg = naming(&sample.image_path, e);
-                bar.suspend(|| eprintln!("error: {msg}"));
-                failed.push(msg);
-            }
-        }
-        bar.inc(1);
-    }
-    bar.finish_and_clear();
-    csv.flush()
-        .with_context(|| format!("{}: cannot write", csv_path.display()))?;
-    if let Some(f) = oracle_csv.as_mut() {
-        f.flush()
-            .with_context(|| format!("{}: cannot write", oracle_path.display()))?;
-    }
-    if evaluation.images() == 0 {
-        bail!(
-            "none of the {} images could be evaluated (see the errors above)",
-            samples.len()
-        );
-    }
-
-    let summary = evaluation.summary()?;
+    let outcome = crate::eval::driver::run(&job, &mut progress_printer(args.no_progress))?;
+    let failed = outcome.failed;
+    let summary = outcome.summary;
     outln!("{}", text_table(&summary).trim_end_matches('\n'));
     let info = RunInfo {
         command: command_line(),
@@ -396,9 +216,9 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
         options,
         seed: args.seed,
         labels: args.labels.clone(),
-        cache_hits: filled.hits,
-        cache_computed: filled.computed,
-        cache_seconds: filled.seconds,
+        cache_hits: outcome.cache_hits,
+        cache_computed: outcome.cache_computed,
+        cache_seconds: outcome.cache_seconds,
         engine: match args.engine.threads {
             0 => format!(
                 "{:?}, all cores ({} available)",
@@ -410,17 +230,9 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
     };
     let report_path = args.out.join("report.md");
     crate::sink::write_bytes_atomic(&report_path, markdown(&info, &summary).as_bytes())?;
-    let mut written = vec![report_path, csv_path];
-    if oracle_csv.is_some() {
-        written.push(oracle_path);
-    }
-    if let Some(image) = montage::montage(&rows) {
-        let path = args.out.join("montage.png");
-        image
-            .save(&path)
-            .with_context(|| format!("{}: cannot write", path.display()))?;
-        written.push(path);
-    }
+    let written: Vec<PathBuf> = std::iter::once(report_path)
+        .chain(outcome.written)
+        .collect();
     eprintln!(
         "wrote {}",
         written

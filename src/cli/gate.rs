@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use serde::Serialize;
 
-use super::{backend_parser, precision_parser};
+use super::args::{backend_parser, precision_parser};
 use crate::bundle::{Bundle, GateRecord, MANIFEST_FILE, Manifest, OpenOptions};
 use crate::dataset::Dataset;
 use crate::engine::{BackendKind, EngineOptions, Precision};
@@ -65,9 +65,10 @@ pub struct GateArgs {
     /// Skip verifying the bundle's checksums.
     #[arg(long)]
     pub no_verify: bool,
-    /// Print JSON instead of a table.
-    #[arg(long)]
-    pub json: bool,
+    /// The report as JSON instead of a table: on stdout, or with `--json=FILE` in FILE (`-`:
+    /// stdout), as `--json` means for every command.
+    #[arg(long, value_name = "FILE", num_args = 0..=1, require_equals = true, default_missing_value = "-")]
+    pub json: Option<PathBuf>,
 }
 
 /// One candidate's outcome.
@@ -176,8 +177,8 @@ pub fn run(args: GateArgs) -> Result<ExitCode> {
     if args.record {
         record(&fp32, &reference, &rows)?;
     }
-    if args.json {
-        outln!("{}", serde_json::to_string_pretty(&rows)?);
+    if let Some(path) = &args.json {
+        super::output::write_json_report(path, "gate", &rows)?;
     } else {
         print_table(&reference, &rows)?;
     }

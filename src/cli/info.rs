@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::Args;
 
-use super::EngineArgs;
+use super::args::EngineArgs;
 use crate::agent::{Policy, Srm};
 use crate::bundle::Bundle;
 use crate::engine::{Backend, ModelSpec, onnx_io::IoDecl};

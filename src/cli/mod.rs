@@ -39,12 +39,10 @@ mod validate;
 use std::process::ExitCode;
 
 use anyhow::Result;
-use clap::{Args, Parser, Subcommand};
-
-use crate::bundle::{Bundle, OpenOptions};
-use crate::engine::{Backend, BackendKind, EngineOptions, Precision};
+use clap::{Parser, Subcommand};
 
 pub use crate::exit::{EXIT_ERROR, EXIT_PARTIAL};
+pub use args::{EngineArgs, LoopArgs, PrecisionChoice, ReuseArgs};
 
 /// AlignSAM on the edge: a learned prompting agent drives a frozen Segment Anything Model.
 #[derive(Debug, Parser)]
@@ -80,113 +78,6 @@ impl Cli {
         env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
             .format_timestamp_millis()
             .init();
-    }
-}
-
-/// Options shared by every command that runs models.
-#[derive(Debug, Clone, Args)]
-pub struct EngineArgs {
-    /// Inference backend.
-    #[arg(long, default_value_t, env = "ALIGNSAM_BACKEND", value_parser = backend_parser())]
-    pub backend: BackendKind,
-    /// Threads per model run (0: all cores).
-    #[arg(long, default_value_t = 0, env = "ALIGNSAM_THREADS", value_parser = validate::count(0, 1024))]
-    pub threads: usize,
-    /// Skip verifying the bundle's sha256 checksums (saves seconds on big encoders).
-    #[arg(long)]
-    pub no_verify: bool,
-    /// Precision of the SAM encoder and decoder: fp32, int8 or int8-qdq (variant files named in
-    /// bundle.toml), f16 (tract converts the fp32 files at load), or auto: the fastest variant
-    /// that passed the accuracy gate on this backend and CPU architecture (fp32 when none did).
-    #[arg(long, default_value = "auto", env = "ALIGNSAM_PRECISION", value_parser = precision_choice_parser())]
-    pub precision: PrecisionChoice,
-    /// Use a precision variant that has no passing accuracy-gate record (`alignsam gate`).
-    #[arg(long)]
-    pub allow_ungated: bool,
-}
-
-/// `--precision`: a fixed precision, or `auto`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PrecisionChoice {
-    /// The fastest variant that passed the gate here ([`Bundle::fastest_gated`]).
-    Auto,
-    /// This precision.
-    Fixed(Precision),
-}
-
-/// `auto` or a precision name.
-pub fn precision_choice_parser() -> impl clap::builder::TypedValueParser<Value = PrecisionChoice> {
-    use clap::builder::TypedValueParser;
-    let names: Vec<&'static str> = std::iter::once("auto")
-        .chain(Precision::ALL.iter().map(|p| p.name()))
-        .collect();
-    clap::builder::PossibleValuesParser::new(names).map(|s| match s.as_str() {
-        "auto" => PrecisionChoice::Auto,
-        name => PrecisionChoice::Fixed(name.parse().expect("a possible value")),
-    })
-}
-
-/// The precision names as clap's possible values, parsed into the library's [`Precision`].
-pub fn precision_parser() -> impl clap::builder::TypedValueParser<Value = Precision> {
-    use clap::builder::TypedValueParser;
-    let names: Vec<&'static str> = Precision::ALL.iter().map(|p| p.name()).collect();
-    clap::builder::PossibleValuesParser::new(names)
-        .map(|s| s.parse::<Precision>().expect("a possible value"))
-}
-
-/// The backend names as clap's possible values (listed in `--help`), parsed into the library's
-/// [`BackendKind`]: the library knows nothing of clap.
-pub fn backend_parser() -> impl clap::builder::TypedValueParser<Value = BackendKind> {
-    use clap::builder::TypedValueParser;
-    let names: Vec<&'static str> = BackendKind::ALL.iter().map(|b| b.name()).collect();
-    clap::builder::PossibleValuesParser::new(names)
-        .map(|s| s.parse::<BackendKind>().expect("a possible value"))
-}
-
-impl EngineArgs {
-    /// Creates the backend these options ask for.
-    /// The backend, with at most as many threads as the machine has cores (more only wait on
-    /// each other: 1024 threads on 2 cores made one image take minutes); a warning says so.
-    pub fn backend(&self) -> Result<Box<dyn Backend>> {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let threads = if self.threads > cores {
-            log::warn!(
-                "--threads {} is more than the {cores} cores here: using {cores}",
-                self.threads
-            );
-            cores
-        } else {
-            self.threads
-        };
-        self.backend.create(&EngineOptions { threads })
-    }
-
-    /// Opens a bundle with these options, resolving `--precision auto` for this backend.
-    pub fn open_bundle(&self, dir: &std::path::Path) -> Result<Bundle> {
-        let bundle = Bundle::open(
-            dir,
-            OpenOptions {
-                verify_checksums: !self.no_verify,
-                precision: match self.precision {
-                    PrecisionChoice::Fixed(p) => p,
-                    PrecisionChoice::Auto => Precision::Fp32,
-                },
-                allow_ungated: self.allow_ungated,
-            },
-        )?;
-        match self.precision {
-            PrecisionChoice::Fixed(_) => Ok(bundle),
-            PrecisionChoice::Auto => {
-                let p = bundle.fastest_gated(self.backend.name());
-                if p != Precision::Fp32 {
-                    log::info!(
-                        "precision auto: {p} (passed the accuracy gate on {} here, fastest)",
-                        self.backend
-                    );
-                }
-                bundle.with_precision(p)
-            }
-        }
     }
 }
 
@@ -232,7 +123,7 @@ impl Command {
 
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<ExitCode> {
-    let quiet = cli.quiet;
+    output::set_quiet(cli.quiet);
     let defaults = crate::source::InputLimits::default();
     crate::source::limits::set_limits(crate::source::InputLimits {
         max_pixels: cli.max_pixels.unwrap_or(defaults.max_pixels),
@@ -244,7 +135,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Info(args) => info::run(args),
         Command::Bundle(args) => bundle_cmd::run(args),
         Command::Decode(args) => decode::run(args),
-        Command::Segment(args) => segment::run(args, quiet),
+        Command::Segment(args) => segment::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Run(args) => run::run(args),
         Command::Devices(args) => devices::run(args),

@@ -189,10 +189,33 @@ impl MaskFiles {
     }
 }
 
-/// A progress bar over `len` items called `what`, hidden when asked, for fewer than two items,
-/// or when stderr is not a terminal (indicatif's own rule).
+/// A report as pretty JSON: on stdout for `-`, else into the file, through the output guard
+/// (never over an input, a device or a file another kind of run wrote; written atomically).
+pub fn write_json_report<T: Serialize>(path: &Path, kind: &str, report: &T) -> Result<()> {
+    let text = serde_json::to_string_pretty(report)?;
+    if is_stdout(path) {
+        write_stdout_line(&text)?;
+        return Ok(());
+    }
+    let _lock = crate::sink::OutputPlan::new(kind, false)
+        .file(path)
+        .check()?;
+    crate::sink::write_bytes_atomic(path, format!("{text}\n").as_bytes())
+}
+
+/// `-q` for the whole command: no progress bars from any subcommand ([`progress`]).
+static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Sets `-q` for the command being run (main's parse of the command line does, once).
+pub fn set_quiet(quiet: bool) {
+    QUIET.store(quiet, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// A progress bar over `len` items called `what`, hidden when asked (`--no-progress`, or `-q`
+/// for any command), for fewer than two items, or when stderr is not a terminal (indicatif's
+/// own rule). Every command's bars come from here.
 pub fn progress(len: usize, hidden: bool, what: &str) -> ProgressBar {
-    if hidden || len < 2 {
+    if hidden || QUIET.load(std::sync::atomic::Ordering::Relaxed) || len < 2 {
         return ProgressBar::hidden();
     }
     let template =

@@ -13,10 +13,8 @@ use anyhow::{Result, bail};
 use clap::{Args, ValueEnum};
 use serde::Serialize;
 
-use super::EngineArgs;
-use super::bench::synthetic_frame;
-use super::bench_models::spread_points;
-use crate::bench::percentile;
+use super::args::EngineArgs;
+use crate::bench::{percentile, spread_points, synthetic_frame};
 use crate::bundle::DecoderForm;
 use crate::engine::{BackendKind, Model, Tensor, TensorView};
 use crate::sam::{Decoder, Encoder, FullResDecoder, decoder::PromptInputs, preprocess};
@@ -54,9 +52,10 @@ pub struct ProfileArgs {
     /// Image to use (default: a generated 640x480 test image).
     #[arg(long)]
     pub image: Option<PathBuf>,
-    /// Print JSON instead of tables.
-    #[arg(long)]
-    pub json: bool,
+    /// The report as JSON instead of a table: on stdout, or with `--json=FILE` in FILE (`-`:
+    /// stdout), as `--json` means for every command.
+    #[arg(long, value_name = "FILE", num_args = 0..=1, require_equals = true, default_missing_value = "-")]
+    pub json: Option<PathBuf>,
     /// Backend, threads and checksum verification.
     #[command(flatten)]
     pub engine: EngineArgs,
@@ -188,16 +187,14 @@ pub fn run(args: ProfileArgs) -> Result<ExitCode> {
     shares.sort_by(|a, b| b.ms.total_cmp(&a.ms));
     nodes.sort_by(|a, b| b.2.total_cmp(&a.2));
 
-    if args.json {
+    if let Some(path) = &args.json {
         let top: Vec<_> = nodes
             .iter()
             .take(args.top)
             .map(|(n, o, ms)| serde_json::json!({"node": n, "op": o, "ms": ms}))
             .collect();
-        outln!(
-            "{}",
-            serde_json::json!({"model": format!("{:?}", args.model), "total_ms": total, "by_op": shares, "top_nodes": top})
-        );
+        let report = serde_json::json!({"model": format!("{:?}", args.model), "total_ms": total, "by_op": shares, "top_nodes": top});
+        super::output::write_json_report(path, "profile", &report)?;
         return Ok(ExitCode::SUCCESS);
     }
     crate::util::sort_floats(&mut totals);
@@ -240,7 +237,7 @@ fn print_rten_report(
     model: &dyn Model,
     views: &[TensorView<'_>],
 ) -> Result<ExitCode> {
-    if args.json {
+    if args.json.is_some() {
         bail!("--json needs --backend tract: rten prints its report as text");
     }
     for _ in 0..args.runs {

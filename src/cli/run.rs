@@ -12,28 +12,15 @@ use anyhow::{Result, bail};
 use clap::Args;
 use serde::Serialize;
 
-use super::EngineArgs;
+use super::args::{EngineArgs, LoopArgs, ReuseArgs};
 use super::output::{
     JsonLines, MaskFiles, StdoutMode, check_source_outputs, human_line, is_stdout, print_line,
 };
-use super::segment::LoopArgs;
 use crate::agent::{Agent, LoopResult, PointRecord, StageTimes, StopReason, StreamSegmenter};
 use crate::pipeline::{self, FrameReport, Pipeline, PipelineOptions, StopFlag};
 use crate::sink::record::escaped_opt_path;
 use crate::sink::{OutputPlan, write_bytes_atomic};
 use crate::source::{Frame, SourceOptions, open_source};
-
-/// Temporal reuse options, shared with `bench-reuse`.
-#[derive(Debug, Clone, Args)]
-pub struct ReuseArgs {
-    /// Warm-start each frame from the previous one: its last points (relabelled by the SRM) as
-    /// the start points and its final logits as the first mask input (beyond the paper).
-    #[arg(long)]
-    pub reuse: bool,
-    /// With --reuse, how many of the previous frame's points to carry over (the most recent).
-    #[arg(long, default_value_t = 6, value_parser = super::validate::count(1, 10_000))]
-    pub reuse_points: usize,
-}
 
 /// Arguments of `alignsam run`.
 #[derive(Debug, Args)]

@@ -2,82 +2,22 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
 
+use super::args::{EngineArgs, LoopArgs};
 use super::output::{
     JsonLines, MaskFiles, StdoutMode, check_no_clobber, human_line, is_stdout, output_stems,
     print_line, progress,
 };
-use super::{EXIT_PARTIAL, EngineArgs};
-use crate::agent::{Agent, ImageOptions, LoopOptions, StepLabels};
-use crate::bundle::manifest::AgentSection;
+use crate::agent::{Agent, ImageOptions, LoopOptions};
 use crate::exit::EXIT_INTERRUPTED;
+use crate::exit::EXIT_PARTIAL;
 use crate::pipeline::{StopFlag, install_ctrlc};
 use crate::sam::Map;
 use crate::sink::{ImageRecord, OutputPlan};
 use crate::source::{expand_inputs, load_rgb};
-
-/// Options of the prompting loop, shared by `segment`, `bench` and `run`.
-#[derive(Debug, Clone, Args)]
-pub struct LoopArgs {
-    /// Steps after the two start points (default: the bundle's max_steps).
-    #[arg(long, value_parser = super::validate::count(0, crate::bundle::manifest::MAX_STEPS as u64))]
-    pub steps: Option<usize>,
-    /// Time budget per frame in milliseconds (encoder included): the loop does not start a step
-    /// that its running mean step time says would overrun.
-    #[arg(long, value_parser = super::validate::positive(0.0, 86_400_000.0).f64())]
-    pub budget_ms: Option<f64>,
-    /// Stop early when the IoU between successive masks reaches this value.
-    #[arg(long, default_value_t = 0.99, conflicts_with = "no_early_stop", value_parser = super::validate::real(0.0, 1.0).f32())]
-    pub stop_iou: f32,
-    /// Never stop early on convergence (run until the step limit or the budget).
-    #[arg(long)]
-    pub no_early_stop: bool,
-    /// Do not feed the previous low-resolution logits back as the decoder's mask input.
-    #[arg(long)]
-    pub no_mask_input: bool,
-    /// Allow a click on a patch with the label it already had there (the paper; by default the
-    /// loop forbids it, and a chooser that leaves the label to the SRM gets no patch twice).
-    #[arg(long)]
-    pub allow_repeats: bool,
-    /// Return the last mask (the paper) instead of the one with the best estimated IoU among
-    /// those the loop made (the clicker's quality estimate, or the decoder's IoU prediction).
-    #[arg(long)]
-    pub keep_last: bool,
-    /// Which SRM map labels a step's point: `state`, the SRM on the step's state E * M (the
-    /// paper), or `embedding`, its map on E alone, the one that placed the start points
-    /// (default: the bundle's `[agent] step_labels`, the one its policy was trained with).
-    #[arg(long)]
-    pub step_labels: Option<StepLabels>,
-}
-
-impl LoopArgs {
-    /// The loop options, with the bundle's step limit and step labels as the defaults.
-    pub fn options(&self, agent: &AgentSection) -> Result<LoopOptions> {
-        if let Some(b) = self.budget_ms
-            && !(b > 0.0 && b.is_finite())
-        {
-            bail!("--budget-ms must be a positive number of milliseconds, got {b}");
-        }
-        if !(0.0..=1.0).contains(&self.stop_iou) {
-            bail!("--stop-iou must be between 0 and 1, got {}", self.stop_iou);
-        }
-        Ok(LoopOptions {
-            max_steps: self.steps.unwrap_or(agent.max_steps),
-            budget: self.budget_ms.map(|ms| Duration::from_secs_f64(ms / 1e3)),
-            stop_iou: (!self.no_early_stop).then_some(self.stop_iou),
-            feed_mask: !self.no_mask_input,
-            forbid_repeats: !self.allow_repeats,
-            keep_best: !self.keep_last,
-            step_labels: self.step_labels.unwrap_or(agent.step_labels),
-            srm_labels: false,
-            trace: false,
-        })
-    }
-}
 
 /// Arguments of `alignsam segment`.
 #[derive(Debug, Args)]
@@ -170,7 +110,7 @@ fn process_one(
 }
 
 /// Runs `alignsam segment`.
-pub fn run(args: SegmentArgs, quiet: bool) -> Result<ExitCode> {
+pub fn run(args: SegmentArgs) -> Result<ExitCode> {
     let paths = expand_inputs(&args.inputs)?;
     let bundle = args.engine.open_bundle(&args.bundle)?;
     let options = args.loop_args.options(&bundle.manifest.agent)?;
@@ -219,7 +159,7 @@ pub fn run(args: SegmentArgs, quiet: bool) -> Result<ExitCode> {
     // Ctrl-C, SIGTERM: finish the image at hand (its files and JSON line whole), then stop.
     let stop = StopFlag::new();
     install_ctrlc(stop.clone())?;
-    let bar = progress(paths.len(), quiet || args.no_progress, "images");
+    let bar = progress(paths.len(), args.no_progress, "images");
     let stems = output_stems(&paths);
     let mut failed = 0usize;
     for (path, stem) in paths.iter().zip(&stems) {

@@ -10,7 +10,7 @@ use anyhow::{Result, bail};
 use clap::Args;
 use indicatif::ProgressBar;
 
-use super::EngineArgs;
+use super::args::EngineArgs;
 use crate::agent::{AgentKind, StepLabels};
 use crate::dataset::Dataset;
 use crate::train::imitation::{self, ClickerConfig, ClickerJob};

@@ -6,7 +6,8 @@
 //! numbers. [`agent_stats`] holds the agent-level figures (hit rate of the chosen points, SRM
 //! labels and map), [`method`] the policy and its baselines, [`oracle`] the ground-truth
 //! clicker (the interactive upper bound), [`evaluate`] the runs and totals, [`report`] the table
-//! and CSV, and [`montage`] the picture of a few images.
+//! and CSV, [`montage`] the picture of a few images, and [`driver`] the whole evaluation of a
+//! dataset split as one call ([`driver::run`]).
 
 /// The files `eval` writes into its output folder.
 pub const OUTPUT_NAMES: &[&str] = &[
@@ -17,6 +18,7 @@ pub const OUTPUT_NAMES: &[&str] = &[
 ];
 
 pub mod agent_stats;
+pub mod driver;
 pub mod evaluate;
 pub mod method;
 pub mod metrics;
@@ -25,6 +27,7 @@ pub mod oracle;
 pub mod report;
 
 pub use agent_stats::{PointStats, SrmScores, srm_scores};
+pub use driver::{EvalJob, EvalOutcome, EvalProgress, default_methods};
 pub use evaluate::{
     BUDGETS, Comparison, Diversity, EvalSummary, Evaluation, ImageEval, MethodResults, MethodRun,
     MethodRunner, MethodSummary, OracleSummary, PairedDiff, SrmSummary, mask_at_budget,

@@ -3,18 +3,20 @@
 //! numbers, and the frame's record (stop reason, stage times, fps, drops, capture-to-result
 //! latency); plus `/status`, the same record as JSON.
 //!
-//! Transport: the page asks for `/frame.jpg` again each time the previous one has loaded, and
-//! for `/status` five times a second. A viewer is then never sent a frame it has not asked for:
-//! a slow or stalled viewer simply asks less often and the server holds nothing for it (no
-//! per-viewer queue to bound), every viewer always gets the newest frame (drop-oldest by
-//! construction), and processing only hands over the frame it already has. The overlay and the
-//! JPEG are made on a request thread, once per frame whatever the number of viewers. At most
-//! [`MAX_REQUESTS`] requests are served at once (one thread each; more get 503); a viewer's
-//! error ends its request only.
+//! Transport: the page asks for `/frame.jpg?after=SEQ` each time the previous frame has loaded
+//! (SEQ: the last frame it showed); the request waits until a newer frame is published (at most
+//! [`LONG_POLL`], then the current one), so a viewer gets each new frame once and no request is
+//! spent on a frame it already has. A viewer is never sent a frame it has not asked for: a slow
+//! or stalled viewer simply asks less often and the server holds nothing for it (no per-viewer
+//! queue to bound), every viewer always gets the newest frame (drop-oldest by construction), and
+//! processing only hands over the frame it already has. The overlay and the JPEG are made on a
+//! request thread, one frame at a time and once per frame whatever the number of viewers. At
+//! most [`MAX_REQUESTS`] requests are served at once (one thread each; more get 503); a viewer's
+//! error ends its request only. `/status` is polled five times a second.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -25,6 +27,8 @@ use crate::agent::PointRecord;
 
 /// Requests served at once; more are answered 503.
 pub const MAX_REQUESTS: usize = 16;
+/// How long a `/frame.jpg?after=SEQ` request waits for a newer frame.
+pub const LONG_POLL: Duration = Duration::from_secs(2);
 const PAGE: &str = include_str!("live.html");
 
 /// One published frame: what the page shows.
@@ -49,6 +53,11 @@ struct Encoded {
 
 struct Shared {
     latest: Mutex<Latest>,
+    /// Signalled on every publish: wakes the requests waiting for a newer frame.
+    published: Condvar,
+    /// Held while a frame is encoded, so that concurrent viewers wait for the one encoding
+    /// rather than each making their own.
+    encoding: Mutex<()>,
     busy: AtomicUsize,
     stop: AtomicBool,
 }
@@ -80,6 +89,8 @@ impl LiveServer {
                 published: None,
                 fps: 0.0,
             }),
+            published: Condvar::new(),
+            encoding: Mutex::new(()),
             busy: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
         });
@@ -133,6 +144,8 @@ impl LiveServer {
         l.image = Some(image);
         l.mask = Arc::new(mask);
         l.points = Arc::new(points);
+        drop(l);
+        self.shared.published.notify_all();
     }
 
     /// Stops listening and waits for the server thread.
@@ -142,6 +155,7 @@ impl LiveServer {
 
     fn shutdown(&mut self) {
         self.shared.stop.store(true, Ordering::Relaxed);
+        self.shared.published.notify_all();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -209,13 +223,20 @@ fn answer(request: tiny_http::Request, shared: &Shared) -> std::io::Result<()> {
                     .with_header(no_store),
             )
         }
-        "/frame.jpg" => match jpeg(shared) {
+        "/frame.jpg" => match after(request.url()).map_or_else(
+            || jpeg(shared),
+            |seq| {
+                wait_newer(shared, seq);
+                jpeg(shared)
+            },
+        ) {
             // The frame's own record rides along, so that the page never shows one frame's
             // points beside another frame's picture.
             Some(e) => request.respond(
                 tiny_http::Response::from_data(e.bytes.as_slice())
                     .with_header(header("Content-Type", "image/jpeg"))
                     .with_header(header("X-Alignsam-Status", &ascii_json(&e.status)))
+                    .with_header(header("X-Alignsam-Seq", &e.seq.to_string()))
                     .with_header(no_store)
                     // A plain Content-Length, not chunks: the size is known.
                     .with_chunked_threshold(usize::MAX),
@@ -242,8 +263,46 @@ fn ascii_json(s: &str) -> String {
     out
 }
 
+/// The newest frame's JPEG when it has been made already.
+fn cached(shared: &Shared) -> Option<Encoded> {
+    let l = lock(shared);
+    l.jpeg.as_ref().filter(|e| e.seq == l.seq).cloned()
+}
+
+/// The `after=SEQ` of a frame request's query.
+fn after(url: &str) -> Option<u64> {
+    let query = url.split_once('?')?.1;
+    query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("after="))
+        .and_then(|v| v.parse().ok())
+}
+
+/// Waits until a frame newer than `seq` is published, the server stops, or [`LONG_POLL`] ends.
+fn wait_newer(shared: &Shared, seq: u64) {
+    let deadline = Instant::now() + LONG_POLL;
+    let mut l = lock(shared);
+    while l.seq <= seq && !shared.stop.load(Ordering::Relaxed) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        l = shared
+            .published
+            .wait_timeout(l, left.min(Duration::from_millis(200)))
+            .unwrap_or_else(|p| p.into_inner())
+            .0;
+    }
+}
+
 /// The newest frame as JPEG with its overlay, made once per frame.
 fn jpeg(shared: &Shared) -> Option<Encoded> {
+    if let Some(e) = cached(shared) {
+        return Some(e);
+    }
+    // One encoder at a time: a viewer that arrives while the frame is being encoded waits for
+    // it and then finds it cached.
+    let _encoding = shared.encoding.lock().unwrap_or_else(|p| p.into_inner());
     let (seq, image, mask, points, status) = {
         let l = lock(shared);
         if let Some(e) = &l.jpeg
@@ -279,4 +338,74 @@ fn jpeg(shared: &Shared) -> Option<Encoded> {
         l.jpeg = Some(encoded.clone());
     }
     Some(encoded)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    /// A GET over a fresh connection: (status line, headers and body as text-lossy bytes).
+    fn get(addr: SocketAddr, path: &str) -> (String, String) {
+        let mut c = std::net::TcpStream::connect(addr).unwrap();
+        write!(
+            c,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut buf = vec![];
+        c.read_to_end(&mut buf).unwrap();
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        let status = text.lines().next().unwrap_or_default().to_string();
+        (status, text)
+    }
+
+    fn publish(server: &LiveServer, value: u8) {
+        let image = Arc::new(RgbImage::from_pixel(8, 6, image::Rgb([value, 0, 0])));
+        server.publish(
+            image,
+            vec![false; 48],
+            vec![],
+            serde_json::json!({"v": value}),
+        );
+    }
+
+    #[test]
+    fn a_frame_request_waits_for_a_newer_frame_and_names_it() {
+        let server = LiveServer::start("127.0.0.1:0").unwrap();
+        let addr = server.addr();
+        // Nothing published yet: no content, at once.
+        assert!(get(addr, "/frame.jpg").0.contains("204"));
+        publish(&server, 1);
+        let (status, text) = get(addr, "/frame.jpg?after=0");
+        assert!(status.contains("200"), "{status}");
+        assert!(
+            text.to_ascii_lowercase().contains("x-alignsam-seq: 1"),
+            "{text:.300}"
+        );
+        // after=1: answered only when frame 2 exists.
+        let waiter = std::thread::spawn(move || {
+            let start = Instant::now();
+            let (_, text) = get(addr, "/frame.jpg?after=1");
+            (start.elapsed(), text)
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        publish(&server, 2);
+        let (waited, text) = waiter.join().unwrap();
+        assert!(waited >= Duration::from_millis(250), "{waited:?}");
+        assert!(waited < LONG_POLL, "{waited:?}");
+        assert!(
+            text.to_ascii_lowercase().contains("x-alignsam-seq: 2"),
+            "{text:.300}"
+        );
+        server.stop();
+    }
+
+    #[test]
+    fn the_query_is_read_leniently() {
+        assert_eq!(after("/frame.jpg?after=12"), Some(12));
+        assert_eq!(after("/frame.jpg?x=1&after=3"), Some(3));
+        assert_eq!(after("/frame.jpg?after=-1"), None);
+        assert_eq!(after("/frame.jpg"), None);
+    }
 }

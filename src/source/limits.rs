@@ -304,16 +304,16 @@ mod tests {
     fn a_truncated_jpeg_is_an_error_and_trailing_bytes_are_not() {
         // A busy picture, so that most of the file is scan data and half of it cuts a scan.
         let img = image::RgbImage::from_fn(256, 256, |x, y| {
-            image::Rgb([(x * 7 ^ y * 13) as u8, (x * y) as u8, (x + 3 * y) as u8])
+            image::Rgb([((x * 7) ^ (y * 13)) as u8, (x * y) as u8, (x + 3 * y) as u8])
         });
         let mut jpg = vec![];
         image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpg, 90)
             .encode_image(&img)
             .unwrap();
         let cut = jpg[..jpg.len() / 2].to_vec();
-        let e = decode_image(cut, Path::new("cut.jpg"), "image")
-            .err()
-            .expect("a truncated JPEG is refused, not decoded with a grey half");
+        let Err(e) = decode_image(cut, Path::new("cut.jpg"), "image") else {
+            panic!("a truncated JPEG is refused, not decoded with a grey half");
+        };
         assert!(
             e.to_string().contains("cut.jpg: truncated JPEG image"),
             "{e}"

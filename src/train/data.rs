@@ -196,7 +196,10 @@ pub fn fill_cache(
     }
     let sam = crate::sam::Sam::load(bundle, backend)
         .context("loading SAM to fill the embedding cache")?;
-    let stats = cache.fill(&sam, &paths, progress)?;
+    let stats = cache.fill(&sam, &paths, |i, r| progress(i, r.unwrap_or(false)));
+    if let Some(e) = stats.errors.into_iter().flatten().next() {
+        return Err(e);
+    }
     Ok(stats.computed)
 }
 
