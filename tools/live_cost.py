@@ -13,13 +13,15 @@ The viewers run on the same machine as alignsam; with --viewer-nice they run at 
 in for viewers on other machines (a browser on a laptop watching a board).
 
   python3 tools/live_cost.py latency --bundle models/small-sam --runs 3 --frames 30
-  python3 tools/live_cost.py memory --bundle models/tiny --mode record --frames 10000
-  python3 tools/live_cost.py memory --bundle models/tiny --mode stalled --viewers 20 --frames 1000
+  python3 tools/live_cost.py memory --bundle models/tiny --extra "--steps 1" --mode record --frames 10000
+  python3 tools/live_cost.py memory --bundle models/small-sam --mode stalled --viewers 20 --frames 1000
+  python3 tools/live_cost.py memory --bundle models/small-sam --mode plain --frames 1000
 """
 
 import argparse
 import http.client
 import json
+import shlex
 import os
 import socket
 import statistics
@@ -89,7 +91,7 @@ def run(args, extra, viewers=0, stalled_viewers=0, nice=False, sample=False):
         out = os.path.join(tmp, "out")
         json_path = os.path.join(tmp, "frames.jsonl")
         cmd = [BIN, "run", "-q", "--bundle", args.bundle, "--input", args.input, "--loop",
-               "--max-frames", str(args.frames), "--out", out, "--json", json_path] + args.extra + extra
+               "--max-frames", str(args.frames), "--out", out, "--json", json_path] + shlex.split(args.extra) + extra
         port = None
         if viewers or stalled_viewers:
             port = free_port()
@@ -134,6 +136,8 @@ def run(args, extra, viewers=0, stalled_viewers=0, nice=False, sample=False):
 def latency(args):
     modes = [("plain", [], 0), ("record", ["--record", "REC"], 0),
              ("plain 10 fps", ["--fps", "10"], 0), (f"serve, {args.viewers} viewers, 10 fps", ["--fps", "10"], args.viewers)]
+    wanted = set(args.modes.split(","))
+    modes = [m for m, key in zip(modes, ["plain", "record", "plain-fps", "serve"]) if key in wanted]
     results = {m[0]: [] for m in modes}
     shown = []
     for r in range(args.runs):
@@ -149,9 +153,11 @@ def latency(args):
     print("\nmedian frame p50:")
     for k, v in med.items():
         print(f"  {k}: {v:.1f} ms")
-    print(f"record / plain: {med['record'] / med['plain']:.3f}")
-    serve = [k for k in med if k.startswith("serve")][0]
-    print(f"serve / plain at 10 fps: {med[serve] / med['plain 10 fps']:.3f}")
+    if "record" in med and "plain" in med:
+        print(f"record / plain: {med['record'] / med['plain']:.3f}")
+    serve = [k for k in med if k.startswith("serve")]
+    if serve and "plain 10 fps" in med:
+        print(f"serve / plain at 10 fps: {med[serve[0]] / med['plain 10 fps']:.3f}")
 
 
 def memory(args):
@@ -184,11 +190,13 @@ def main():
         s.add_argument("--viewers", type=int, default=3)
         s.add_argument("--viewer-nice", action="store_true",
                        help="run the viewers at nice 19 (standing in for viewers on other machines)")
-        s.add_argument("--extra", nargs="*", default=[], help="more options for `alignsam run`")
+        s.add_argument("--extra", default="", help="more options for `alignsam run`, as one string")
         if name == "latency":
             s.add_argument("--runs", type=int, default=3)
+            s.add_argument("--modes", default="plain,record,plain-fps,serve",
+                           help="which runs, of plain,record,plain-fps,serve")
         else:
-            s.add_argument("--mode", choices=["record", "stalled"], required=True)
+            s.add_argument("--mode", choices=["plain", "record", "stalled"], required=True)
             s.add_argument("--fps", type=float, default=None)
     args = ap.parse_args()
     latency(args) if args.what == "latency" else memory(args)
