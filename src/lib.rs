@@ -8,7 +8,7 @@
 //! live view; every output checked by one guard). [`engine`] runs the ONNX models and [`bundle`]
 //! says which ones, checked. [`pipeline`] runs a stream of frames through the loop, [`eval`] and
 //! `train` measure and train the agent (each a driver call: [`eval::driver::run`],
-//! `train::run`), [`bench`] times the loop, [`cache`] keeps embeddings, [`exit`] holds the exit
+//! `train::run`), [`bench`](mod@bench) times the loop, [`cache`] keeps embeddings, [`exit`] holds the exit
 //! codes. [`cli`] is the command line over all of it; the library modules know nothing of flags.
 //!
 //! # Example
