@@ -54,6 +54,7 @@ pub mod eval;
 pub mod exit;
 pub mod gate;
 pub mod pipeline;
+pub mod safe_write;
 pub mod sam;
 pub mod sink;
 pub mod source;

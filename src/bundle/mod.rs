@@ -715,7 +715,7 @@ pub fn write_bundle(models_dir: &Path, out_dir: &Path, options: &InferOptions) -
         rebase(&mut c.file)?;
     }
     let path = out_dir.join(MANIFEST_FILE);
-    crate::sink::write_bytes_atomic(&path, manifest.to_toml()?.as_bytes())?;
+    crate::safe_write::write_bytes_atomic(&path, manifest.to_toml()?.as_bytes())?;
     Ok(path)
 }
 

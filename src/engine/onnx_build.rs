@@ -204,7 +204,7 @@ impl GraphBuilder {
     pub fn save(self, path: &Path, producer: &str) -> Result<()> {
         let bytes = super::onnx_wire::unpacked(&self.into_model(producer).encode_to_vec())
             .with_context(|| format!("{}: re-encoding the model", path.display()))?;
-        crate::sink::write_bytes_atomic(path, &bytes)
+        crate::safe_write::write_bytes_atomic(path, &bytes)
     }
 }
 

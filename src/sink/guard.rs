@@ -231,27 +231,7 @@ impl OutputPlan {
     }
 }
 
-/// Refuses what is not a regular file (or, for `file == false`, a folder) at an output path:
-/// never written through, never replaced.
-pub fn refuse_special(path: &Path, md: &std::fs::Metadata, file: bool) -> Result<()> {
-    let t = md.file_type();
-    if t.is_symlink() {
-        bail!(
-            "{}: is a symbolic link; outputs are never written through links",
-            path.display()
-        );
-    }
-    if t.is_dir() && file {
-        bail!("{}: is a folder, not a file", path.display());
-    }
-    if !t.is_dir() && !t.is_file() {
-        bail!(
-            "{}: is a device, FIFO or socket; outputs are written to regular files only",
-            path.display()
-        );
-    }
-    Ok(())
-}
+pub use crate::safe_write::refuse_special;
 
 /// The names a run of `kind` recorded in `dir`'s index.
 fn recorded(dir: &Path, kind: &str) -> BTreeSet<String> {

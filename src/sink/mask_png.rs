@@ -19,5 +19,5 @@ pub fn mask_image(mask: &[bool], width: usize, height: usize) -> Result<GrayImag
 
 /// Writes a binary mask PNG, atomically (whole or not at all); errors name the file.
 pub fn write_mask_png(path: &Path, mask: &[bool], width: usize, height: usize) -> Result<()> {
-    super::atomic::save_png_atomic(path, &mask_image(mask, width, height)?)
+    crate::safe_write::save_png_atomic(path, &mask_image(mask, width, height)?)
 }

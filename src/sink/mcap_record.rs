@@ -33,17 +33,8 @@ use serde_json::json;
 use crate::agent::PointRecord;
 use crate::sam::PointLabel;
 
-/// The topics of a recording.
-pub mod topics {
-    /// The frame (PNG).
-    pub const FRAME: &str = "/alignsam/frame";
-    /// The mask (grey PNG).
-    pub const MASK: &str = "/alignsam/mask";
-    /// The points and their step numbers.
-    pub const ANNOTATIONS: &str = "/alignsam/annotations";
-    /// The per-frame JSON record.
-    pub const RECORD: &str = "/alignsam/record";
-}
+/// The topics of a recording (defined beside the reader, which the writer sits above).
+pub use crate::source::mcap_replay::topics;
 
 /// The frame id every image and annotation names (Foxglove pairs annotations with images by it).
 pub const FRAME_ID: &str = "camera";

@@ -1,7 +1,8 @@
 //! Result sinks: masks, overlays and JSON records written to disk, every file atomically
 //! ([`atomic`]), each output path checked before the run starts ([`guard`]).
 
-pub mod atomic;
+/// The atomic writer, kept under its old path ([`crate::safe_write`]).
+pub use crate::safe_write as atomic;
 pub mod guard;
 #[cfg(feature = "serve")]
 pub mod live;

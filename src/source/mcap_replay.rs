@@ -14,7 +14,18 @@ use base64::Engine as _;
 
 use super::limits::{decode_image, limits, regular_file};
 use super::{Frame, FrameSource, SourceError};
-use crate::sink::mcap_record::topics;
+
+/// The topics of a recording.
+pub mod topics {
+    /// The frame (PNG).
+    pub const FRAME: &str = "/alignsam/frame";
+    /// The mask (grey PNG).
+    pub const MASK: &str = "/alignsam/mask";
+    /// The points and their step numbers.
+    pub const ANNOTATIONS: &str = "/alignsam/annotations";
+    /// The per-frame JSON record.
+    pub const RECORD: &str = "/alignsam/record";
+}
 
 /// Frames from an MCAP recording.
 pub struct McapSource {

@@ -98,8 +98,8 @@ pub fn draw_curves(
     Ok(())
 }
 
-/// One panel of [`draw_clicker_curves`]: its title, the x axis's name, and named series.
-type Series<'a> = (&'a str, Vec<(f32, f32)>);
+/// A named series of (x, y) points.
+pub type Series<'a> = (&'a str, Vec<(f32, f32)>);
 
 fn panel(
     area: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>,
@@ -159,74 +159,30 @@ fn panel(
     Ok(())
 }
 
-/// The clicker's curves: the trunk by epoch (loss, held-out object IoU), the rounds (held-out
-/// IoU by budget, agreement with the teacher, the head's losses).
-pub fn draw_clicker_curves(
-    path: &Path,
-    trunk: &[super::imitation::TrunkEpoch],
-    rounds: &[super::imitation::RoundRecord],
-) -> Result<()> {
+/// One panel of a [`draw_panel_grid`]: its title, the x axis's name, and named series.
+pub struct GridPanel<'a> {
+    /// Shown above the panel.
+    pub title: &'a str,
+    /// The x axis's name.
+    pub x_desc: &'a str,
+    /// Named series of (x, y) points.
+    pub series: Vec<Series<'a>>,
+}
+
+/// Four panels in a 2x2 grid under a title, as a PNG at `path` (the clicker's curves: the
+/// training modules build the panels, this module only draws).
+pub fn draw_panel_grid(path: &Path, title: &str, panels: &[GridPanel<'_>; 4]) -> Result<()> {
     font_ready()?;
     let err = |e: &dyn std::fmt::Display| {
         anyhow!("{}: cannot draw the learning curves: {e}", path.display())
     };
     let root = BitMapBackend::new(path, (1200, 800)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(&e))?;
-    let root = root
-        .titled(
-            "clicker: trunk by epoch, head by DAgger round",
-            (FONT_NAME, 20),
-        )
-        .map_err(|e| err(&e))?;
+    let root = root.titled(title, (FONT_NAME, 20)).map_err(|e| err(&e))?;
     let areas = root.split_evenly((2, 2));
-    let epochs = |f: fn(&super::imitation::TrunkEpoch) -> f32| -> Vec<(f32, f32)> {
-        trunk.iter().map(|e| (e.epoch as f32, f(e))).collect()
-    };
-    panel(
-        &areas[0],
-        "trunk: loss (BCE + Dice) and held-out object map IoU",
-        "epoch",
-        &[
-            ("loss", epochs(|e| e.loss)),
-            ("object IoU", epochs(|e| e.holdout_object_iou)),
-        ],
-        &err,
-    )?;
-    let by_round = |f: &dyn Fn(&super::imitation::RoundRecord) -> f32| -> Vec<(f32, f32)> {
-        rounds.iter().map(|r| (r.round as f32, f(r))).collect()
-    };
-    let budgets = super::imitation::CURVE_BUDGETS;
-    let names: Vec<String> = budgets.iter().map(|b| format!("T = {b}")).collect();
-    let curves: Vec<Series> = names
-        .iter()
-        .enumerate()
-        .map(|(k, n)| {
-            (
-                n.as_str(),
-                by_round(&|r| r.holdout_iou.get(k).copied().unwrap_or(f32::NAN)),
-            )
-        })
-        .collect();
-    panel(&areas[1], "held-out IoU by budget", "round", &curves, &err)?;
-    panel(
-        &areas[2],
-        "agreement with the teacher",
-        "round",
-        &[("agreement", by_round(&|r| r.agreement))],
-        &err,
-    )?;
-    panel(
-        &areas[3],
-        "head losses (last epoch of the round)",
-        "round",
-        &[
-            ("dense", by_round(&|r| r.losses.dense)),
-            ("teacher", by_round(&|r| r.losses.teacher)),
-            ("stop", by_round(&|r| r.losses.stop)),
-            ("quality", by_round(&|r| r.losses.quality)),
-        ],
-        &err,
-    )?;
+    for (area, p) in areas.iter().zip(panels) {
+        panel(area, p.title, p.x_desc, &p.series, &err)?;
+    }
     root.present().map_err(|e| err(&e))?;
     Ok(())
 }

@@ -530,7 +530,7 @@ pub fn run(job: &ClickerJob, progress: &mut dyn FnMut(Progress)) -> Result<Click
     let holdout = (!held_idx.is_empty())
         .then(|| holdout_loop(&agent, &images, &held_idx, &cache, config.steps, progress))
         .transpose()?;
-    super::plot::draw_clicker_curves(&out.join(files::CURVES), &trunk, &rounds)?;
+    draw_clicker_curves(&out.join(files::CURVES), &trunk, &rounds)?;
     write_trunk_log(&out.join(files::TRUNK_LOG), &trunk)?;
     timing.export = t.elapsed().as_secs_f64();
     timing.total = started.elapsed().as_secs_f64();
@@ -1093,6 +1093,68 @@ fn write_output_manifest(job: &ClickerJob, best_patch: usize, stop_threshold: f3
     };
     write_bundle(&job.out_dir, &job.out_dir, &options)?;
     Ok(())
+}
+
+/// The clicker's curves: the trunk by epoch (loss, held-out object IoU), the rounds (held-out
+/// IoU by budget, agreement with the teacher, the head's losses).
+fn draw_clicker_curves(
+    path: &std::path::Path,
+    trunk: &[TrunkEpoch],
+    rounds: &[RoundRecord],
+) -> Result<()> {
+    use super::plot::{GridPanel, Series, draw_panel_grid};
+    let epochs = |f: fn(&TrunkEpoch) -> f32| -> Vec<(f32, f32)> {
+        trunk.iter().map(|e| (e.epoch as f32, f(e))).collect()
+    };
+    let by_round = |f: &dyn Fn(&RoundRecord) -> f32| -> Vec<(f32, f32)> {
+        rounds.iter().map(|r| (r.round as f32, f(r))).collect()
+    };
+    let names: Vec<String> = CURVE_BUDGETS.iter().map(|b| format!("T = {b}")).collect();
+    let curves: Vec<Series> = names
+        .iter()
+        .enumerate()
+        .map(|(k, n)| {
+            (
+                n.as_str(),
+                by_round(&|r| r.holdout_iou.get(k).copied().unwrap_or(f32::NAN)),
+            )
+        })
+        .collect();
+    let panels = [
+        GridPanel {
+            title: "trunk: loss (BCE + Dice) and held-out object map IoU",
+            x_desc: "epoch",
+            series: vec![
+                ("loss", epochs(|e| e.loss)),
+                ("object IoU", epochs(|e| e.holdout_object_iou)),
+            ],
+        },
+        GridPanel {
+            title: "held-out IoU by budget",
+            x_desc: "round",
+            series: curves,
+        },
+        GridPanel {
+            title: "agreement with the teacher",
+            x_desc: "round",
+            series: vec![("agreement", by_round(&|r| r.agreement))],
+        },
+        GridPanel {
+            title: "head losses (last epoch of the round)",
+            x_desc: "round",
+            series: vec![
+                ("dense", by_round(&|r| r.losses.dense)),
+                ("teacher", by_round(&|r| r.losses.teacher)),
+                ("stop", by_round(&|r| r.losses.stop)),
+                ("quality", by_round(&|r| r.losses.quality)),
+            ],
+        },
+    ];
+    draw_panel_grid(
+        path,
+        "clicker: trunk by epoch, head by DAgger round",
+        &panels,
+    )
 }
 
 #[cfg(test)]

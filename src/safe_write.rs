@@ -1,13 +1,15 @@
 //! Files that appear whole or not at all: everything is written to a temporary file beside the
 //! target (same directory, so the rename stays on one file system), flushed and synced, then
 //! renamed over the target. A Ctrl-C, a crash or a full disk leaves the previous file (or none),
-//! never a truncated one.
+//! never a truncated one. Nothing is written through a symbolic link, a device, a FIFO or a
+//! socket. Below every module that writes (the engine's exports, bundles, sinks); the output
+//! guard ([`crate::sink::guard`]) decides before a run what may be written.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result, anyhow, bail};
 
 /// Writes `path` through `write`, atomically; errors name the file and what failed.
 /// A target that exists must be a regular file: a device, FIFO, socket, folder or symbolic link
@@ -15,7 +17,7 @@ use anyhow::{Context, Result, anyhow};
 /// a user who named one meant something else).
 pub fn write_atomic(path: &Path, write: impl FnOnce(&mut dyn Write) -> Result<()>) -> Result<()> {
     if let Ok(md) = std::fs::symlink_metadata(path) {
-        super::guard::refuse_special(path, &md, true)?;
+        refuse_special(path, &md, true)?;
     }
     let tmp = temp_path(path);
     let result = (|| {
@@ -41,7 +43,7 @@ pub fn write_atomic(path: &Path, write: impl FnOnce(&mut dyn Write) -> Result<()
 /// written through.
 pub fn create_streamed(path: &Path) -> Result<File> {
     if let Ok(md) = std::fs::symlink_metadata(path) {
-        super::guard::refuse_special(path, &md, true)?;
+        refuse_special(path, &md, true)?;
     }
     File::create(path).map_err(|e| anyhow!("{}: cannot create: {e}", path.display()))
 }
@@ -74,6 +76,28 @@ fn temp_path(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
 }
 
+/// Refuses what is not a regular file (or, for `file == false`, a folder) at an output path:
+/// never written through, never replaced.
+pub fn refuse_special(path: &Path, md: &std::fs::Metadata, file: bool) -> Result<()> {
+    let t = md.file_type();
+    if t.is_symlink() {
+        bail!(
+            "{}: is a symbolic link; outputs are never written through links",
+            path.display()
+        );
+    }
+    if t.is_dir() && file {
+        bail!("{}: is a folder, not a file", path.display());
+    }
+    if !t.is_dir() && !t.is_file() {
+        bail!(
+            "{}: is a device, FIFO or socket; outputs are written to regular files only",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -85,7 +109,7 @@ mod tests {
         write_bytes_atomic(&p, b"old").unwrap();
         let e = write_atomic(&p, |w| {
             w.write_all(b"half a rec")?;
-            anyhow::bail!("interrupted")
+            bail!("interrupted")
         })
         .unwrap_err();
         assert!(
