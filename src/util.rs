@@ -1,5 +1,5 @@
 //! Small helpers that several modules share: durations as milliseconds, a panic's message,
-//! sorting floats.
+//! sorting floats. Nothing of the crate below it (every module may use it).
 
 use std::any::Any;
 use std::time::Duration;
@@ -17,22 +17,6 @@ pub fn panic_message(panic: &(dyn Any + Send)) -> String {
         .cloned()
         .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
         .unwrap_or_else(|| "panic".into())
-}
-
-/// The CPU in words, for the figures it measured: the model name (Linux's /proc/cpuinfo, where
-/// there is one), its int8 class (see [`crate::bundle::cpu_class`]) and the cores available.
-pub fn cpu_description() -> String {
-    let model = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|text| {
-            text.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        })
-        .unwrap_or_else(|| std::env::consts::ARCH.to_string());
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    format!("{model} ({}, {cores} cores)", crate::bundle::cpu_class())
 }
 
 /// Sorts floats in ascending order, NaN last (IEEE 754 total order: no panic on NaN).

@@ -312,6 +312,22 @@ pub struct GateRecord {
     pub speedup: Option<f64>,
 }
 
+/// The CPU in words, for the figures it measured: the model name (Linux's /proc/cpuinfo, where
+/// there is one), its int8 class (see [`cpu_class`]) and the cores available.
+pub fn cpu_description() -> String {
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string());
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    format!("{model} ({}, {cores} cores)", cpu_class())
+}
+
 /// This CPU's int8 class, the part of the CPU that decides which int8 kernels an engine runs: on
 /// x86_64 `avx512vnni`, `avxvnni`, `avx2` or `x86_64`; on aarch64 `i8mm`, `dotprod` or `neon`;
 /// elsewhere the architecture's name.

@@ -353,7 +353,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     }
     let code = summary.exit_code();
     if code == pipeline::EXIT_OK && failed > 0 {
-        return Ok(ExitCode::from(super::EXIT_PARTIAL));
+        return Ok(ExitCode::from(crate::exit::EXIT_PARTIAL));
     }
     Ok(ExitCode::from(code))
 }

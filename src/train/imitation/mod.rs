@@ -554,7 +554,7 @@ pub fn run(job: &ClickerJob, progress: &mut dyn FnMut(Progress)) -> Result<Click
         export_check,
         holdout,
         seconds: timing,
-        cpu: crate::util::cpu_description(),
+        cpu: crate::bundle::manifest::cpu_description(),
     };
     let path = out.join(files::CONFIG);
     crate::sink::write_bytes_atomic(
