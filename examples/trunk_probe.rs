@@ -65,6 +65,7 @@ fn main() -> Result<()> {
         &alignsam::cache::default_dir(),
         &bundle.manifest,
         Precision::Fp32,
+        alignsam::source::InputLimits::default(),
     )?;
     let srm_file = &bundle.manifest.models.srm.as_ref().context("no SRM")?.file;
     let srm = Srm::load(backend.as_ref(), &bundle.path(srm_file), &bundle.manifest)?;

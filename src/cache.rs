@@ -17,6 +17,7 @@ use sha2::{Digest, Sha256};
 use crate::bundle::Manifest;
 use crate::engine::{Precision, Tensor};
 use crate::sam::{Embedding, FrameGeometry, Sam};
+use crate::source::InputLimits;
 
 /// A directory of cached embeddings for one encoder and preprocessing.
 #[derive(Clone, Debug)]
@@ -24,6 +25,7 @@ pub struct EmbeddingCache {
     dir: PathBuf,
     frame: usize,
     shape: [usize; 3],
+    limits: InputLimits,
 }
 
 /// What a fill did.
@@ -36,6 +38,9 @@ pub struct FillStats {
     /// Per image, in order: the error that kept it out of the cache (None: it is there).
     pub errors: Vec<Option<anyhow::Error>>,
 }
+
+/// Room for an entry's safetensors header (tensor names, shapes, the frame geometry).
+const ENTRY_HEADER_BYTES: u64 = 1 << 16;
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -53,8 +58,13 @@ pub fn default_dir() -> PathBuf {
 impl EmbeddingCache {
     /// The cache for a bundle's encoder under `root`. The key covers the encoder's checksum (the
     /// variant's, at another precision than fp32) and everything in preprocessing that changes
-    /// the embedding (frame size, pixel mean and std).
-    pub fn new(root: &Path, manifest: &Manifest, precision: Precision) -> Result<Self> {
+    /// the embedding (frame size, pixel mean and std). Images are read within `limits`.
+    pub fn new(
+        root: &Path,
+        manifest: &Manifest,
+        precision: Precision,
+        limits: InputLimits,
+    ) -> Result<Self> {
         let mut h = Sha256::new();
         h.update(manifest.models.encoder.sha256.as_bytes());
         if precision != Precision::Fp32 {
@@ -80,6 +90,7 @@ impl EmbeddingCache {
             dir,
             frame: manifest.image.size,
             shape: manifest.embedding.shape,
+            limits,
         })
     }
 
@@ -89,8 +100,7 @@ impl EmbeddingCache {
     }
 
     fn entry_path(&self, image: &Path) -> Result<PathBuf> {
-        let limit = crate::source::limits::limits().max_file_bytes;
-        let bytes = crate::source::limits::read_regular(image, "image", limit)?;
+        let bytes = self.limits.read_file(image, "image")?;
         Ok(self
             .dir
             .join(format!("{}.safetensors", hex(&Sha256::digest(&bytes)))))
@@ -113,14 +123,15 @@ impl EmbeddingCache {
     }
 
     fn read_entry(&self, path: &Path) -> Result<(Embedding, FrameGeometry)> {
-        // An entry is a regular file of bounded size: a symbolic link to /dev/zero or a FIFO
-        // put in the cache is refused, not read until memory runs out or forever.
-        let limit = crate::source::limits::limits().max_file_bytes;
+        // An entry is a regular file of the size its tensor takes (f16) plus a small header: a
+        // symbolic link to /dev/zero or a FIFO put in the cache is refused, not read until
+        // memory runs out or forever.
+        let [c, h, w] = self.shape;
+        let limit = (c * h * w * 2) as u64 + ENTRY_HEADER_BYTES;
         let bytes = crate::source::limits::read_regular(path, "embedding cache entry", limit)?;
         let (_, meta) = SafeTensors::read_metadata(&bytes)?;
         let st = SafeTensors::deserialize(&bytes)?;
         let t = st.tensor("embedding")?;
-        let [c, h, w] = self.shape;
         if t.dtype() != Dtype::F16 || t.shape() != [1, c, h, w] {
             bail!("unexpected tensor {:?} {:?}", t.dtype(), t.shape());
         }
@@ -173,7 +184,7 @@ impl EmbeddingCache {
         if let Some((e, g)) = self.get(image)? {
             return Ok((e, g, true));
         }
-        let rgb = crate::source::load_rgb(image)?;
+        let rgb = self.limits.load_rgb(image)?;
         let (e, g) = sam.embed(&rgb)?;
         self.put(image, &e, &g)?;
         Ok((e, g, false))
@@ -230,7 +241,13 @@ mod tests {
 
     /// An empty cache in `tmp/c` for an encoder with checksum `encoder_sha`.
     fn cache_in(tmp: &Path, encoder_sha: &str) -> EmbeddingCache {
-        EmbeddingCache::new(&tmp.join("c"), &manifest(encoder_sha), Precision::Fp32).unwrap()
+        EmbeddingCache::new(
+            &tmp.join("c"),
+            &manifest(encoder_sha),
+            Precision::Fp32,
+            InputLimits::default(),
+        )
+        .unwrap()
     }
 
     #[test]

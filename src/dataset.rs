@@ -23,7 +23,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Result, anyhow, bail};
 use image::{ColorType, DynamicImage, ImageDecoder, RgbImage};
 
-use crate::source::limits::{decode_image, limits, read_regular, regular_file};
+use crate::source::InputLimits;
+use crate::source::limits::regular_file;
 
 /// Image extensions tried for each id, in this order (then the same in upper case).
 pub const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "bmp"];
@@ -66,14 +67,16 @@ pub struct Sample {
     pub image_path: PathBuf,
     /// The mask file.
     pub mask_path: PathBuf,
+    /// What reading either file may cost (the dataset's).
+    limits: InputLimits,
 }
 
 impl Sample {
-    /// Decodes the image (as 8-bit RGB, through [`crate::source::load_rgb`]) and the mask (see
+    /// Decodes the image (as 8-bit RGB, through [`InputLimits::load_rgb`]) and the mask (see
     /// [`load_mask`]), and checks that they have the same size.
     pub fn load(&self) -> Result<(RgbImage, Mask)> {
-        let image = crate::source::load_rgb(&self.image_path)?;
-        let mask = load_mask(&self.mask_path)?;
+        let image = self.limits.load_rgb(&self.image_path)?;
+        let mask = self.load_mask()?;
         check_same_size(
             &self.mask_path,
             (mask.width as u32, mask.height as u32),
@@ -81,6 +84,16 @@ impl Sample {
             image.dimensions(),
         )?;
         Ok((image, mask))
+    }
+
+    /// Decodes the mask alone (see [`load_mask`]).
+    pub fn load_mask(&self) -> Result<Mask> {
+        load_mask(&self.mask_path, &self.limits)
+    }
+
+    /// Decodes the image alone, as 8-bit RGB.
+    pub fn load_image(&self) -> Result<RgbImage> {
+        self.limits.load_rgb(&self.image_path)
     }
 }
 
@@ -99,8 +112,14 @@ impl Dataset {
     /// missing or without `images/` or `masks/`; a video layout; no such split (the message lists
     /// those that exist); a split file with no ids, a duplicated id, or an id that is a path;
     /// ids with no image or no mask (the first few are named, the others counted). Only file names
-    /// are checked here; [`Dataset::validate`] also reads the headers.
+    /// are checked here; [`Dataset::validate`] also reads the headers. Files are read within the
+    /// default [`InputLimits`]; [`Dataset::open_with_limits`] takes others.
     pub fn open(dir: &Path, split: &str) -> Result<Dataset> {
+        Self::open_with_limits(dir, split, InputLimits::default())
+    }
+
+    /// [`Dataset::open`] with the limits within which the split file and every sample are read.
+    pub fn open_with_limits(dir: &Path, split: &str, limits: InputLimits) -> Result<Dataset> {
         if !dir.is_dir() {
             if dir.exists() {
                 bail!("{}: not a dataset directory", dir.display());
@@ -120,7 +139,7 @@ impl Dataset {
         let masks = list_files(&masks_dir)?;
 
         let split_path = dir.join("splits").join(format!("{split}.txt"));
-        let ids = read_split(dir, split, &split_path)?;
+        let ids = read_split(dir, split, &split_path, &limits)?;
 
         let mut items = Vec::with_capacity(ids.len());
         let mut problems = vec![];
@@ -140,6 +159,7 @@ impl Dataset {
                     id,
                     image_path: images_dir.join(image),
                     mask_path: masks_dir.join(mask),
+                    limits,
                 }),
                 (None, _) if images.dirs.contains(&id) => bail!(
                     "{}: a directory, so {} is a video dataset (images/<sequence>/<frame>.jpg); this loader reads still-image datasets (images/<id>.jpg, masks/<id>.png)",
@@ -203,10 +223,15 @@ impl Dataset {
         }
     }
 
-    /// [`Dataset::open`], then the split's first `n` items (all of them with `None`): what the
-    /// commands' `--data`, `--split` and `--images` select.
-    pub fn open_first(dir: &Path, split: &str, n: Option<usize>) -> Result<Dataset> {
-        let all = Dataset::open(dir, split)?;
+    /// [`Dataset::open_with_limits`], then the split's first `n` items (all of them with
+    /// `None`): what the commands' `--data`, `--split` and `--images` select.
+    pub fn open_first(
+        dir: &Path,
+        split: &str,
+        n: Option<usize>,
+        limits: InputLimits,
+    ) -> Result<Dataset> {
+        let all = Dataset::open_with_limits(dir, split, limits)?;
         Ok(match n {
             Some(n) => all.take(n),
             None => all,
@@ -258,9 +283,9 @@ pub fn available_splits(dir: &Path) -> Vec<String> {
 /// is ignored: it is transparency, not a label. A pixel with unequal channels is an error rather
 /// than a guess, since colour masks are usually label maps (one colour per class) that a
 /// brightness threshold would silently get wrong. Float images are refused.
-pub fn load_mask(path: &Path) -> Result<Mask> {
-    let bytes = read_regular(path, "mask", limits().max_file_bytes)?;
-    let img = decode_image(bytes, path, "mask")?;
+pub fn load_mask(path: &Path, limits: &InputLimits) -> Result<Mask> {
+    let bytes = limits.read_file(path, "mask")?;
+    let img = limits.decode_image(bytes, path, "mask")?;
     let (width, height) = (img.width() as usize, img.height() as usize);
     if width == 0 || height == 0 {
         bail!("{}: mask has no pixels", path.display());
@@ -370,7 +395,12 @@ fn list_files(dir: &Path) -> Result<Listing> {
 }
 
 /// Reads a split file into (line number, id) pairs.
-fn read_split(dir: &Path, split: &str, path: &Path) -> Result<Vec<(usize, String)>> {
+fn read_split(
+    dir: &Path,
+    split: &str,
+    path: &Path,
+    limits: &InputLimits,
+) -> Result<Vec<(usize, String)>> {
     if split.is_empty() || split.contains(['/', '\\']) {
         bail!("'{split}': not a split name (use e.g. train or eval)");
     }
@@ -394,7 +424,7 @@ fn read_split(dir: &Path, split: &str, path: &Path) -> Result<Vec<(usize, String
         _ => anyhow!("{}: cannot read split file: {e}", path.display()),
     })?;
     // Present: only a regular file of sane size is read (a FIFO would block, /dev/zero never end).
-    let text = String::from_utf8(read_regular(path, "split file", limits().max_file_bytes)?)
+    let text = String::from_utf8(limits.read_file(path, "split file")?)
         .map_err(|_| anyhow!("{}: split file is not UTF-8 text", path.display()))?;
     // Editors on Windows start UTF-8 files with a byte-order mark: it is not part of the first id.
     let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
@@ -545,7 +575,10 @@ mod tests {
             .unwrap()
             .save(&path)
             .unwrap();
-        assert_eq!(load_mask(&path).unwrap().data, [false, true]);
+        assert_eq!(
+            load_mask(&path, &InputLimits::default()).unwrap().data,
+            [false, true]
+        );
     }
 
     #[test]
@@ -556,7 +589,7 @@ mod tests {
             .unwrap()
             .save(&grey)
             .unwrap();
-        let m = load_mask(&grey).unwrap();
+        let m = load_mask(&grey, &InputLimits::default()).unwrap();
         assert_eq!((m.width, m.height), (3, 1));
         assert_eq!(m.data, vec![false, false, true]);
         assert_eq!(m.get(2, 0), Some(true));
@@ -568,21 +601,30 @@ mod tests {
             .unwrap()
             .save(&wide)
             .unwrap();
-        assert_eq!(load_mask(&wide).unwrap().data, vec![false, true]);
+        assert_eq!(
+            load_mask(&wide, &InputLimits::default()).unwrap().data,
+            vec![false, true]
+        );
 
         let rgb_grey = tmp.path().join("rg.png");
         image::RgbImage::from_raw(2, 1, vec![0, 0, 0, 255, 255, 255])
             .unwrap()
             .save(&rgb_grey)
             .unwrap();
-        assert_eq!(load_mask(&rgb_grey).unwrap().data, vec![false, true]);
+        assert_eq!(
+            load_mask(&rgb_grey, &InputLimits::default()).unwrap().data,
+            vec![false, true]
+        );
 
         let colour = tmp.path().join("c.png");
         image::RgbImage::from_raw(2, 1, vec![0, 0, 0, 128, 0, 0])
             .unwrap()
             .save(&colour)
             .unwrap();
-        let e = format!("{:#}", load_mask(&colour).unwrap_err());
+        let e = format!(
+            "{:#}",
+            load_mask(&colour, &InputLimits::default()).unwrap_err()
+        );
         assert!(e.contains("c.png: a colour mask (pixel x=1, y=0"), "{e}");
     }
 

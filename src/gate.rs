@@ -30,6 +30,7 @@ use crate::bundle::{Bundle, GateRecord};
 use crate::dataset::Dataset;
 use crate::engine::{Backend, Tensor};
 use crate::sam::{Embedding, Map, PointLabel, PromptPoint, Sam, postprocess, preprocess};
+use crate::source::InputLimits;
 
 /// One image of the reference.
 #[derive(Clone, Debug)]
@@ -285,10 +286,10 @@ impl Reference {
         crate::sink::write_bytes_atomic(path, &bytes)
     }
 
-    /// Reads a reference written by [`Reference::save`]; errors name the file.
-    pub fn load(path: &Path) -> Result<Reference> {
-        let limit = crate::source::limits::limits().max_file_bytes;
-        let bytes = crate::source::limits::read_regular(path, "gate reference", limit)?;
+    /// Reads a reference written by [`Reference::save`], of at most `limits.max_file_bytes`;
+    /// errors name the file.
+    pub fn load(path: &Path, limits: &InputLimits) -> Result<Reference> {
+        let bytes = limits.read_file(path, "gate reference")?;
         Self::parse(&bytes).with_context(|| format!("{}: not a gate reference", path.display()))
     }
 
@@ -472,7 +473,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ref.safetensors");
         reference.save(&path).unwrap();
-        let back = Reference::load(&path).unwrap();
+        let back = Reference::load(&path, &InputLimits::default()).unwrap();
         assert_eq!(back.encoder_sha256, reference.encoder_sha256);
         assert_eq!(back.images, "demo:eval:1");
         let (a, b) = (&back.items[0], &reference.items[0]);
@@ -482,7 +483,10 @@ mod tests {
         assert_eq!(a.low_res, b.low_res);
 
         std::fs::write(&path, b"not safetensors").unwrap();
-        let err = format!("{:#}", Reference::load(&path).unwrap_err());
+        let err = format!(
+            "{:#}",
+            Reference::load(&path, &InputLimits::default()).unwrap_err()
+        );
         assert!(
             err.contains("ref.safetensors") && err.contains("not a gate reference"),
             "{err}"

@@ -9,7 +9,8 @@
 //! says which ones, checked. [`pipeline`] runs a stream of frames through the loop, [`eval`] and
 //! `train` measure and train the agent (each a driver call: [`eval::driver::run`],
 //! `train::run`), [`bench`](mod@bench) times the loop, [`cache`] keeps embeddings, [`exit`] holds the exit
-//! codes. [`cli`] is the command line over all of it; the library modules know nothing of flags.
+//! codes. `cli` (the `cli` feature, on by default) is the command line over all of it; the library
+//! modules know nothing of flags.
 //!
 //! # Example
 //!
@@ -47,6 +48,7 @@ pub mod agent;
 pub mod bench;
 pub mod bundle;
 pub mod cache;
+#[cfg(feature = "cli")]
 pub mod cli;
 pub mod dataset;
 pub mod engine;

@@ -4,6 +4,8 @@
 //! checksums. (Precision variants and gate records are added later, by calibration/quantize.py
 //! and `alignsam gate --record`, and the clicker's stop threshold and the best patch by
 //! `alignsam train`: they are left out of the comparison.)
+// The tests run the `alignsam` binary, which the `cli` feature builds.
+#![cfg(feature = "cli")]
 
 mod common;
 

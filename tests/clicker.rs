@@ -16,6 +16,7 @@ use alignsam::agent::{
 use alignsam::bundle::{Bundle, OpenOptions};
 use alignsam::dataset::Dataset;
 use alignsam::engine::{Backend, BackendKind};
+use alignsam::source::InputLimits;
 use alignsam::train::imitation::{self, ClickerConfig, ClickerJob, ClickerReport, files};
 
 /// A configuration small enough for seconds: 3 steps, one DAgger round, narrow networks.
@@ -41,6 +42,7 @@ fn train(data: &Path, cache: &Path, out: &Path, config: ClickerConfig) -> Clicke
         backend: backend.as_ref(),
         datasets: &datasets,
         cache_root: cache.to_path_buf(),
+        limits: InputLimits::default(),
         out_dir: out.to_path_buf(),
         config,
         threads: 2,

@@ -6,6 +6,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use alignsam::dataset::{Dataset, available_splits, load_mask};
+use alignsam::source::InputLimits;
 use image::{GrayImage, Luma, Rgb, RgbImage};
 
 /// A dataset in a temporary directory, to build and break at will.
@@ -81,7 +82,7 @@ fn opens_in_split_order_and_takes_the_first() {
     assert_eq!(first.items(), &ds.items()[..2]);
     assert_eq!(ds.take(10).len(), 3);
     assert!(ds.take(0).is_empty());
-    let opened = |n| Dataset::open_first(&f.dir, "train", n).unwrap();
+    let opened = |n| Dataset::open_first(&f.dir, "train", n, InputLimits::default()).unwrap();
     assert_eq!(opened(Some(2)).items(), first.items());
     assert_eq!(opened(None).items(), ds.items());
     ds.validate().unwrap();
@@ -284,7 +285,10 @@ fn sixteen_bit_mask() {
         .unwrap()
         .save(&p)
         .unwrap();
-    assert_eq!(load_mask(&p).unwrap().data, [false, false, true]);
+    assert_eq!(
+        load_mask(&p, &InputLimits::default()).unwrap().data,
+        [false, false, true]
+    );
 }
 
 #[test]

@@ -11,7 +11,7 @@ use alignsam::bundle::{Bundle, OpenOptions};
 use alignsam::dataset::load_mask;
 use alignsam::eval::run_oracle;
 use alignsam::sam::Sam;
-use alignsam::source::load_rgb;
+use alignsam::source::{InputLimits, load_rgb};
 
 /// Minimum IoU after 3 oracle clicks, per demo image: a few points under what the committed
 /// model measures (ball 0.976, mug 0.848, leaf 0.612: the leaf's thin stem takes this model a
@@ -28,7 +28,11 @@ fn small_sam_segments_the_demo_objects() {
     let mut report = vec![];
     for (name, floor) in FLOORS {
         let image = load_rgb(&root.join(format!("demo/images/{name}.png"))).unwrap();
-        let gt = load_mask(&root.join(format!("demo/masks/{name}.png"))).unwrap();
+        let gt = load_mask(
+            &root.join(format!("demo/masks/{name}.png")),
+            &InputLimits::default(),
+        )
+        .unwrap();
         let (embedding, geometry) = sam.embed(&image).unwrap();
         let run = run_oracle(&sam.decoder, &embedding, &geometry, &gt, 3, 3, true).unwrap();
         let iou = run.iou_at(3);
@@ -56,7 +60,11 @@ fn the_committed_agent_segments_the_demo_objects() {
     let mut report = vec![];
     for (name, floor) in AGENT_FLOORS {
         let image = load_rgb(&root.join(format!("demo/images/{name}.png"))).unwrap();
-        let gt = load_mask(&root.join(format!("demo/masks/{name}.png"))).unwrap();
+        let gt = load_mask(
+            &root.join(format!("demo/masks/{name}.png")),
+            &InputLimits::default(),
+        )
+        .unwrap();
         let r = agent.segment(&image, &LoopOptions::default()).unwrap();
         let iou = alignsam::agent::ground_truth::mask_iou(&r.mask, &gt.data);
         report.push(format!(

@@ -1,6 +1,8 @@
 //! `alignsam eval` end to end on synthetic datasets: with a hand-built agent whose every figure
 //! can be worked out by hand, with the random tiny bundle (counts, repeatability, montage), and
 //! with broken datasets (errors naming the file, partial failures).
+// The tests run the `alignsam` binary, which the `cli` feature builds.
+#![cfg(feature = "cli")]
 
 mod common;
 

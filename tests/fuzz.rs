@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use alignsam::bundle::Manifest;
 use alignsam::dataset::Dataset;
 use alignsam::engine::onnx_io;
-use alignsam::source::limits::decode_image;
+use alignsam::source::InputLimits;
 use alignsam::source::pixel::{Chroma, PixelFormat, Range, planar_yuv_to_rgb};
 use alignsam::source::y4m::Y4mReader;
 use rand::rngs::StdRng;
@@ -259,7 +259,7 @@ fn fuzz_image_decoding() {
         v
     };
     check("image", &seeds, |b| {
-        let _ = decode_image(b.to_vec(), Path::new("fuzz.img"), "image");
+        let _ = InputLimits::default().decode_image(b.to_vec(), Path::new("fuzz.img"), "image");
     });
 }
 
@@ -354,12 +354,12 @@ fn fuzz_gate_references() {
     let seed_path = dir.path().join("seed.safetensors");
     reference.save(&seed_path).unwrap();
     let seeds = vec![std::fs::read(&seed_path).unwrap()];
-    let loaded = Reference::load(&seed_path).expect("the seed loads");
+    let loaded = Reference::load(&seed_path, &InputLimits::default()).expect("the seed loads");
     assert_eq!(loaded.items.len(), 2);
     let path = dir.path().join("ref.safetensors");
     check("gate-reference", &seeds, |b| {
         std::fs::write(&path, b).unwrap();
-        let _ = Reference::load(&path);
+        let _ = Reference::load(&path, &InputLimits::default());
     });
 }
 
@@ -380,7 +380,13 @@ fn fuzz_cache_entries() {
     )
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let cache = EmbeddingCache::new(dir.path(), &manifest, Precision::Fp32).unwrap();
+    let cache = EmbeddingCache::new(
+        dir.path(),
+        &manifest,
+        Precision::Fp32,
+        InputLimits::default(),
+    )
+    .unwrap();
     let image = dir.path().join("a.png");
     std::fs::write(&image, b"any bytes: the key is their checksum").unwrap();
     let [c, h, w] = manifest.embedding.shape;

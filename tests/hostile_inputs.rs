@@ -4,6 +4,8 @@
 //! drive allocation, external data outside the checksum, out-of-range options, odd file names
 //! and closed pipes. Each case must end with a clear error naming the file or option, in bounded
 //! time, and leave the user's files as they were.
+// The tests run the `alignsam` binary, which the `cli` feature builds.
+#![cfg(feature = "cli")]
 
 mod common;
 
@@ -478,6 +480,141 @@ fn a_huge_image_is_refused_from_its_header() {
     );
 }
 
+/// `--max-pixels` reaches every command that reads images, frames, masks or datasets: the
+/// limits are a value each command passes down, so one that forgot would read a 40x30 picture
+/// under a limit of 1000 pixels.
+#[test]
+fn every_command_reads_its_inputs_within_the_limits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = dataset(tmp.path());
+    let (d, bundle) = (s(&ds), tiny());
+    let image = s(&ds.join("images/a.png"));
+    let frames = s(&ds.join("images"));
+    let y4m = tmp.path().join("clip.y4m");
+    let mut bytes = b"YUV4MPEG2 W40 H30 F10:1 C444\nFRAME\n".to_vec();
+    bytes.extend([100u8; 40 * 30 * 3]);
+    std::fs::write(&y4m, &bytes).unwrap();
+    let out = |name: &str| s(&tmp.path().join(name));
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec!["segment", "--bundle", &bundle, &image, "--out", &out("seg")]
+                .into_iter()
+                .map(String::from)
+                .collect(),
+            "a.png",
+        ),
+        (
+            vec![
+                "decode",
+                "--bundle",
+                &bundle,
+                "--point",
+                "5,5",
+                &image,
+                "--out",
+                &out("m.png"),
+            ]
+            .into_iter()
+            .map(String::from)
+            .collect(),
+            "a.png",
+        ),
+        (
+            vec!["run", "--bundle", &bundle, "--input", &frames]
+                .into_iter()
+                .map(String::from)
+                .collect(),
+            "a.png",
+        ),
+        (
+            vec!["run", "--bundle", &bundle, "--input", &s(&y4m)]
+                .into_iter()
+                .map(String::from)
+                .collect(),
+            "clip.y4m",
+        ),
+        (
+            vec![
+                "bench", "--bundle", &bundle, "--input", &image, "--frames", "1",
+            ]
+            .into_iter()
+            .map(String::from)
+            .collect(),
+            "a.png",
+        ),
+        (
+            vec!["bench-models", "--bundle", &bundle, "--image", &image]
+                .into_iter()
+                .map(String::from)
+                .collect(),
+            "a.png",
+        ),
+        (
+            vec!["bench-reuse", "--bundle", &bundle, &frames]
+                .into_iter()
+                .map(String::from)
+                .collect(),
+            "a.png",
+        ),
+        (
+            vec!["profile", "--bundle", &bundle, "--image", &image]
+                .into_iter()
+                .map(String::from)
+                .collect(),
+            "a.png",
+        ),
+        (
+            vec![
+                "eval",
+                "--bundle",
+                &bundle,
+                "--data",
+                &d,
+                "--split",
+                "eval",
+                "--out",
+                &out("eval"),
+                "--cache",
+                &out("cache"),
+            ]
+            .into_iter()
+            .map(String::from)
+            .collect(),
+            "a.png",
+        ),
+        (
+            vec![
+                "train",
+                "--bundle",
+                &bundle,
+                "--data",
+                &d,
+                "--split",
+                "eval",
+                "--out",
+                &out("train"),
+                "--cache",
+                &out("cache"),
+            ]
+            .into_iter()
+            .map(String::from)
+            .collect(),
+            "a.png",
+        ),
+    ];
+    for (mut args, file) in cases {
+        args.extend(["--max-pixels".to_string(), "1000".to_string()]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let o = run_within(alignsam(&args), Duration::from_secs(120));
+        let err = text(&o.stderr);
+        assert_ne!(o.status.code(), Some(0), "{args:?}: {err}");
+        assert!(
+            err.contains(file) && err.contains("1200") && err.contains("limit of 1000"),
+            "{args:?}: {err}"
+        );
+    }
+}
+
 #[test]
 fn a_huge_y4m_header_allocates_nothing_before_data() {
     let tmp = tempfile::tempdir().unwrap();
@@ -894,7 +1031,9 @@ fn decode_never_writes_over_its_input_a_fifo_a_link_or_a_stranger() {
     let o = decode_tiny(&img, &mine, &[]);
     assert_eq!(o.status.code(), Some(1));
     assert!(
-        text(&o.stderr).contains("no earlier `decode` run wrote it"),
+        text(&o.stderr).contains(
+            "no earlier `decode` run wrote it; choose another path, or allow replacing it (--force)"
+        ),
         "{}",
         text(&o.stderr)
     );
@@ -1069,7 +1208,10 @@ fn segment_into_a_dataset_it_does_not_read_keeps_the_dataset_masks() {
     let o = segment_tiny(&other, &ds, &["--steps", "1"], 60);
     let err = text(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{err}");
-    assert!(err.contains("no earlier `segment` run wrote it"), "{err}");
+    assert!(
+        err.contains("no earlier `segment` run wrote it; choose another output folder, or allow replacing files (--force)"),
+        "{err}"
+    );
     assert_eq!(std::fs::read(ds.join("masks/a.png")).unwrap(), before);
     // Re-running into the run's own output folder works without --force.
     let out = tmp.path().join("out");

@@ -2,7 +2,7 @@
 //! installed by .ci/setup) loads the page while `run` processes the demo images at 5 fps, and the
 //! DOM it rendered shows frames arriving and the frame counter advancing. Without Chromium the
 //! browser part says so and passes; the HTTP checks run everywhere.
-#![cfg(feature = "serve")]
+#![cfg(all(feature = "cli", feature = "serve"))]
 
 mod common;
 

@@ -1,4 +1,6 @@
 //! Bad models and manifests give one-line errors that name the file and the problem.
+// The tests run the `alignsam` binary, which the `cli` feature builds.
+#![cfg(feature = "cli")]
 
 mod common;
 

@@ -5,12 +5,14 @@
 //! f16 is left out here: tract's f16 path runs about 25x slower than fp32 on x86-64 (no f16
 //! arithmetic), a minute and a half per image; CI gates it under qemu on aarch64 instead, where
 //! tract has f16 kernels (.ci/test, step 5).
+// The tests run the `alignsam` binary, which the `cli` feature builds.
+#![cfg(feature = "cli")]
 
 mod common;
 
 use std::path::{Path, PathBuf};
 
-use alignsam::bundle::{Bundle, MANIFEST_FILE, Manifest, OpenOptions};
+use alignsam::bundle::{Bundle, GateRefusal, MANIFEST_FILE, Manifest, OpenOptions};
 use alignsam::dataset::Dataset;
 use alignsam::engine::{Backend, BackendKind, Precision};
 use alignsam::gate::Reference;
@@ -126,13 +128,44 @@ fn bundle_with_records(edit: impl Fn(&mut Manifest)) -> (tempfile::TempDir, Path
     (tmp, dir)
 }
 
-fn load_error(dir: &Path, precision: Precision) -> String {
+/// The library's refusal of `precision` on tract: its message, and the typed refusal it carries.
+fn load_error(dir: &Path, precision: Precision) -> (String, GateRefusal) {
     let tract = common::tract(1);
     let bundle = open(dir, precision, false).unwrap();
     match Sam::load(&bundle, tract.as_ref()) {
         Ok(_) => panic!("{precision} should have been refused"),
-        Err(e) => format!("{e:#}"),
+        Err(e) => {
+            let message = format!("{e:#}");
+            // The library names no flag: the way around is the command line's to say.
+            assert!(!message.contains("--"), "{message}");
+            (
+                message,
+                e.downcast::<GateRefusal>().expect("a typed refusal"),
+            )
+        }
     }
+}
+
+/// `alignsam segment` on one demo image with `precision` on tract: its stderr.
+fn segment_error(dir: &Path, precision: Precision) -> String {
+    let out = tempfile::tempdir().unwrap();
+    let o = common::alignsam()
+        .args([
+            "segment",
+            "--backend",
+            "tract",
+            "--precision",
+            precision.name(),
+            "--bundle",
+        ])
+        .arg(dir)
+        .arg(common::root().join("demo/images/leaf.png"))
+        .arg("--out")
+        .arg(out.path())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 #[test]
@@ -142,12 +175,18 @@ fn a_variant_that_failed_the_gate_is_refused_with_its_figure() {
             g.mask_iou = 0.9;
         }
     });
-    let err = load_error(&dir, Precision::Int8);
+    let (err, refusal) = load_error(&dir, Precision::Int8);
     assert!(
         err.contains("bundle.toml")
             && err.contains("failed the accuracy gate")
-            && err.contains("0.900")
-            && err.contains("--allow-ungated"),
+            && err.contains("0.900"),
+        "{err}"
+    );
+    assert!(matches!(refusal, GateRefusal::Failed { mask_iou, .. } if mask_iou == 0.9));
+    // The command line says how to get past it.
+    let err = segment_error(&dir, Precision::Int8);
+    assert!(
+        err.contains("0.900") && err.contains("pass --allow-ungated to use it anyway"),
         "{err}"
     );
     // int8-qdq's records are untouched: it still loads.
@@ -165,11 +204,20 @@ fn a_variant_that_failed_the_gate_is_refused_with_its_figure() {
 fn a_variant_without_a_gate_record_is_refused_with_the_command_to_run() {
     let (_tmp, dir) = bundle_with_records(|m| m.gate.clear());
     for precision in [Precision::Int8, Precision::Int8Qdq, Precision::F16] {
-        let err = load_error(&dir, precision);
+        let (err, refusal) = load_error(&dir, precision);
+        assert!(
+            err.contains("has not been through the accuracy gate on tract"),
+            "{err}"
+        );
+        assert!(
+            matches!(refusal, GateRefusal::NotGated { precision: p, ref backend, .. } if p == precision && backend == "tract")
+        );
+        let err = segment_error(&dir, precision);
         assert!(
             err.contains("has not been through the accuracy gate on tract")
                 && err.contains("alignsam gate --bundle")
-                && err.contains(&format!("--precisions {precision}")),
+                && err.contains(&format!("--precisions {precision}"))
+                && err.contains("--allow-ungated"),
             "{err}"
         );
     }

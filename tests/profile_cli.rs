@@ -1,5 +1,7 @@
 //! `alignsam profile` on the tiny bundle: tract lists its nodes by operator, rten (the default
 //! backend) prints its own report, ONNX Runtime is refused with a message that says where to go.
+// The tests run the `alignsam` binary, which the `cli` feature builds.
+#![cfg(feature = "cli")]
 
 mod common;
 

@@ -1,5 +1,7 @@
 //! Every `alignsam` command in the README's code blocks parses with the command line as built:
 //! a renamed flag or subcommand fails here before a user copies the command.
+// The tests run the `alignsam` binary, which the `cli` feature builds.
+#![cfg(feature = "cli")]
 
 use clap::Parser;
 

@@ -3,7 +3,7 @@
 //! target/ort-venv; the tests that need it say so and pass where it is absent), a SIGKILL
 //! mid-recording leaves what was written before the last complete chunk readable, and a replay
 //! gives the same masks and capture times as the run that recorded it.
-#![cfg(feature = "mcap")]
+#![cfg(all(feature = "cli", feature = "mcap"))]
 
 mod common;
 

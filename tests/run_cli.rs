@@ -1,6 +1,8 @@
 //! `alignsam run` end to end on the tiny bundle: image sequences and Y4M streams give one JSON
 //! line per frame, the summary's counts add up, a truncated stream ends with the right exit code
 //! after its whole frames, and temporal reuse warm-starts every frame after the first.
+// The tests run the `alignsam` binary, which the `cli` feature builds.
+#![cfg(feature = "cli")]
 
 mod common;
 

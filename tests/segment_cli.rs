@@ -1,4 +1,6 @@
 //! `alignsam segment` end to end: outputs per image, JSON lines, and bad inputs.
+// The tests run the `alignsam` binary, which the `cli` feature builds.
+#![cfg(feature = "cli")]
 
 mod common;
 

@@ -116,7 +116,8 @@ fn y4m_through_a_pipe_in_small_writes() {
             writer.write_all(chunk).unwrap();
         }
     });
-    let mut source = Y4mSource::from_reader(Box::new(reader), "stdin", None).unwrap();
+    let mut source =
+        Y4mSource::from_reader(Box::new(reader), "stdin", &SourceOptions::default()).unwrap();
     assert!(
         source.describe().starts_with("Y4M stdin (854x480 4:2:0"),
         "{}",
@@ -232,7 +233,7 @@ fn image_sequence_with_a_corrupt_file_in_the_middle() {
         ),
         (5, 5, 1)
     );
-    assert_eq!(summary.exit_code(), alignsam::cli::EXIT_PARTIAL);
+    assert_eq!(summary.exit_code(), alignsam::exit::EXIT_PARTIAL);
 }
 
 #[test]

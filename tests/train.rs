@@ -3,7 +3,7 @@
 //! dataset is refused before any work, naming the file. Runs on the tiny bundle (C = 32) with
 //! a synthetic dataset in a temporary directory.
 
-#![cfg(feature = "train")]
+#![cfg(all(feature = "cli", feature = "train"))]
 
 mod common;
 
@@ -13,6 +13,7 @@ use alignsam::agent::{Agent, LoopOptions, StepLabels};
 use alignsam::bundle::{Bundle, InferOptions, OpenOptions, write_bundle};
 use alignsam::dataset::Dataset;
 use alignsam::engine::{Precision, Tensor};
+use alignsam::source::InputLimits;
 use alignsam::train::nets::{Actor, ActorKind, Arch, InputNorm, PolicyNet, SrmNet};
 use alignsam::train::{self, TrainConfig, TrainJob, export};
 use candle_core::{DType, Device};
@@ -139,6 +140,7 @@ fn train_with(
         backend: backend.as_ref(),
         dataset: &dataset,
         cache_root: cache.to_path_buf(),
+        limits: InputLimits::default(),
         out_dir: out.to_path_buf(),
         config,
         holdout,

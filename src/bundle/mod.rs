@@ -38,14 +38,14 @@ pub struct Bundle {
 }
 
 /// The lowest mean mask IoU against fp32 (after the whole prompting loop, same prompts) at which
-/// the runtime uses a precision variant without `--allow-ungated`.
+/// the runtime uses a precision variant unless told to ([`OpenOptions::allow_ungated`]).
 pub const GATE_MIN_MASK_IOU: f64 = 0.95;
 
 /// How to open a bundle.
 #[derive(Clone, Copy, Debug)]
 pub struct OpenOptions {
     /// Verify every file's SHA-256 against the manifest (default). Hashing a 2.5 GB ViT-H encoder
-    /// takes seconds; `--no-verify` skips it for development loops.
+    /// takes seconds; development loops may skip it.
     pub verify_checksums: bool,
     /// The precision variant to run (default fp32).
     pub precision: Precision,
@@ -293,29 +293,77 @@ impl Bundle {
             return Ok(());
         }
         let records = self.gate_records(backend);
-        let p = self.precision;
         let manifest = self.dir.join(MANIFEST_FILE);
         if records.is_empty() {
-            bail!(
-                "{}: precision {p} has not been through the accuracy gate on {backend} on a CPU like this one ({}, int8 class {}): run `alignsam gate --bundle {} --data DATASET --precisions {p} --backends {backend} --record`, or pass --allow-ungated to use it unchecked",
-                manifest.display(),
-                std::env::consts::ARCH,
-                cpu_class(),
-                self.dir.display()
-            );
+            return Err(GateRefusal::NotGated {
+                manifest,
+                bundle: self.dir.clone(),
+                precision: self.precision,
+                backend: backend.to_string(),
+                cpu_class: cpu_class(),
+            }
+            .into());
         }
         if let Some(bad) = records.iter().find(|g| !g.passed()) {
-            bail!(
-                "{}: precision {p} on {backend} failed the accuracy gate: mean mask IoU {:.3} against fp32 (minimum {GATE_MIN_MASK_IOU}; {} on {}, embedding cosine {:.4}); pass --allow-ungated to use it anyway",
-                manifest.display(),
-                bad.mask_iou,
-                bad.images,
-                bad.arch,
-                bad.embedding_cosine
-            );
+            return Err(GateRefusal::Failed {
+                manifest,
+                precision: self.precision,
+                backend: backend.to_string(),
+                mask_iou: bad.mask_iou,
+                images: bad.images.clone(),
+                arch: bad.arch.clone(),
+                embedding_cosine: bad.embedding_cosine,
+            }
+            .into());
         }
         Ok(())
     }
+}
+
+/// Why [`Bundle::check_gate`] refused a precision variant. A caller that wants to offer a way
+/// around it (the command line names its `gate` command and `--allow-ungated`) matches on it;
+/// [`OpenOptions::allow_ungated`] skips the check.
+#[derive(Debug, thiserror::Error)]
+pub enum GateRefusal {
+    /// No gate record for this precision, backend and CPU class.
+    #[error(
+        "{}: precision {precision} has not been through the accuracy gate on {backend} on a CPU like this one ({}, int8 class {cpu_class})",
+        manifest.display(),
+        std::env::consts::ARCH
+    )]
+    NotGated {
+        /// The bundle's manifest.
+        manifest: PathBuf,
+        /// The bundle's folder.
+        bundle: PathBuf,
+        /// The refused precision.
+        precision: Precision,
+        /// The backend it was asked for on.
+        backend: String,
+        /// This CPU's int8 class ([`manifest::cpu_class`]).
+        cpu_class: &'static str,
+    },
+    /// A gate record says the variant's masks are too far from fp32's.
+    #[error(
+        "{}: precision {precision} on {backend} failed the accuracy gate: mean mask IoU {mask_iou:.3} against fp32 (minimum {GATE_MIN_MASK_IOU}; {images} on {arch}, embedding cosine {embedding_cosine:.4})",
+        manifest.display()
+    )]
+    Failed {
+        /// The bundle's manifest.
+        manifest: PathBuf,
+        /// The refused precision.
+        precision: Precision,
+        /// The backend the record is for.
+        backend: String,
+        /// The record's mean mask IoU against fp32.
+        mask_iou: f64,
+        /// The images the record measured.
+        images: String,
+        /// The architecture it was measured on.
+        arch: String,
+        /// The record's embedding cosine similarity against fp32.
+        embedding_cosine: f64,
+    },
 }
 
 /// The SHA-256 of a file, as lower-case hex. Errors name the file.

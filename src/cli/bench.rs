@@ -20,7 +20,7 @@ use crate::bench::{
     DecoderComparison, FrameCounts, Stats, StepCountReport, peak_rss_bytes, synthetic_frame,
 };
 use crate::bundle::DecoderForm;
-use crate::source::{expand_inputs, load_rgb};
+use crate::source::{InputLimits, expand_inputs};
 use crate::util::ms;
 
 /// Arguments of `alignsam bench`.
@@ -86,7 +86,7 @@ pub struct BenchReport {
 }
 
 /// Runs `alignsam bench`.
-pub fn run(args: BenchArgs) -> Result<ExitCode> {
+pub fn run(args: BenchArgs, limits: InputLimits) -> Result<ExitCode> {
     if args.steps.is_empty() || args.frames == 0 {
         bail!("--steps and --frames must not be empty or zero");
     }
@@ -95,7 +95,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     } else {
         expand_inputs(&args.input)?
             .iter()
-            .map(|p| load_rgb(p))
+            .map(|p| limits.load_rgb(p))
             .collect::<Result<_>>()?
     };
     if !args.compare.is_empty() {

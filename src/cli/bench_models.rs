@@ -16,7 +16,7 @@ use crate::bundle::Bundle;
 use crate::bundle::DecoderForm;
 use crate::engine::{Backend, BackendKind, EngineOptions, Model, ModelSpec, Precision, Tensor};
 use crate::sam::{Decoder, Encoder, FullResDecoder, decoder::PromptInputs, preprocess};
-use crate::source::load_rgb;
+use crate::source::InputLimits;
 
 /// Arguments of `alignsam bench-models`.
 #[derive(Debug, Args)]
@@ -231,14 +231,14 @@ fn run_once(model: &dyn Model, inputs: &[Tensor]) -> Result<Vec<f32>> {
 }
 
 /// Runs `alignsam bench-models`.
-pub fn run(args: BenchModelsArgs) -> Result<ExitCode> {
+pub fn run(args: BenchModelsArgs, limits: InputLimits) -> Result<ExitCode> {
     if args.backends.is_empty() || args.precisions.is_empty() || args.runs == 0 {
         bail!("--backends, --precisions and --runs must not be empty or zero");
     }
     let bundle = args.engine.open_bundle(&args.bundle)?;
     let m = &bundle.manifest;
     let image = match &args.image {
-        Some(p) => load_rgb(p)?,
+        Some(p) => limits.load_rgb(p)?,
         None => synthetic_frame(),
     };
     let options = EngineOptions {

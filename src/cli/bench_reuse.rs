@@ -16,7 +16,7 @@ use super::args::{EngineArgs, LoopArgs, ReuseArgs};
 use crate::agent::ground_truth::mask_iou;
 use crate::agent::{Agent, StreamSegmenter};
 use crate::bench::Stats;
-use crate::source::{load_rgb, paths};
+use crate::source::{InputLimits, paths};
 use crate::util::ms;
 
 /// Arguments of `alignsam bench-reuse`.
@@ -137,6 +137,7 @@ fn run_sequence(
     dir: &Path,
     args: &BenchReuseArgs,
     options: &crate::agent::LoopOptions,
+    limits: &InputLimits,
 ) -> Result<Samples> {
     let mut frames = paths::list_dir(dir)?;
     if let Some(m) = args.max_frames {
@@ -147,7 +148,7 @@ fn run_sequence(
     let mut warm_stream =
         StreamSegmenter::new(agent, options.clone(), Some(args.reuse.reuse_points));
     for path in &frames {
-        let image = load_rgb(path)?;
+        let image = limits.load_rgb(path)?;
         let t = Instant::now();
         let (embedding, geometry) = agent.sam.embed(&image)?;
         let embed_ms = ms(t.elapsed());
@@ -166,7 +167,7 @@ fn run_sequence(
 }
 
 /// Runs `alignsam bench-reuse`.
-pub fn run(args: BenchReuseArgs) -> Result<ExitCode> {
+pub fn run(args: BenchReuseArgs, limits: InputLimits) -> Result<ExitCode> {
     let seqs = sequences(&args.sequences)?;
     let bundle = args.engine.open_bundle(&args.bundle)?;
     let options = args.loop_args.options(&bundle.manifest.agent)?;
@@ -179,7 +180,7 @@ pub fn run(args: BenchReuseArgs) -> Result<ExitCode> {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let s = run_sequence(&agent, dir, &args, &options)?;
+        let s = run_sequence(&agent, dir, &args, &options, &limits)?;
         let row = s.row(&name);
         if args.json.is_none() {
             eprintln!(

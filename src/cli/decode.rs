@@ -11,7 +11,7 @@ use clap::Args;
 use super::args::EngineArgs;
 use crate::sam::{PointLabel, PromptPoint, Sam};
 use crate::sink::{OutputPlan, write_mask_png};
-use crate::source::load_rgb;
+use crate::source::InputLimits;
 
 /// A point given as `X,Y` (positive) or `X,Y,0` / `X,Y,1` (explicit label).
 #[derive(Clone, Debug)]
@@ -61,7 +61,7 @@ pub struct DecodeArgs {
 }
 
 /// Runs `alignsam decode`.
-pub fn run(args: DecodeArgs) -> Result<ExitCode> {
+pub fn run(args: DecodeArgs, limits: InputLimits) -> Result<ExitCode> {
     let _lock = OutputPlan::new("decode", args.write.force)
         .input(&args.image)
         .input_dir(&args.bundle)
@@ -70,7 +70,7 @@ pub fn run(args: DecodeArgs) -> Result<ExitCode> {
     let bundle = args.engine.open_bundle(&args.bundle)?;
     let backend = args.engine.backend()?;
     let sam = Sam::load(&bundle, backend.as_ref())?;
-    let image = load_rgb(&args.image)?;
+    let image = limits.load_rgb(&args.image)?;
     let (w, h) = (image.width() as f64, image.height() as f64);
     let points: Vec<PromptPoint> = args.points.iter().map(|p| p.0).collect();
     if let Some(p) = points.iter().find(|p| {

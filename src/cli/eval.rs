@@ -23,6 +23,7 @@ use crate::dataset::Dataset;
 use crate::eval::report::{RunInfo, markdown, text_table};
 use crate::eval::{EvalJob, EvalProgress, Method, default_methods};
 use crate::exit::EXIT_PARTIAL;
+use crate::source::InputLimits;
 
 /// `LoopArgs`'s default `--stop-iou`, to tell whether one was given (eval ignores it without
 /// `--early-stop`, and says so rather than dropping it silently). A test keeps the two equal.
@@ -155,12 +156,12 @@ fn progress_printer(hidden: bool) -> impl FnMut(EvalProgress) {
 }
 
 /// Runs `alignsam eval`.
-pub fn run(args: EvalArgs) -> Result<ExitCode> {
+pub fn run(args: EvalArgs, limits: InputLimits) -> Result<ExitCode> {
     let bundle = args.engine.open_bundle(&args.bundle)?;
     let options = args.options(&bundle.manifest.agent)?;
     // The whole split too: the report says how much of it was evaluated. --images is at least 1
     // (its parser says so).
-    let full = Dataset::open(&args.data, &args.split)?;
+    let full = Dataset::open_with_limits(&args.data, &args.split, limits)?;
     let dataset = full.take(args.images.unwrap_or(full.len()));
     dataset.validate()?;
 
@@ -184,7 +185,7 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
         .dir(&args.out, crate::eval::OUTPUT_NAMES)
         .shared_dir(&cache_root)
         .check()?;
-    let cache = EmbeddingCache::new(&cache_root, &bundle.manifest, bundle.precision)?;
+    let cache = EmbeddingCache::new(&cache_root, &bundle.manifest, bundle.precision, limits)?;
 
     let samples = dataset.items();
     let job = EvalJob {

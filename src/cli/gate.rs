@@ -14,6 +14,7 @@ use crate::dataset::Dataset;
 use crate::engine::{BackendKind, EngineOptions, Precision};
 use crate::exit::{EXIT_OK, EXIT_PARTIAL};
 use crate::gate::{GATE_MIN_MASK_IOU, GateResult, Reference};
+use crate::source::InputLimits;
 
 /// Arguments of `alignsam gate`. Exit status 0 when every candidate passed (or does not apply:
 /// f16 off tract), 2 when one was refused or could not run.
@@ -85,7 +86,7 @@ struct Row {
 }
 
 /// Runs `alignsam gate`.
-pub fn run(args: GateArgs) -> Result<ExitCode> {
+pub fn run(args: GateArgs, limits: InputLimits) -> Result<ExitCode> {
     // The reference is never written over the bundle's models or the dataset's masks, a device
     // or a file an earlier gate run did not write.
     let _lock = match &args.save_reference {
@@ -113,10 +114,10 @@ pub fn run(args: GateArgs) -> Result<ExitCode> {
         )
     };
     let fp32 = open(Precision::Fp32)?;
-    let data = Dataset::open(&args.data, &args.split)?;
+    let data = Dataset::open_with_limits(&args.data, &args.split, limits)?;
     let reference = match &args.reference {
         Some(path) => {
-            let r = Reference::load(path)?;
+            let r = Reference::load(path, &limits)?;
             r.check_fits(&fp32)
                 .with_context(|| format!("{}", path.display()))?;
             r

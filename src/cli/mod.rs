@@ -41,6 +41,8 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+use crate::source::InputLimits;
+
 pub use crate::exit::{EXIT_ERROR, EXIT_PARTIAL};
 pub use args::{EngineArgs, LoopArgs, PrecisionChoice, ReuseArgs};
 
@@ -67,6 +69,17 @@ pub struct Cli {
 }
 
 impl Cli {
+    /// The input limits from `--max-pixels` and `--max-file-mb` (the defaults where not given).
+    pub fn input_limits(&self) -> InputLimits {
+        let defaults = InputLimits::default();
+        InputLimits {
+            max_pixels: self.max_pixels.unwrap_or(defaults.max_pixels),
+            max_file_bytes: self
+                .max_file_mb
+                .map_or(defaults.max_file_bytes, |mb| mb.saturating_mul(1 << 20)),
+        }
+    }
+
     /// Sets up `env_logger`: RUST_LOG wins, else the level from -q/-v.
     pub fn init_logging(&self) {
         let level = match (self.quiet, self.verbose) {
@@ -121,30 +134,29 @@ impl Command {
     }
 }
 
-/// Runs a parsed command line.
+/// Runs a parsed command line. A refusal the command line offers a way around (a precision
+/// without a passing gate record, an output no earlier run wrote) says which flag it is.
 pub fn run(cli: Cli) -> Result<ExitCode> {
+    dispatch(cli).map_err(output::with_flag_hint)
+}
+
+fn dispatch(cli: Cli) -> Result<ExitCode> {
     output::set_quiet(cli.quiet);
-    let defaults = crate::source::InputLimits::default();
-    crate::source::limits::set_limits(crate::source::InputLimits {
-        max_pixels: cli.max_pixels.unwrap_or(defaults.max_pixels),
-        max_file_bytes: cli
-            .max_file_mb
-            .map_or(defaults.max_file_bytes, |mb| mb.saturating_mul(1 << 20)),
-    });
+    let limits = cli.input_limits();
     match cli.command {
         Command::Info(args) => info::run(args),
         Command::Bundle(args) => bundle_cmd::run(args),
-        Command::Decode(args) => decode::run(args),
-        Command::Segment(args) => segment::run(args),
-        Command::Bench(args) => bench::run(args),
-        Command::Run(args) => run::run(args),
+        Command::Decode(args) => decode::run(args, limits),
+        Command::Segment(args) => segment::run(args, limits),
+        Command::Bench(args) => bench::run(args, limits),
+        Command::Run(args) => run::run(args, limits),
         Command::Devices(args) => devices::run(args),
-        Command::BenchModels(args) => bench_models::run(args),
-        Command::BenchReuse(args) => bench_reuse::run(args),
-        Command::Profile(args) => profile::run(args),
-        Command::Gate(args) => gate::run(args),
+        Command::BenchModels(args) => bench_models::run(args, limits),
+        Command::BenchReuse(args) => bench_reuse::run(args, limits),
+        Command::Profile(args) => profile::run(args, limits),
+        Command::Gate(args) => gate::run(args, limits),
         #[cfg(feature = "train")]
-        Command::Train(args) => train::run(args),
-        Command::Eval(args) => eval::run(args),
+        Command::Train(args) => train::run(args, limits),
+        Command::Eval(args) => eval::run(args, limits),
     }
 }

@@ -206,6 +206,41 @@ pub fn write_json_report<T: Serialize>(path: &Path, kind: &str, report: &T) -> R
 /// `-q` for the whole command: no progress bars from any subcommand ([`progress`]).
 static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
+/// The library's refusals name no flag; the command line adds the one that gets past each: the
+/// `gate` command or `--allow-ungated` for a precision variant without a passing record,
+/// `--force` for an output no earlier run wrote. Other errors pass unchanged.
+pub fn with_flag_hint(err: anyhow::Error) -> anyhow::Error {
+    use crate::bundle::GateRefusal;
+    let hint = err.chain().find_map(|cause| {
+        if let Some(refusal) = cause.downcast_ref::<GateRefusal>() {
+            return Some(match refusal {
+                GateRefusal::NotGated {
+                    bundle,
+                    precision,
+                    backend,
+                    ..
+                } => format!(
+                    "; run `alignsam gate --bundle {} --data DATASET --precisions {precision} --backends {backend} --record`, or pass --allow-ungated to use it unchecked",
+                    bundle.display()
+                ),
+                GateRefusal::Failed { .. } => "; pass --allow-ungated to use it anyway".to_string(),
+            });
+        }
+        cause
+            .downcast_ref::<crate::sink::guard::NotOurs>()
+            .map(|refusal| match refusal.in_folder {
+                true => ", or allow replacing files (--force)".to_string(),
+                false => ", or allow replacing it (--force)".to_string(),
+            })
+    });
+    match hint {
+        // The message is printed as `{:#}` (the context chain on one line), so the hint goes
+        // at its end.
+        Some(hint) => anyhow!("{err:#}{hint}"),
+        None => err,
+    }
+}
+
 /// Sets `-q` for the command being run (main's parse of the command line does, once).
 pub fn set_quiet(quiet: bool) {
     QUIET.store(quiet, std::sync::atomic::Ordering::Relaxed);

@@ -18,7 +18,7 @@ use crate::bench::{percentile, spread_points, synthetic_frame};
 use crate::bundle::DecoderForm;
 use crate::engine::{BackendKind, Model, Tensor, TensorView};
 use crate::sam::{Decoder, Encoder, FullResDecoder, decoder::PromptInputs, preprocess};
-use crate::source::load_rgb;
+use crate::source::InputLimits;
 
 /// Which model to profile.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -75,7 +75,7 @@ pub struct OpShare {
 }
 
 /// Runs `alignsam profile`.
-pub fn run(args: ProfileArgs) -> Result<ExitCode> {
+pub fn run(args: ProfileArgs, limits: InputLimits) -> Result<ExitCode> {
     if args.engine.backend == BackendKind::Ort {
         bail!(
             "profile runs on tract (node by node) and rten (its own report); for ONNX Runtime use \
@@ -89,7 +89,7 @@ pub fn run(args: ProfileArgs) -> Result<ExitCode> {
     let m = &bundle.manifest;
     let backend = args.engine.backend()?;
     let image = match &args.image {
-        Some(p) => load_rgb(p)?,
+        Some(p) => limits.load_rgb(p)?,
         None => synthetic_frame(),
     };
     let config = preprocess::PreprocessConfig {

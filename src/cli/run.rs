@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use clap::Args;
 use serde::Serialize;
 
@@ -20,7 +20,7 @@ use crate::agent::{Agent, LoopResult, PointRecord, StageTimes, StopReason, Strea
 use crate::pipeline::{self, FrameReport, Pipeline, PipelineOptions, StopFlag};
 use crate::sink::record::escaped_opt_path;
 use crate::sink::{OutputPlan, write_bytes_atomic};
-use crate::source::{Frame, SourceOptions, open_source};
+use crate::source::{Frame, InputLimits, SourceOptions, open_source};
 
 /// Arguments of `alignsam run`.
 #[derive(Debug, Args)]
@@ -141,7 +141,7 @@ struct ErrorLine<'a> {
 }
 
 /// Runs `alignsam run`.
-pub fn run(args: RunArgs) -> Result<ExitCode> {
+pub fn run(args: RunArgs, limits: InputLimits) -> Result<ExitCode> {
     if args.save_every > 0 && args.out.is_none() {
         bail!("--save-every needs --out DIR");
     }
@@ -162,6 +162,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         pixel_format: args.pixel_format.clone(),
         looping: args.looping,
         reconnect_attempts: args.reconnect_attempts,
+        limits,
     };
     let out_dirs: Vec<PathBuf> = args
         .out
@@ -213,7 +214,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     #[cfg(feature = "serve")]
     let live = match &args.serve {
         Some(addr) => {
-            let server = crate::sink::live::LiveServer::start(addr)?;
+            let server = crate::sink::live::LiveServer::start(addr).context("--serve")?;
             eprintln!("live view at http://{}/", server.addr());
             Some(server)
         }

@@ -17,7 +17,7 @@ use crate::exit::EXIT_PARTIAL;
 use crate::pipeline::{StopFlag, install_ctrlc};
 use crate::sam::Map;
 use crate::sink::{ImageRecord, OutputPlan};
-use crate::source::{expand_inputs, load_rgb};
+use crate::source::{InputLimits, expand_inputs};
 
 /// Arguments of `alignsam segment`.
 #[derive(Debug, Args)]
@@ -56,11 +56,17 @@ pub struct SegmentArgs {
 }
 
 /// Loads a semantic map for the explicit SRM branch, resized to the embedding grid.
-pub fn load_semantic(dir: &Path, stem: &str, size: (usize, usize)) -> Result<Map> {
+pub fn load_semantic(
+    dir: &Path,
+    stem: &str,
+    size: (usize, usize),
+    limits: &InputLimits,
+) -> Result<Map> {
     let path = dir.join(format!("{stem}.png"));
-    use crate::source::limits::{decode_image, limits, read_regular};
-    let bytes = read_regular(&path, "semantic map", limits().max_file_bytes)?;
-    let img = decode_image(bytes, &path, "semantic map")?.to_luma32f();
+    let bytes = limits.read_file(&path, "semantic map")?;
+    let img = limits
+        .decode_image(bytes, &path, "semantic map")?
+        .to_luma32f();
     let map = Map {
         height: img.height() as usize,
         width: img.width() as usize,
@@ -76,6 +82,7 @@ struct Outputs {
     files: MaskFiles,
     json: JsonLines,
     human: bool,
+    limits: InputLimits,
 }
 
 fn process_one(
@@ -86,9 +93,9 @@ fn process_one(
     stem: &str,
     out: &mut Outputs,
 ) -> Result<()> {
-    let image = load_rgb(path)?;
+    let image = out.limits.load_rgb(path)?;
     let semantic = match &args.semantic_dir {
-        Some(dir) => Some(load_semantic(dir, stem, out.embedding_hw)?),
+        Some(dir) => Some(load_semantic(dir, stem, out.embedding_hw, &out.limits)?),
         None => None,
     };
     let per_image = ImageOptions {
@@ -110,7 +117,7 @@ fn process_one(
 }
 
 /// Runs `alignsam segment`.
-pub fn run(args: SegmentArgs) -> Result<ExitCode> {
+pub fn run(args: SegmentArgs, limits: InputLimits) -> Result<ExitCode> {
     let paths = expand_inputs(&args.inputs)?;
     let bundle = args.engine.open_bundle(&args.bundle)?;
     let options = args.loop_args.options(&bundle.manifest.agent)?;
@@ -154,6 +161,7 @@ pub fn run(args: SegmentArgs) -> Result<ExitCode> {
         files,
         json,
         human,
+        limits,
     };
 
     // Ctrl-C, SIGTERM: finish the image at hand (its files and JSON line whole), then stop.

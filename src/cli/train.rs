@@ -13,6 +13,7 @@ use indicatif::ProgressBar;
 use super::args::EngineArgs;
 use crate::agent::{AgentKind, StepLabels};
 use crate::dataset::Dataset;
+use crate::source::InputLimits;
 use crate::train::imitation::{self, ClickerConfig, ClickerJob};
 use crate::train::nets::ActorKind;
 use crate::train::{
@@ -243,7 +244,7 @@ fn output_plan(args: &TrainArgs) -> crate::sink::OutputPlan {
 }
 
 /// Runs `alignsam train --agent clicker`.
-fn run_clicker(args: TrainArgs) -> Result<ExitCode> {
+fn run_clicker(args: TrainArgs, limits: InputLimits) -> Result<ExitCode> {
     for d in &args.data {
         super::output::check_dataset_outputs(d, &args.out)?;
     }
@@ -252,7 +253,7 @@ fn run_clicker(args: TrainArgs) -> Result<ExitCode> {
     let datasets = args
         .data
         .iter()
-        .map(|d| Dataset::open_first(d, &args.split, args.images))
+        .map(|d| Dataset::open_first(d, &args.split, args.images, limits))
         .collect::<Result<Vec<_>>>()?;
     let mut config = ClickerConfig::new(args.seed);
     config.steps = args.steps.unwrap_or(bundle.manifest.agent.max_steps);
@@ -267,6 +268,7 @@ fn run_clicker(args: TrainArgs) -> Result<ExitCode> {
         backend: backend.as_ref(),
         datasets: &datasets,
         cache_root: args.cache.clone().unwrap_or_else(crate::cache::default_dir),
+        limits,
         out_dir: args.out.clone(),
         config,
         threads: args.engine.threads,
@@ -315,7 +317,7 @@ fn run_clicker(args: TrainArgs) -> Result<ExitCode> {
 }
 
 /// Runs `alignsam train`.
-pub fn run(args: TrainArgs) -> Result<ExitCode> {
+pub fn run(args: TrainArgs, limits: InputLimits) -> Result<ExitCode> {
     // candle runs single-threaded unless RAYON_NUM_THREADS says otherwise: its operations here
     // are small (15 states of a few thousand values), and on 2 busy cores its spinning worker
     // pool made PPO updates 2-3x slower than one thread. --threads is for the SAM decoder.
@@ -325,7 +327,7 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
         unsafe { std::env::set_var("RAYON_NUM_THREADS", "1") };
     }
     if args.agent == AgentKind::Clicker {
-        return run_clicker(args);
+        return run_clicker(args, limits);
     }
     let [data] = args.data.as_slice() else {
         bail!(
@@ -337,9 +339,9 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
     let _lock = output_plan(&args).check()?;
     let bundle = args.engine.open_bundle(&args.bundle)?;
     // --images and --eval-images are at least 1 (their parsers say so).
-    let dataset = Dataset::open_first(data, &args.split, args.images)?;
+    let dataset = Dataset::open_first(data, &args.split, args.images, limits)?;
     let holdout = match &args.eval_split {
-        Some(split) => Some(Dataset::open_first(data, split, args.eval_images)?),
+        Some(split) => Some(Dataset::open_first(data, split, args.eval_images, limits)?),
         None => None,
     };
     if args.episodes == Some(0) {
@@ -356,6 +358,7 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
         backend: backend.as_ref(),
         dataset: &dataset,
         cache_root: args.cache.clone().unwrap_or_else(crate::cache::default_dir),
+        limits,
         out_dir: args.out.clone(),
         config,
         holdout: holdout.as_ref(),

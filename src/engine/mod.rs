@@ -362,7 +362,7 @@ impl std::str::FromStr for BackendKind {
 pub fn refuse_half(backend: &str, path: &Path, spec: &ModelSpec) -> Result<()> {
     if spec.half {
         bail!(
-            "{}: precision f16 needs the tract backend ({backend} has no float16 path here); use --backend tract or another precision",
+            "{}: precision f16 needs the tract backend ({backend} has no float16 path here); use the tract backend or another precision",
             path.display()
         );
     }

@@ -17,8 +17,7 @@ use super::report::{CSV_HEADER, csv_rows, oracle_csv_header, oracle_csv_row};
 use super::{BUDGETS, EvalSummary, Evaluation, Method, MethodRunner, NOC_CAP, montage, srm_scores};
 use crate::agent::{Agent, LoopOptions};
 use crate::cache::EmbeddingCache;
-use crate::dataset::{Sample, load_mask};
-use crate::source::load_rgb;
+use crate::dataset::Sample;
 
 /// What to evaluate, and where the files go.
 pub struct EvalJob<'a> {
@@ -255,7 +254,7 @@ fn evaluate_one(
     with_montage: bool,
 ) -> Result<(ImageRows, Option<Vec<image::RgbImage>>)> {
     let agent = runner.agent;
-    let gt = load_mask(&sample.mask_path)?;
+    let gt = sample.load_mask()?;
     let (embedding, geometry, _) = cache.get_or_compute(&agent.sam, &sample.image_path)?;
     let (h, w) = geometry.original;
     if (gt.height, gt.width) != (h, w) {
@@ -271,7 +270,7 @@ fn evaluate_one(
     let results = runner.run(&sample.id, &embedding, &geometry, &gt)?;
     let eval = evaluation.add(&sample.id, &gt, srm, results)?;
     let row = if with_montage {
-        Some(montage::row(&load_rgb(&sample.image_path)?, &gt, &eval))
+        Some(montage::row(&sample.load_image()?, &gt, &eval))
     } else {
         None
     };

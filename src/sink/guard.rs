@@ -190,11 +190,12 @@ impl OutputPlan {
                 let nonempty = !md.is_dir()
                     || std::fs::read_dir(&target).is_ok_and(|mut r| r.next().is_some());
                 if nonempty && !self.force && !ours.contains(name) {
-                    bail!(
-                        "{}: exists and no earlier `{}` run wrote it; choose another output folder, or allow replacing files (--force)",
-                        target.display(),
-                        self.kind
-                    );
+                    return Err(NotOurs {
+                        path: target,
+                        kind: self.kind.clone(),
+                        in_folder: true,
+                    }
+                    .into());
                 }
             }
         }
@@ -220,11 +221,12 @@ impl OutputPlan {
                 .zip(name)
                 .is_some_and(|(p, name)| recorded(&p, &self.kind).contains(&name));
             if !self.force && !ours {
-                bail!(
-                    "{}: exists and no earlier `{}` run wrote it; choose another path, or allow replacing it (--force)",
-                    f.display(),
-                    self.kind
-                );
+                return Err(NotOurs {
+                    path: f.to_path_buf(),
+                    kind: self.kind.clone(),
+                    in_folder: false,
+                }
+                .into());
             }
         }
         Ok(())
@@ -232,6 +234,24 @@ impl OutputPlan {
 }
 
 pub use crate::safe_write::refuse_special;
+
+/// An output path that exists and that no earlier run of the same command wrote: the guard
+/// refuses to replace it unless the plan allows replacing files (`force` in [`OutputPlan::new`];
+/// the command line's `--force`). Callers that offer that choice match on it.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{}: exists and no earlier `{kind}` run wrote it; choose another {}",
+    path.display(),
+    if *in_folder { "output folder" } else { "path" }
+)]
+pub struct NotOurs {
+    /// The existing file or folder.
+    pub path: PathBuf,
+    /// The command whose runs the guard recognises (`segment`, `eval`, ...).
+    pub kind: String,
+    /// Whether the path is an entry of an output folder (else an output file named by the user).
+    pub in_folder: bool,
+}
 
 /// The names a run of `kind` recorded in `dir`'s index.
 fn recorded(dir: &Path, kind: &str) -> BTreeSet<String> {
@@ -347,6 +367,10 @@ mod tests {
             .check()
             .unwrap_err();
         assert!(e.to_string().contains("no earlier `eval` run"), "{e}");
+        // A typed refusal, naming no flag: the caller offers the way around it.
+        let refusal = e.downcast_ref::<NotOurs>().expect("a typed refusal");
+        assert_eq!(refusal.path, out.join("masks"));
+        assert!(refusal.in_folder && !e.to_string().contains("--"), "{e}");
         drop(
             OutputPlan::new("eval", true)
                 .dir(&out, &["masks"])

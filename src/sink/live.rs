@@ -72,12 +72,12 @@ pub struct LiveServer {
 impl LiveServer {
     /// Listens on `addr` (`127.0.0.1:8080`; another interface only when the user names one).
     pub fn start(addr: &str) -> Result<Self> {
-        let server = tiny_http::Server::http(addr)
-            .map_err(|e| anyhow!("--serve {addr}: cannot listen: {e}"))?;
+        let server =
+            tiny_http::Server::http(addr).map_err(|e| anyhow!("{addr}: cannot listen: {e}"))?;
         let bound = server
             .server_addr()
             .to_ip()
-            .ok_or_else(|| anyhow!("--serve {addr}: not an IP address"))?;
+            .ok_or_else(|| anyhow!("{addr}: not an IP address"))?;
         let shared = Arc::new(Shared {
             latest: Mutex::new(Latest {
                 seq: 0,

@@ -5,14 +5,13 @@ use std::path::Path;
 use anyhow::Result;
 use image::RgbImage;
 
-use super::limits::{decode_image, limits, read_regular};
+use super::limits::InputLimits;
 
-/// Reads and decodes an image file into 8-bit RGB, within the process-wide
-/// [`super::limits::InputLimits`]. Errors name the file and say whether it is missing,
-/// unreadable, not a regular file, too large, or not a decodable image.
+/// Reads and decodes an image file into 8-bit RGB within the default [`InputLimits`] (photos up
+/// to 128 megapixels); [`InputLimits::load_rgb`] takes other limits. Errors name the file and say
+/// whether it is missing, unreadable, not a regular file, too large, or not a decodable image.
 pub fn load_rgb(path: &Path) -> Result<RgbImage> {
-    let bytes = read_regular(path, "image", limits().max_file_bytes)?;
-    Ok(decode_image(bytes, path, "image")?.to_rgb8())
+    InputLimits::default().load_rgb(path)
 }
 
 #[cfg(test)]

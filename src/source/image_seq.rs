@@ -10,8 +10,9 @@ use std::time::SystemTime;
 
 use anyhow::{Result, bail};
 
+use super::limits::InputLimits;
 use super::pace::Pacer;
-use super::{Frame, FrameSource, SourceError, load_rgb, paths};
+use super::{Frame, FrameSource, SourceError, SourceOptions, paths};
 
 /// A [`FrameSource`] over image files.
 pub struct ImageSequence {
@@ -23,6 +24,7 @@ pub struct ImageSequence {
     next_index: u64,
     pacer: Option<Pacer>,
     looping: bool,
+    limits: InputLimits,
     /// Frames decoded during the current pass, to stop looping over a sequence where nothing
     /// decodes.
     good_this_pass: u64,
@@ -30,21 +32,16 @@ pub struct ImageSequence {
 
 impl ImageSequence {
     /// The image files of `spec` (a directory, a glob pattern or one file; see
-    /// [`paths::expand_inputs`]). With `fps`, frames are released at that rate (a camera
-    /// stand-in); without, as fast as they decode. With `looping`, the sequence starts over
-    /// at its end.
-    pub fn open(spec: &str, fps: Option<f64>, looping: bool) -> Result<Self> {
+    /// [`paths::expand_inputs`]). With `options.fps`, frames are released at that rate (a camera
+    /// stand-in); without, as fast as they decode. With `options.looping`, the sequence starts
+    /// over at its end. Each file is read within `options.limits`.
+    pub fn open(spec: &str, options: &SourceOptions) -> Result<Self> {
         let files = paths::expand_inputs(&[spec.to_string()])?;
-        Self::from_files(spec, files, fps, looping)
+        Self::from_files(spec, files, options)
     }
 
     /// A sequence over the given files, in the given order (`name` for messages).
-    pub fn from_files(
-        name: &str,
-        files: Vec<PathBuf>,
-        fps: Option<f64>,
-        looping: bool,
-    ) -> Result<Self> {
+    pub fn from_files(name: &str, files: Vec<PathBuf>, options: &SourceOptions) -> Result<Self> {
         if files.is_empty() {
             bail!("{name}: no image files");
         }
@@ -53,8 +50,9 @@ impl ImageSequence {
             files,
             pos: 0,
             next_index: 0,
-            pacer: fps.map(Pacer::new).transpose()?,
-            looping,
+            pacer: options.fps.map(Pacer::new).transpose()?,
+            looping: options.looping,
+            limits: options.limits,
             good_this_pass: 0,
         })
     }
@@ -96,7 +94,7 @@ impl FrameSource for ImageSequence {
         // The frame "exists" when it is due; decoding is part of its latency, as a camera's
         // transfer and decoding are.
         let captured = SystemTime::now();
-        match load_rgb(path) {
+        match self.limits.load_rgb(path) {
             Ok(image) => {
                 self.good_this_pass += 1;
                 Ok(Some(Frame {
@@ -131,6 +129,14 @@ impl FrameSource for ImageSequence {
 mod tests {
     use super::*;
 
+    fn options(fps: Option<f64>, looping: bool) -> SourceOptions {
+        SourceOptions {
+            fps,
+            looping,
+            ..SourceOptions::default()
+        }
+    }
+
     fn write_png(path: &std::path::Path, v: u8) {
         image::RgbImage::from_pixel(4, 3, image::Rgb([v, v, v]))
             .save(path)
@@ -145,7 +151,7 @@ mod tests {
         write_png(&d.join("f10.png"), 100);
         std::fs::write(d.join("f2.png"), b"not a png").unwrap();
         write_png(&d.join("f3.png"), 30);
-        let mut seq = ImageSequence::open(&d.to_string_lossy(), None, false).unwrap();
+        let mut seq = ImageSequence::open(&d.to_string_lossy(), &options(None, false)).unwrap();
         assert_eq!(seq.len(), 4);
         let f = seq.next_frame().unwrap().unwrap();
         assert_eq!((f.index, f.image.get_pixel(0, 0).0[0]), (0, 10));
@@ -171,7 +177,7 @@ mod tests {
         write_png(&tmp.path().join("a.png"), 1);
         write_png(&tmp.path().join("b.png"), 2);
         let pattern = format!("{}/*.png", tmp.path().display());
-        let mut seq = ImageSequence::open(&pattern, Some(100.0), true).unwrap();
+        let mut seq = ImageSequence::open(&pattern, &options(Some(100.0), true)).unwrap();
         assert!(seq.is_live());
         assert!(
             seq.describe().contains("2 files, 100 fps, looping"),
@@ -193,7 +199,8 @@ mod tests {
     fn looping_over_nothing_decodable_stops() {
         let tmp = tempfile::tempdir().unwrap();
         std::fs::write(tmp.path().join("a.png"), b"junk").unwrap();
-        let mut seq = ImageSequence::open(&tmp.path().to_string_lossy(), None, true).unwrap();
+        let mut seq =
+            ImageSequence::open(&tmp.path().to_string_lossy(), &options(None, true)).unwrap();
         assert!(seq.next_frame().unwrap_err().is_frame_lost());
         let e = seq.next_frame().unwrap_err();
         assert!(!e.is_frame_lost());

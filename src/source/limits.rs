@@ -7,7 +7,6 @@
 use std::fs::Metadata;
 use std::io::Read;
 use std::path::Path;
-use std::sync::RwLock;
 
 use anyhow::{Result, anyhow, bail};
 use image::{DynamicImage, ImageDecoder};
@@ -35,19 +34,26 @@ impl Default for InputLimits {
     }
 }
 
-static LIMITS: RwLock<InputLimits> = RwLock::new(InputLimits {
-    max_file_bytes: DEFAULT_MAX_FILE_BYTES,
-    max_pixels: DEFAULT_MAX_PIXELS,
-});
+impl InputLimits {
+    /// Reads an input file (an image, a mask, a split file, a cache entry) of at most
+    /// [`InputLimits::max_file_bytes`]; errors name the file.
+    pub fn read_file(&self, path: &Path, what: &str) -> Result<Vec<u8>> {
+        read_regular(path, what, self.max_file_bytes)
+    }
 
-/// The process-wide limits every loader applies.
-pub fn limits() -> InputLimits {
-    *LIMITS.read().unwrap_or_else(|p| p.into_inner())
-}
+    /// Reads and decodes an image file as RGB (any format the `image` crate reads, EXIF
+    /// orientation applied), within these limits. Errors name the file and say whether it is
+    /// missing, unreadable, too large or corrupt.
+    pub fn load_rgb(&self, path: &Path) -> Result<image::RgbImage> {
+        let bytes = self.read_file(path, "image")?;
+        Ok(self.decode_image(bytes, path, "image")?.to_rgb8())
+    }
 
-/// Sets the process-wide limits (the command line does, from its options).
-pub fn set_limits(limits: InputLimits) {
-    *LIMITS.write().unwrap_or_else(|p| p.into_inner()) = limits;
+    /// Decodes an image or mask file's bytes, refusing from the header alone an image larger
+    /// than [`InputLimits::max_pixels`]; errors name the file.
+    pub fn decode_image(&self, bytes: Vec<u8>, path: &Path, what: &str) -> Result<DynamicImage> {
+        decode_image(bytes, path, what, self.max_pixels)
+    }
 }
 
 /// The file's metadata, or an error naming it when it is missing or not a regular file
@@ -97,10 +103,7 @@ pub fn read_regular(path: &Path, what: &str, max_bytes: u64) -> Result<Vec<u8>> 
     Ok(bytes)
 }
 
-/// Decodes an image or mask file's bytes, refusing from the header alone an image larger than
-/// the pixel limit; errors name the file.
-pub fn decode_image(bytes: Vec<u8>, path: &Path, what: &str) -> Result<DynamicImage> {
-    let limit = limits().max_pixels;
+fn decode_image(bytes: Vec<u8>, path: &Path, what: &str, limit: u64) -> Result<DynamicImage> {
     let reader = || {
         image::ImageReader::new(std::io::Cursor::new(bytes.as_slice()))
             .with_guessed_format()
@@ -225,7 +228,7 @@ mod tests {
             .unwrap();
         drop(img);
         assert!(png.len() < 2_000_000);
-        let e = decode_image(png, Path::new("huge.png"), "image").unwrap_err();
+        let e = decode_image(png, Path::new("huge.png"), "image", DEFAULT_MAX_PIXELS).unwrap_err();
         assert!(
             e.to_string()
                 .contains("huge.png: image of 20000x20000 = 400000000 pixels, more than the limit"),
@@ -285,7 +288,7 @@ mod tests {
     #[test]
     fn exif_orientation_is_applied() {
         let jpg = with_exif_orientation(&halves_jpeg(32, 16), 6);
-        let img = decode_image(jpg, Path::new("side.jpg"), "image")
+        let img = decode_image(jpg, Path::new("side.jpg"), "image", DEFAULT_MAX_PIXELS)
             .unwrap()
             .to_rgb8();
         // Orientation 6: shown rotated 90 degrees clockwise, so the left half is now on top.
@@ -296,7 +299,7 @@ mod tests {
         assert!(bottom[2] > 200 && bottom[0] < 60, "{bottom:?}");
         // Orientation 1 (and none): as stored.
         let jpg = with_exif_orientation(&halves_jpeg(32, 16), 1);
-        let img = decode_image(jpg, Path::new("up.jpg"), "image").unwrap();
+        let img = decode_image(jpg, Path::new("up.jpg"), "image", DEFAULT_MAX_PIXELS).unwrap();
         assert_eq!((img.width(), img.height()), (32, 16));
     }
 
@@ -311,7 +314,7 @@ mod tests {
             .encode_image(&img)
             .unwrap();
         let cut = jpg[..jpg.len() / 2].to_vec();
-        let Err(e) = decode_image(cut, Path::new("cut.jpg"), "image") else {
+        let Err(e) = decode_image(cut, Path::new("cut.jpg"), "image", DEFAULT_MAX_PIXELS) else {
             panic!("a truncated JPEG is refused, not decoded with a grey half");
         };
         assert!(
@@ -320,7 +323,7 @@ mod tests {
         );
         let mut padded = jpg.clone();
         padded.extend_from_slice(b"\0\0trailing junk some cameras write");
-        assert!(decode_image(padded, Path::new("padded.jpg"), "image").is_ok());
-        assert!(decode_image(jpg, Path::new("whole.jpg"), "image").is_ok());
+        assert!(decode_image(padded, Path::new("padded.jpg"), "image", DEFAULT_MAX_PIXELS).is_ok());
+        assert!(decode_image(jpg, Path::new("whole.jpg"), "image", DEFAULT_MAX_PIXELS).is_ok());
     }
 }

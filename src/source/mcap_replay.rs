@@ -12,7 +12,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use anyhow::{Result, anyhow};
 use base64::Engine as _;
 
-use super::limits::{decode_image, limits, regular_file};
+use super::limits::{InputLimits, regular_file};
 use super::{Frame, FrameSource, SourceError};
 
 /// The topics of a recording.
@@ -31,21 +31,24 @@ pub mod topics {
 pub struct McapSource {
     reader: mcap::io::MessageReader<BufReader<File>>,
     path: PathBuf,
+    limits: InputLimits,
     index: u64,
     frames: u64,
 }
 
 impl McapSource {
-    /// Opens `path`; errors name it.
-    pub fn open(path: &Path) -> Result<Self> {
+    /// Opens `path`, refusing records longer than `limits.max_file_bytes` and frames larger than
+    /// `limits.max_pixels`; errors name it.
+    pub fn open(path: &Path, limits: &InputLimits) -> Result<Self> {
         regular_file(path, "recording")?;
         let file = File::open(path).map_err(|e| anyhow!("{}: cannot read: {e}", path.display()))?;
-        let max = usize::try_from(limits().max_file_bytes).unwrap_or(usize::MAX);
+        let max = usize::try_from(limits.max_file_bytes).unwrap_or(usize::MAX);
         let options = mcap::sans_io::linear_reader::LinearReaderOptions::default()
             .with_record_length_limit(max);
         Ok(McapSource {
             reader: mcap::io::MessageReader::new_with_options(BufReader::new(file), options),
             path: path.to_path_buf(),
+            limits: *limits,
             index: 0,
             frames: 0,
         })
@@ -60,7 +63,10 @@ impl McapSource {
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(b64)
             .map_err(|e| anyhow!("the image data is not base64: {e}"))?;
-        Ok(decode_image(bytes, &self.path, "recorded frame")?.to_rgb8())
+        Ok(self
+            .limits
+            .decode_image(bytes, &self.path, "recorded frame")?
+            .to_rgb8())
     }
 }
 

@@ -164,6 +164,8 @@ pub struct SourceOptions {
     /// V4L2: how many reconnection attempts to make after the camera disappears before giving
     /// up (`None`: keep trying).
     pub reconnect_attempts: Option<u32>,
+    /// Files, Y4M streams and recordings: the largest file and frame read.
+    pub limits: InputLimits,
 }
 
 /// File extensions of video containers that are not read directly (ffmpeg converts them).
@@ -255,33 +257,27 @@ fn starts_with_y4m_magic(path: &Path) -> bool {
 pub fn open_source(spec: &str, options: &SourceOptions) -> Result<Box<dyn FrameSource>> {
     let kind = classify(spec)?;
     if options.looping && kind == SourceKind::Mcap {
-        bail!("{spec}: recordings are replayed once (--loop is for image sequences and Y4M files)");
+        bail!("{spec}: recordings are replayed once (only image sequences and Y4M files loop)");
     }
     if options.looping && matches!(kind, SourceKind::Stdin | SourceKind::Camera) {
         bail!("{spec}: only files and image sequences can loop");
     }
     Ok(match kind {
-        SourceKind::Stdin => Box::new(Y4mSource::stdin(options.fps)?),
-        SourceKind::Y4mFile => Box::new(Y4mSource::open_file(
-            Path::new(spec),
-            options.fps,
-            options.looping,
-        )?),
-        SourceKind::ImageSequence => {
-            Box::new(ImageSequence::open(spec, options.fps, options.looping)?)
-        }
+        SourceKind::Stdin => Box::new(Y4mSource::stdin(options)?),
+        SourceKind::Y4mFile => Box::new(Y4mSource::open_file(Path::new(spec), options)?),
+        SourceKind::ImageSequence => Box::new(ImageSequence::open(spec, options)?),
         SourceKind::Camera => open_camera(spec, options)?,
-        SourceKind::Mcap => open_recording(Path::new(spec))?,
+        SourceKind::Mcap => open_recording(Path::new(spec), &options.limits)?,
     })
 }
 
 #[cfg(feature = "mcap")]
-fn open_recording(path: &Path) -> Result<Box<dyn FrameSource>> {
-    Ok(Box::new(mcap_replay::McapSource::open(path)?))
+fn open_recording(path: &Path, limits: &InputLimits) -> Result<Box<dyn FrameSource>> {
+    Ok(Box::new(mcap_replay::McapSource::open(path, limits)?))
 }
 
 #[cfg(not(feature = "mcap"))]
-fn open_recording(path: &Path) -> Result<Box<dyn FrameSource>> {
+fn open_recording(path: &Path, _limits: &InputLimits) -> Result<Box<dyn FrameSource>> {
     bail!(
         "{}: this alignsam was built without MCAP support; rebuild with `--features mcap`",
         path.display()

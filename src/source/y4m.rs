@@ -25,9 +25,10 @@ use std::time::SystemTime;
 use anyhow::{Result, bail};
 use image::RgbImage;
 
+use super::limits::InputLimits;
 use super::pace::Pacer;
 use super::pixel::{self, Chroma, Range};
-use super::{Frame, FrameSource, SourceError};
+use super::{Frame, FrameSource, SourceError, SourceOptions};
 
 /// The signature that starts every stream.
 pub const MAGIC: &[u8] = b"YUV4MPEG2";
@@ -181,13 +182,6 @@ impl Y4mHeader {
         }
         header.width = width.ok_or_else(|| bad("missing width (W)".into()))?;
         header.height = height.ok_or_else(|| bad("missing height (H)".into()))?;
-        let limit = super::limits::limits().max_pixels;
-        if header.width as u64 * header.height as u64 > limit {
-            return Err(bad(format!(
-                "frame size {}x{} is more than the limit of {limit} pixels (the input pixel limit can be raised)",
-                header.width, header.height
-            )));
-        }
         Ok(header)
     }
 }
@@ -325,8 +319,14 @@ pub struct Y4mReader<R: Read> {
 }
 
 impl<R: Read> Y4mReader<R> {
-    /// Reads and checks the stream header. `name` names the stream in errors ("stdin", a path).
+    /// Reads and checks the stream header within the default [`InputLimits`]. `name` names the
+    /// stream in errors ("stdin", a path).
     pub fn new(reader: R, name: impl Into<String>) -> Result<Self> {
+        Self::with_limits(reader, name, &InputLimits::default())
+    }
+
+    /// Reads and checks the stream header, refusing frames larger than `limits.max_pixels`.
+    pub fn with_limits(reader: R, name: impl Into<String>, limits: &InputLimits) -> Result<Self> {
         let name = name.into();
         // Large enough that a 4:2:0 VGA frame takes a handful of reads from a pipe.
         let mut reader = BufReader::with_capacity(1 << 16, reader);
@@ -343,6 +343,13 @@ impl<R: Read> Y4mReader<R> {
             Err(e) => bail!("{name}: cannot read: {e}"),
         };
         let header = Y4mHeader::parse(&line, &name)?;
+        let (limit, w, h) = (limits.max_pixels, header.width, header.height);
+        let pixels = w as u64 * h as u64;
+        if pixels > limit {
+            bail!(
+                "{name}: Y4M frames of {w}x{h} = {pixels} pixels, more than the limit of {limit} (the input pixel limit can be raised)"
+            );
+        }
         Ok(Y4mReader {
             reader,
             name,
@@ -510,7 +517,8 @@ impl<W: Write> Y4mWriter<W> {
 enum Input {
     /// Stdin or another stream that cannot be reopened.
     Stream,
-    File(PathBuf),
+    /// A file, reopened (within the same limits) to loop.
+    File(PathBuf, InputLimits),
 }
 
 /// A [`FrameSource`] over a Y4M stream: a file, or stdin for `ffmpeg ... | alignsam run
@@ -526,54 +534,51 @@ pub struct Y4mSource {
 }
 
 impl Y4mSource {
-    /// Opens a Y4M file. With `fps`, frames are paced to that rate (a camera stand-in);
-    /// without, they come as fast as they are read. With `looping`, the file starts over at
-    /// its end.
-    pub fn open_file(path: &Path, fps: Option<f64>, looping: bool) -> Result<Self> {
-        let reader = Self::file_reader(path)?;
+    /// Opens a Y4M file. With `options.fps`, frames are paced to that rate (a camera
+    /// stand-in); without, they come as fast as they are read. With `options.looping`, the file
+    /// starts over at its end.
+    pub fn open_file(path: &Path, options: &SourceOptions) -> Result<Self> {
+        let reader = Self::file_reader(path, &options.limits)?;
         Ok(Y4mSource {
             reader,
-            input: Input::File(path.to_path_buf()),
-            pacer: fps.map(Pacer::new).transpose()?,
-            looping,
+            input: Input::File(path.to_path_buf(), options.limits),
+            pacer: options.fps.map(Pacer::new).transpose()?,
+            looping: options.looping,
             next_index: 0,
             buf: vec![],
         })
     }
 
     /// Reads a Y4M stream from stdin (cannot loop).
-    pub fn stdin(fps: Option<f64>) -> Result<Self> {
-        let reader = Y4mReader::new(Box::new(io::stdin()) as Box<dyn Read + Send>, "stdin")?;
+    pub fn stdin(options: &SourceOptions) -> Result<Self> {
+        Self::from_reader(Box::new(io::stdin()), "stdin", options)
+    }
+
+    /// Reads a Y4M stream from any reader (`name` for messages; cannot loop).
+    pub fn from_reader(
+        reader: Box<dyn Read + Send>,
+        name: &str,
+        options: &SourceOptions,
+    ) -> Result<Self> {
         Ok(Y4mSource {
-            reader,
+            reader: Y4mReader::with_limits(reader, name, &options.limits)?,
             input: Input::Stream,
-            pacer: fps.map(Pacer::new).transpose()?,
+            pacer: options.fps.map(Pacer::new).transpose()?,
             looping: false,
             next_index: 0,
             buf: vec![],
         })
     }
 
-    /// Reads a Y4M stream from any reader (`name` for messages).
-    pub fn from_reader(reader: Box<dyn Read + Send>, name: &str, fps: Option<f64>) -> Result<Self> {
-        Ok(Y4mSource {
-            reader: Y4mReader::new(reader, name)?,
-            input: Input::Stream,
-            pacer: fps.map(Pacer::new).transpose()?,
-            looping: false,
-            next_index: 0,
-            buf: vec![],
-        })
-    }
-
-    fn file_reader(path: &Path) -> Result<Y4mReader<Box<dyn Read + Send>>> {
+    fn file_reader(path: &Path, limits: &InputLimits) -> Result<Y4mReader<Box<dyn Read + Send>>> {
         let file = std::fs::File::open(path).map_err(|e| match e.kind() {
             io::ErrorKind::NotFound => anyhow::anyhow!("{}: no such file", path.display()),
             _ => anyhow::anyhow!("{}: cannot open: {e}", path.display()),
         })?;
-        Y4mReader::new(
+        Y4mReader::with_limits(
             Box::new(file) as Box<dyn Read + Send>,
             path.display().to_string(),
+            limits,
         )
     }
 
@@ -586,13 +591,13 @@ impl Y4mSource {
 impl FrameSource for Y4mSource {
     fn next_frame(&mut self) -> Result<Option<Frame>, SourceError> {
         if !self.reader.read_frame_into(&mut self.buf)? {
-            let Input::File(path) = &self.input else {
+            let Input::File(path, limits) = &self.input else {
                 return Ok(None);
             };
             if !self.looping || self.reader.frames_read() == 0 {
                 return Ok(None);
             }
-            self.reader = Self::file_reader(path)?;
+            self.reader = Self::file_reader(path, limits)?;
             if !self.reader.read_frame_into(&mut self.buf)? {
                 return Ok(None);
             }
@@ -925,7 +930,11 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("clip.y4m");
         std::fs::write(&path, stream(Chroma::C422, Range::Limited, 6, 4, 2)).unwrap();
-        let mut src = Y4mSource::open_file(&path, None, true).unwrap();
+        let looping = SourceOptions {
+            looping: true,
+            ..SourceOptions::default()
+        };
+        let mut src = Y4mSource::open_file(&path, &looping).unwrap();
         assert!(
             src.describe().contains("6x4 4:2:2 limited range"),
             "{}",
@@ -935,7 +944,7 @@ mod tests {
             .map(|_| src.next_frame().unwrap().unwrap().index)
             .collect();
         assert_eq!(indices, [0, 1, 2, 3, 4]);
-        let mut src = Y4mSource::open_file(&path, None, false).unwrap();
+        let mut src = Y4mSource::open_file(&path, &SourceOptions::default()).unwrap();
         assert!(src.next_frame().unwrap().is_some());
         assert!(src.next_frame().unwrap().is_some());
         assert!(src.next_frame().unwrap().is_none());
@@ -943,7 +952,7 @@ mod tests {
 
         let e = format!(
             "{:#}",
-            Y4mSource::open_file(&tmp.path().join("nope.y4m"), None, false)
+            Y4mSource::open_file(&tmp.path().join("nope.y4m"), &SourceOptions::default())
                 .err()
                 .unwrap()
         );

@@ -11,7 +11,7 @@ use rand::rngs::StdRng;
 
 use crate::agent::ground_truth::{FrameTarget, frame_target};
 use crate::cache::EmbeddingCache;
-use crate::dataset::{Dataset, Mask, load_mask};
+use crate::dataset::{Dataset, Mask};
 use crate::sam::{Embedding, FrameGeometry};
 
 /// One image of the split, ready for episodes.
@@ -63,7 +63,7 @@ pub fn load_images(
 ) -> Result<Vec<TrainImage>> {
     let mut out = Vec::with_capacity(dataset.len());
     for (i, s) in dataset.items().iter().enumerate() {
-        let gt = load_mask(&s.mask_path)?;
+        let gt = s.load_mask()?;
         let Some((_, geometry)) = cache.get(&s.image_path)? else {
             bail!(
                 "{}: no cached embedding; fill the cache first",

@@ -58,6 +58,7 @@ use crate::cache::EmbeddingCache;
 use crate::dataset::Dataset;
 use crate::engine::Backend;
 use crate::sam::Decoder;
+use crate::source::InputLimits;
 pub use episode_log::EpisodeRecord;
 pub use holdout::HoldoutReport;
 pub use trainer::{TrainConfig, Trainer};
@@ -105,6 +106,8 @@ pub struct TrainJob<'a> {
     pub dataset: &'a Dataset,
     /// The embedding cache's root directory.
     pub cache_root: PathBuf,
+    /// What reading an image may cost (the cache reads them to key and encode them).
+    pub limits: InputLimits,
     /// The output bundle directory.
     pub out_dir: PathBuf,
     /// Options.
@@ -245,7 +248,12 @@ pub struct TrainReport {
 /// Only fills the embedding cache for the job's images (and the held-out ones): the first stage
 /// of [`run`], for preparing a run ahead of time. Returns (computed, seconds).
 pub fn fill_only(job: &TrainJob, progress: &mut dyn FnMut(Progress)) -> Result<(usize, f64)> {
-    let cache = EmbeddingCache::new(&job.cache_root, &job.bundle.manifest, job.bundle.precision)?;
+    let cache = EmbeddingCache::new(
+        &job.cache_root,
+        &job.bundle.manifest,
+        job.bundle.precision,
+        job.limits,
+    )?;
     let t = Instant::now();
     let mut computed = 0;
     for (stage, d) in [
@@ -278,7 +286,7 @@ pub fn run(job: &TrainJob, progress: &mut dyn FnMut(Progress)) -> Result<TrainRe
     }
     let mut timing = Timing::default();
 
-    let cache = EmbeddingCache::new(&job.cache_root, manifest, job.bundle.precision)?;
+    let cache = EmbeddingCache::new(&job.cache_root, manifest, job.bundle.precision, job.limits)?;
     let t = Instant::now();
     progress(Progress::Start(Stage::Cache, job.dataset.len()));
     timing.cache_computed =

@@ -23,6 +23,7 @@ pub fn shared() -> Option<PathBuf> {
 /// architecture under an emulator (`.ci/test` sets `ALIGNSAM_TEST_RUNNER` to the qemu command
 /// line, as cargo's target runner), the binary is started through it too: without binfmt_misc the
 /// kernel cannot execute it directly.
+#[cfg(feature = "cli")]
 pub fn alignsam() -> std::process::Command {
     let exe = env!("CARGO_BIN_EXE_alignsam");
     match std::env::var("ALIGNSAM_TEST_RUNNER") {

@@ -47,9 +47,10 @@ use crate::agent::{Agent, FrameMap, LoopOptions, PatchGrid, Srm};
 use crate::bundle::manifest::{AgentKind, AgentSection, VariantFile};
 use crate::bundle::{Bundle, InferOptions, OpenOptions, write_bundle};
 use crate::cache::EmbeddingCache;
-use crate::dataset::{Dataset, load_mask};
+use crate::dataset::Dataset;
 use crate::engine::Backend;
 use crate::sam::Decoder;
+use crate::source::InputLimits;
 
 /// Output file names inside the output bundle.
 pub mod files {
@@ -163,6 +164,8 @@ pub struct ClickerJob<'a> {
     pub datasets: &'a [Dataset],
     /// The embedding cache's root directory.
     pub cache_root: PathBuf,
+    /// What reading an image may cost (the cache reads them to key and encode them).
+    pub limits: InputLimits,
     /// The output bundle directory.
     pub out_dir: PathBuf,
     /// Options.
@@ -311,7 +314,7 @@ pub fn run(job: &ClickerJob, progress: &mut dyn FnMut(Progress)) -> Result<Click
         d.validate()?;
     }
     let mut timing = Timing::default();
-    let cache = EmbeddingCache::new(&job.cache_root, manifest, job.bundle.precision)?;
+    let cache = EmbeddingCache::new(&job.cache_root, manifest, job.bundle.precision, job.limits)?;
     let t = Instant::now();
     for d in job.datasets {
         progress(Progress::Start(Stage::Cache, d.len()));
@@ -584,7 +587,7 @@ pub fn prepare_images(
     for d in datasets {
         let name = dataset_name(d.dir());
         for s in d.items() {
-            let gt = load_mask(&s.mask_path)?;
+            let gt = s.load_mask()?;
             let Some((e, geometry)) = cache.get(&s.image_path)? else {
                 bail!("{}: no cached embedding", s.image_path.display());
             };
