@@ -10,6 +10,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use alignsam::agent::{Agent, LoopOptions, StepLabels};
+use alignsam::bundle::manifest::AgentKind;
 use alignsam::bundle::{Bundle, InferOptions, OpenOptions, write_bundle};
 use alignsam::dataset::Dataset;
 use alignsam::engine::{Precision, Tensor};
@@ -263,6 +264,36 @@ fn same_seed_same_curves_and_the_bundle_segments() {
         )
         .unwrap();
     assert_eq!((r.points.len(), r.mask.len()), (2 + 4, 96 * 64));
+}
+
+/// The paper's agent trained from a bundle whose agent is the clicker (the committed small SAM)
+/// is written as the paper's agent: the output loads and segments (it kept `kind = "clicker"`
+/// without a clicker model, and failed at its export check).
+#[test]
+fn the_paper_agent_trained_from_a_clicker_bundle_is_a_paper_bundle() {
+    let (tmp, data) = common::temp_dataset(2);
+    let source = Bundle::open(
+        &common::root().join("models/small-sam"),
+        OpenOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(source.manifest.agent.kind, AgentKind::Clicker);
+    let out = tmp.path().join("paper");
+    let mut config = TrainConfig::new(3, 2);
+    config.steps = 2;
+    config.ppo.epochs = 1;
+    train_with(
+        &source,
+        &data,
+        &tmp.path().join("cache"),
+        &out,
+        config,
+        None,
+    );
+    let bundle = Bundle::open(&out, OpenOptions::default()).unwrap();
+    assert_eq!(bundle.manifest.agent.kind, AgentKind::Paper);
+    assert!(bundle.manifest.models.clicker.is_none());
+    Agent::load(&bundle, common::tract(2).as_ref()).unwrap();
 }
 
 /// Trained through a quantised variant, the output bundle still names the fp32 files as its

@@ -52,7 +52,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::agent::Agent;
 use crate::agent::state::{mask_probability, state};
-use crate::bundle::manifest::{AgentSection, VariantFile};
+use crate::bundle::manifest::{AgentKind, AgentSection, VariantFile};
 use crate::bundle::{Bundle, InferOptions, OpenOptions, write_bundle};
 use crate::cache::EmbeddingCache;
 use crate::dataset::Dataset;
@@ -481,7 +481,10 @@ fn write_output_manifest(job: &TrainJob, records: &[EpisodeRecord]) -> Result<()
         stop_threshold: 0.5,
         encoder_variants: variant_paths(&m.models.encoder.variants),
         decoder_variants: variant_paths(&m.models.decoder.variants),
+        // The source bundle's agent may be the clicker (the committed small SAM's is): what this
+        // writes is the paper's agent, whatever the source ran.
         agent: AgentSection {
+            kind: AgentKind::Paper,
             step_labels: job.config.step_labels,
             ..m.agent.clone()
         },
