@@ -9,6 +9,7 @@
 
 pub mod chooser;
 pub mod clicker;
+pub mod episode;
 pub mod grid;
 pub mod ground_truth;
 pub mod policy;
@@ -24,9 +25,10 @@ pub use chooser::{
     SampledPolicyChooser, SrmChooser, SrmErrorChooser, StepView, UsedClicks,
 };
 pub use clicker::{Clicker, ClickerChooser};
+pub use episode::{Episode, LoopCore, low_res_iou};
 pub use grid::{FrameMap, PatchGrid};
 pub use policy::Policy;
-pub use prompt_loop::{Agent, Encoded, Episode, ImageOptions, LoopOptions, StepOutcome};
+pub use prompt_loop::{Agent, Encoded, ImageOptions, LoopOptions, StepOutcome};
 pub use record::{
     LoopResult, PointOrigin, PointRecord, StageTimes, StepTimes, StopReason, TraceStep, WarmStart,
 };

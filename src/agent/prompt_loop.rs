@@ -21,29 +21,28 @@
 //! one (the clicker's quality head), else the decoder's IoU prediction.
 //!
 //! The result records every point, why the loop stopped, which step's mask it kept and the time
-//! of every stage.
+//! of every stage. The decoding and the episode's bookkeeping are [`LoopCore`]'s, which training
+//! runs on too.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use image::RgbImage;
 
-use super::chooser::{Click, Decision, PatchChooser, PolicyChooser, StepView, UsedClicks};
+use super::chooser::{Click, Decision, PatchChooser, PolicyChooser, UsedClicks};
 use super::clicker::{Clicker, ClickerChooser};
+use super::episode::{Episode, LoopCore};
 use super::grid::PatchGrid;
 use super::ground_truth::hit;
 use super::policy::Policy;
 use super::record::{
-    LoopResult, PointOrigin, PointRecord, StageTimes, StepTimes, StopReason, TraceStep, WarmStart,
-    prompt_of,
+    LoopResult, PointOrigin, PointRecord, StageTimes, StepTimes, StopReason, WarmStart, prompt_of,
 };
 use super::srm::{Srm, start_points};
 use super::state::{mask_probability, state};
 use crate::bundle::manifest::{AgentKind, StepLabels};
 use crate::dataset::Mask;
-use crate::sam::{
-    Embedding, FrameGeometry, LowResMask, Map, PointLabel, Sam, postprocess, preprocess,
-};
+use crate::sam::{Embedding, FrameGeometry, Map, PointLabel, Sam, preprocess};
 use crate::util::ms;
 
 /// Bounds and switches of the loop.
@@ -142,106 +141,6 @@ pub struct Encoded {
     pub started: Instant,
 }
 
-/// The mask the keep-best guard holds: the best estimated one so far.
-struct Kept {
-    step: usize,
-    quality: f32,
-    mask: LowResMask,
-}
-
-/// One image's loop in progress: the points so far and the current mask. Made by
-/// [`Agent::start`], advanced by [`Agent::step`], closed by [`Agent::finish`].
-pub struct Episode<'e> {
-    embedding: &'e Embedding,
-    geometry: FrameGeometry,
-    semantic: Option<&'e Map>,
-    truth: Option<&'e Mask>,
-    points: Vec<PointRecord>,
-    current: LowResMask,
-    /// The SRM's map on `s_0 = E`: the start points' map, the srm-error rule's and the clicker's
-    /// prior, and the step labels with [`StepLabels::Embedding`].
-    embedding_map: Map,
-    used: UsedClicks,
-    /// Whether the current mask has its estimated IoU yet (the chooser gives it when asked for
-    /// the next click).
-    scored: bool,
-    kept: Option<Kept>,
-    trace: Option<Vec<TraceStep>>,
-    times: StageTimes,
-    start_phase: Duration,
-    step_total: Duration,
-}
-
-impl Episode<'_> {
-    /// Steps taken so far (start points excluded).
-    pub fn steps(&self) -> usize {
-        self.times.steps.len()
-    }
-
-    /// The points so far, start points first.
-    pub fn points(&self) -> &[PointRecord] {
-        &self.points
-    }
-
-    /// The current low-resolution mask.
-    pub fn current(&self) -> &LowResMask {
-        &self.current
-    }
-
-    /// Whether one more step would overrun `budget`, counted from `started`: the running mean
-    /// step time is the estimate (before the first step, the start phase's time, one SRM and one
-    /// decoder run, is the best one).
-    pub fn would_overrun(&self, budget: Option<Duration>, started: Instant) -> bool {
-        let Some(budget) = budget else { return false };
-        let estimate = match self.steps() {
-            0 => self.start_phase,
-            n => self.step_total / n as u32,
-        };
-        started.elapsed() + estimate > budget
-    }
-
-    /// What a chooser sees of this episode.
-    pub fn view(&self, grid: PatchGrid, forbid_repeats: bool) -> StepView<'_> {
-        StepView::new(
-            self.embedding,
-            &self.geometry,
-            &self.current,
-            &self.points,
-            self.steps(),
-            &self.embedding_map,
-            grid,
-            &self.used,
-            forbid_repeats,
-        )
-    }
-
-    /// Records the current mask's estimated IoU (`None`: the decoder's prediction) for the
-    /// keep-best guard and the trace.
-    fn score_current(&mut self, quality: Option<f32>) {
-        if self.scored {
-            return;
-        }
-        self.scored = true;
-        let q = quality.unwrap_or(self.current.iou);
-        let step = self.steps();
-        if let Some(trace) = &mut self.trace {
-            trace.push(TraceStep {
-                step,
-                quality: q,
-                low_res: self.current.logits.clone(),
-            });
-        }
-        // NaN never wins; ties keep the earlier mask (fewer clicks for the same estimate).
-        if self.kept.as_ref().is_none_or(|k| q > k.quality) {
-            self.kept = Some(Kept {
-                step,
-                quality: q,
-                mask: self.current.clone(),
-            });
-        }
-    }
-}
-
 /// What a step did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StepOutcome {
@@ -253,20 +152,6 @@ pub enum StepOutcome {
     NoActionLeft,
     /// The chooser said the mask is done; nothing was added.
     Stopped,
-}
-
-/// IoU of the binary masks (logits > 0) of two low-resolution maps, over the cells that cover
-/// the image (the padding is always background and would inflate the score).
-pub fn low_res_iou(a: &Map, b: &Map, geometry: &FrameGeometry) -> f32 {
-    let rows = (geometry.resized.0 * a.height)
-        .div_ceil(geometry.frame)
-        .min(a.height);
-    let cols = (geometry.resized.1 * a.width)
-        .div_ceil(geometry.frame)
-        .min(a.width);
-    super::ground_truth::binary_iou(
-        (0..rows).flat_map(|y| (0..cols).map(move |x| (a.at(y, x) > 0.0, b.at(y, x) > 0.0))),
-    )
 }
 
 /// The AlignSAM agent: SAM, the SRM, and the networks that pick the clicks.
@@ -461,7 +346,7 @@ impl Agent {
     ) -> Result<Episode<'e>> {
         let t = Instant::now();
         let mut times = StageTimes::default();
-        let (mut points, embedding_map, mask_input) = match warm {
+        let (points, embedding_map, mask_input) = match warm {
             None => {
                 let (points, map) = self.srm_start(embedding, geometry, semantic, &mut times)?;
                 (points, map, None)
@@ -473,37 +358,21 @@ impl Agent {
                 (points, map, options.feed_mask.then_some(&prev.low_res))
             }
         };
-        let t_dec = Instant::now();
-        let first =
-            self.sam
-                .decoder
-                .decode(embedding, &prompt_of(&points), mask_input, geometry)?;
-        times.start_decoder_ms = ms(t_dec.elapsed());
-        for p in points.iter_mut() {
-            p.iou_prediction = first.iou;
-        }
-        let mut used = UsedClicks::new(self.grid.len());
-        for p in &points {
-            used.mark(p.patch, p.label);
-        }
-        let start_phase = t.elapsed();
-        times.start_ms = ms(start_phase);
-        Ok(Episode {
+        self.core().begin(
             embedding,
-            geometry: *geometry,
-            semantic,
-            truth: None,
+            geometry,
             points,
-            current: first,
             embedding_map,
-            used,
-            scored: false,
-            kept: None,
-            trace: options.trace.then(Vec::new),
-            times,
-            start_phase,
-            step_total: Duration::ZERO,
-        })
+            mask_input,
+            semantic,
+            options,
+            (times, t),
+        )
+    }
+
+    /// The loop's mechanics over this agent's decoder and grid.
+    pub fn core(&self) -> LoopCore<'_> {
+        LoopCore::new(&self.sam.decoder, self.grid)
     }
 
     /// Cold start: a positive point at the SRM's highest score on `s_0`, a negative one at its
@@ -622,7 +491,7 @@ impl Agent {
         let t = Instant::now();
         let (srm_prob, label) = self.label_step(episode, &click, x, y, options)?;
         st.srm_ms = ms(t.elapsed());
-        episode.points.push(PointRecord {
+        let point = PointRecord {
             step: episode.steps() + 1,
             x,
             y,
@@ -631,29 +500,11 @@ impl Agent {
             origin: PointOrigin::Step,
             srm_prob,
             iou_prediction: f32::NAN,
-        });
-        episode.used.mark(click.patch, label);
+        };
 
         let t = Instant::now();
-        let mask_input = options.feed_mask.then_some(&episode.current.logits);
-        let next = self.sam.decoder.decode(
-            episode.embedding,
-            &prompt_of(&episode.points),
-            mask_input,
-            &episode.geometry,
-        )?;
+        let converged = self.core().click(episode, point, options)?;
         st.decoder_ms = ms(t.elapsed());
-        episode
-            .points
-            .last_mut()
-            .expect("just pushed")
-            .iou_prediction = next.iou;
-
-        let converged = options.stop_iou.is_some_and(|tol| {
-            low_res_iou(&episode.current.logits, &next.logits, &episode.geometry) >= tol
-        });
-        episode.current = next;
-        episode.scored = false;
         let elapsed = step_start.elapsed();
         episode.step_total += elapsed;
         st.total_ms = ms(elapsed);
@@ -705,37 +556,7 @@ impl Agent {
         started: Instant,
         options: &LoopOptions,
     ) -> LoopResult {
-        let steps = episode.steps();
-        let Episode {
-            geometry,
-            points,
-            current,
-            kept,
-            trace,
-            mut times,
-            ..
-        } = episode;
-        let (kept_step, kept_mask) = match kept {
-            Some(k) if options.keep_best => (k.step, k.mask),
-            _ => (steps, current),
-        };
-        let t = Instant::now();
-        let mask =
-            postprocess::threshold(&postprocess::upscale_logits(&kept_mask.logits, &geometry));
-        times.postprocess_ms = ms(t.elapsed());
-        times.total_ms = ms(started.elapsed());
-        LoopResult {
-            steps,
-            kept_step,
-            points,
-            stop,
-            times,
-            iou_prediction: kept_mask.iou,
-            low_res: kept_mask.logits,
-            mask,
-            geometry,
-            trace: trace.unwrap_or_default(),
-        }
+        self.core().finish(episode, stop, started, options)
     }
 }
 
@@ -747,26 +568,5 @@ fn relabel(episode: &mut Episode<'_>, truth: &Mask, patches: usize) {
     episode.used = UsedClicks::new(patches);
     for p in &episode.points {
         episode.used.mark(p.patch, p.label);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn low_res_iou_ignores_the_padding() {
-        // Frame 8, image resized to 4 x 8: the top half of a 4x4 low-res map covers the image.
-        let geo = FrameGeometry::new(50, 100, 8);
-        let a = Map {
-            height: 4,
-            width: 4,
-            data: [vec![1.0; 8], vec![-1.0; 8]].concat(),
-        };
-        let mut b = a.clone();
-        b.data[15] = 1.0; // padding cell: does not count
-        assert_eq!(low_res_iou(&a, &b, &geo), 1.0);
-        b.data[0] = -1.0; // one of 8 image cells lost
-        assert!((low_res_iou(&a, &b, &geo) - 7.0 / 8.0).abs() < 1e-6);
     }
 }

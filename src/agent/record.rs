@@ -33,6 +33,9 @@ pub enum PointOrigin {
     Step,
     /// Clicked by the evaluation's oracle from the ground truth (not the agent's).
     Oracle,
+    /// A random point on (or off) the object from the ground truth: how the paper's training
+    /// episodes start.
+    TruthStart,
 }
 
 /// One prompt point and what happened when it was added.

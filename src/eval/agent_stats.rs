@@ -57,7 +57,7 @@ impl PointStats {
                     s.start_points += 1;
                     s.start_correct += label_right as usize;
                 }
-                PointOrigin::PreviousFrame | PointOrigin::Oracle => {}
+                PointOrigin::PreviousFrame | PointOrigin::Oracle | PointOrigin::TruthStart => {}
             }
         }
         s.distinct_patches = patches.len();

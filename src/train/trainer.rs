@@ -11,8 +11,11 @@
 //!         or SRM(s_0) from the episode's start, --step-labels embedding)
 //! SRM: q Adam steps of Dice + BCE on s_t against the ground truth at its map size
 //! r_t = +1 if the centre is on the object, else -1   (+ optional shaping)
-//! M_t = decoder(all points, mask_input = M_{t-1} logits)   (the same decoder as inference)
+//! M_t = decoder(all points, mask_input = M_{t-1} logits)   (the loop's own mechanics)
 //! ```
+//!
+//! The points and masks go through [`crate::agent::LoopCore`], the mechanics inference's loop
+//! runs on (`begin`, `click`, `finish`), so that a change to the loop reaches training too.
 //!
 //! The SRM also takes q steps on `s_0 = E` (the state inference uses for the start points).
 //! After the episode: returns bootstrapped with `V(s_{T+1})` and K epochs of PPO ([`super::ppo`]).
@@ -38,9 +41,12 @@ use super::srm_loss::{dice_bce, target_tensors};
 use crate::agent::ground_truth::{self, map_iou};
 use crate::agent::srm::start_points;
 use crate::agent::state::{mask_probability, state};
-use crate::agent::{FrameMap, LoopOptions, PatchGrid, StepLabels};
+use crate::agent::{
+    FrameMap, LoopCore, LoopOptions, PatchGrid, PointOrigin, PointRecord, StageTimes, StepLabels,
+    StopReason,
+};
 use crate::cache::EmbeddingCache;
-use crate::sam::{Decoder, Embedding, FrameGeometry, Map, PointLabel, PromptPoint, postprocess};
+use crate::sam::{Decoder, Embedding, FrameGeometry, Map, PointLabel};
 
 /// Every option of a training run (written to `train_config.json`).
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
@@ -355,7 +361,8 @@ impl<'a> Trainer<'a> {
     }
 
     /// Runs one episode and the updates after it.
-    pub fn run_episode(&mut self, episode: usize) -> Result<EpisodeRecord> {
+    pub fn run_episode(&mut self, number: usize) -> Result<EpisodeRecord> {
+        let t_episode = Instant::now();
         let idx = self.next_image();
         let images = self.images;
         let img = &images[idx];
@@ -377,31 +384,45 @@ impl<'a> Trainer<'a> {
 
         // Start: one random point on the object and one on the background (the paper), or the
         // SRM's most and least probable cells (what inference starts from).
-        let mut points = vec![];
-        let (pos, neg) = if self.config.srm_start {
+        let (pos, neg, origin) = if self.config.srm_start {
             match start_points(&first.prob, srm_map, &geometry) {
-                Some((p, n)) => (Some((p.x, p.y)), Some((n.x, n.y))),
-                None => (None, None),
+                Some((p, n)) => (Some((p.x, p.y)), Some((n.x, n.y)), PointOrigin::SrmStart),
+                None => (None, None, PointOrigin::SrmStart),
             }
         } else {
-            random_start_points(&img.gt, &mut self.rng)
+            let (pos, neg) = random_start_points(&img.gt, &mut self.rng);
+            (pos, neg, PointOrigin::TruthStart)
         };
-        if let Some((x, y)) = pos {
-            points.push(PromptPoint {
-                x,
-                y,
-                label: PointLabel::Positive,
-            });
-        }
-        if let Some((x, y)) = neg {
-            points.push(PromptPoint {
-                x,
-                y,
-                label: PointLabel::Negative,
-            });
-        }
+        let grid = self.grid;
+        let point = |(x, y): (f64, f64), label, step, origin| PointRecord {
+            step,
+            x,
+            y,
+            label,
+            patch: grid.patch_at(x, y, h, w),
+            origin,
+            srm_prob: f32::NAN,
+            iou_prediction: f32::NAN,
+        };
+        let points = [(pos, PointLabel::Positive), (neg, PointLabel::Negative)]
+            .into_iter()
+            .filter_map(|(at, label)| Some(point(at?, label, 0, origin)))
+            .collect();
+        // The loop's own mechanics, as the paper's agent runs at inference (`LoopOptions::paper`):
+        // the previous logits fed back, no early stop, the last mask kept.
+        let core = LoopCore::new(self.decoder, self.grid);
+        let options = LoopOptions::fixed_steps(self.config.steps).paper();
         let t = Instant::now();
-        let mut current = self.decoder.decode(&embedding, &points, None, &geometry)?;
+        let mut prompting = core.begin(
+            &embedding,
+            &geometry,
+            points,
+            first.prob.clone(),
+            None,
+            None,
+            &options,
+            (StageTimes::default(), t),
+        )?;
         self.times.decoder_s += t.elapsed().as_secs_f64();
 
         let steps = self.config.steps;
@@ -415,8 +436,8 @@ impl<'a> Trainer<'a> {
         // Per step, the patches the rollout forbade (only with `forbid_repeats`): PPO's update
         // recomputes the probabilities under the same masks.
         let mut forbidden = Vec::new();
-        for _ in 0..steps {
-            let m = mask_probability(&current.logits, eh, ew);
+        for step in 1..=steps {
+            let m = mask_probability(&prompting.current().logits, eh, ew);
             let (s, s_srm) = self.states(&embedding, Some(&m))?;
             let t = Instant::now();
             let (logits, value) = self.policy.forward_prepared(&s)?;
@@ -460,26 +481,21 @@ impl<'a> Trainer<'a> {
             }
             used[action] = true;
 
-            points.push(PromptPoint {
-                x,
-                y,
-                label: if positive {
-                    PointLabel::Positive
-                } else {
-                    PointLabel::Negative
-                },
-            });
+            let before = self.low_res_iou(idx, &prompting.current().logits);
+            let mut click = point(
+                (x, y),
+                PointLabel::from_positive(positive),
+                step,
+                PointOrigin::Step,
+            );
+            click.patch = action;
             let t = Instant::now();
-            let next =
-                self.decoder
-                    .decode(&embedding, &points, Some(&current.logits), &geometry)?;
+            core.click(&mut prompting, click, &options)?;
             self.times.decoder_s += t.elapsed().as_secs_f64();
             if self.config.iou_bonus != 0.0 {
                 reward += self.config.iou_bonus
-                    * (self.low_res_iou(idx, &next.logits)
-                        - self.low_res_iou(idx, &current.logits));
+                    * (self.low_res_iou(idx, &prompting.current().logits) - before);
             }
-            current = next;
 
             states.push(s);
             actions.push(action as u32);
@@ -489,7 +505,7 @@ impl<'a> Trainer<'a> {
         }
 
         // The episode is cut at T steps, not finished: bootstrap from the next state's value.
-        let m = mask_probability(&current.logits, eh, ew);
+        let m = mask_probability(&prompting.current().logits, eh, ew);
         let t = Instant::now();
         let last = self
             .policy
@@ -516,11 +532,11 @@ impl<'a> Trainer<'a> {
         };
         self.times.ppo_s += t.elapsed().as_secs_f64();
 
-        let mask = postprocess::threshold(&postprocess::upscale_logits(&current.logits, &geometry));
-        let mask_iou = crate::eval::metrics::iou(&mask, &img.gt.data)? as f32;
+        let result = core.finish(prompting, StopReason::StepLimit, t_episode, &options);
+        let mask_iou = crate::eval::metrics::iou(&result.mask, &img.gt.data)? as f32;
         let n = steps.max(1) as f32;
         Ok(EpisodeRecord {
-            episode,
+            episode: number,
             image: img.id.clone(),
             reward: rewards.iter().sum(),
             hit_rate: hits as f32 / n,

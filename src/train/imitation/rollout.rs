@@ -3,6 +3,8 @@
 //! by the teacher or by the clicker being trained, recording every state with the teacher's
 //! targets. DAgger: the clicker's own rollouts give the states the teacher labels.
 
+use std::time::Instant;
+
 use anyhow::Result;
 use rand::RngExt;
 use rand::rngs::StdRng;
@@ -10,9 +12,11 @@ use rand::rngs::StdRng;
 use super::samples::{ImageData, Sample, action, best_action, clicks_at, mask_at, score};
 use super::teacher::Errors;
 use crate::agent::srm::start_points;
-use crate::agent::{FrameMap, PatchGrid};
+use crate::agent::{
+    FrameMap, LoopCore, LoopOptions, PatchGrid, PointOrigin, PointRecord, StageTimes,
+};
 use crate::cache::EmbeddingCache;
-use crate::sam::{Decoder, PointLabel, PromptPoint};
+use crate::sam::{Decoder, PointLabel};
 use crate::train::clicker_net::{ClickerArch, ClickerNet};
 
 /// Who picks the clicks in a rollout.
@@ -85,23 +89,37 @@ impl Env<'_> {
         let Some((pos, neg)) = start_points(&img.srm_map, self.srm_cells, &geometry) else {
             anyhow::bail!("{}: the SRM map has no cell inside the image", img.id)
         };
-        let mut points = vec![
-            (pos.x, pos.y, PointLabel::Positive),
-            (neg.x, neg.y, PointLabel::Negative),
-        ];
-        let mut used: Vec<u16> = points
-            .iter()
-            .map(|&(x, y, l)| action(self.grid.patch_at(x, y, h, w), l) as u16)
+        let start: Vec<PointRecord> = [(pos, PointLabel::Positive), (neg, PointLabel::Negative)]
+            .into_iter()
+            .map(|(p, label)| PointRecord {
+                step: 0,
+                x: p.x,
+                y: p.y,
+                label,
+                patch: self.grid.patch_at(p.x, p.y, h, w),
+                origin: PointOrigin::SrmStart,
+                srm_prob: p.prob,
+                iou_prediction: f32::NAN,
+            })
             .collect();
-        let prompts = |points: &[(f64, f64, PointLabel)]| -> Vec<PromptPoint> {
-            points
-                .iter()
-                .map(|&(x, y, label)| PromptPoint { x, y, label })
-                .collect()
-        };
-        let mut current = self
-            .decoder
-            .decode(&embedding, &prompts(&points), None, &geometry)?;
+        let mut used: Vec<u16> = start
+            .iter()
+            .map(|p| action(p.patch, p.label) as u16)
+            .collect();
+        // The loop's own mechanics, as inference runs the clicker's steps: the previous logits
+        // fed back; the rollout decides when to stop.
+        let core = LoopCore::new(self.decoder, self.grid);
+        let options = LoopOptions::fixed_steps(self.steps).paper();
+        let mut prompting = core.begin(
+            &embedding,
+            &geometry,
+            start,
+            img.srm_map.clone(),
+            None,
+            None,
+            &options,
+            (StageTimes::default(), Instant::now()),
+        )?;
         let mut t = Trajectory {
             samples: vec![],
             ious: vec![],
@@ -111,6 +129,7 @@ impl Env<'_> {
             agreed: (0, 0),
         };
         for step in 0..=self.steps {
+            let current = prompting.current();
             let errors = Errors::of(&current.logits, &img.truth);
             let teacher = self.teacher(img, &errors, &used);
             let quality = img.truth.iou(&current.logits);
@@ -118,7 +137,7 @@ impl Env<'_> {
                 image: index as u32,
                 steps: step as u8,
                 mask: mask_at(&current.logits, s),
-                clicks: clicks_at(&points, &geometry, s),
+                clicks: clicks_at(&clicked(prompting.points()), &geometry, s),
                 iou_prediction: current.iou,
                 targets: errors
                     .dense_targets(s)
@@ -168,14 +187,18 @@ impl Env<'_> {
             let Some(a) = chosen else { break };
             let (patch, label) = (a / 2, PointLabel::from_positive(a % 2 == 1));
             let (x, y) = self.grid.centre(patch, h, w);
-            points.push((x, y, label));
             used.push(a as u16);
-            current = self.decoder.decode(
-                &embedding,
-                &prompts(&points),
-                Some(&current.logits),
-                &geometry,
-            )?;
+            let click = PointRecord {
+                step: step + 1,
+                x,
+                y,
+                label,
+                patch,
+                origin: PointOrigin::Step,
+                srm_prob: f32::NAN,
+                iou_prediction: f32::NAN,
+            };
+            core.click(&mut prompting, click, &options)?;
         }
         set_stop_targets(&mut t, self.stop_gain);
         Ok(t)
@@ -209,6 +232,11 @@ pub fn soft_iou(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// A uniformly random free action.
+/// The points as the samples record them.
+fn clicked(points: &[PointRecord]) -> Vec<(f64, f64, PointLabel)> {
+    points.iter().map(|p| (p.x, p.y, p.label)).collect()
+}
+
 fn random_free(used: &[u16], patches: usize, rng: &mut StdRng) -> Option<usize> {
     let free: Vec<usize> = (0..2 * patches)
         .filter(|a| !used.contains(&(*a as u16)))
