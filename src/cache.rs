@@ -128,7 +128,7 @@ impl EmbeddingCache {
         // memory runs out or forever.
         let [c, h, w] = self.shape;
         let limit = (c * h * w * 2) as u64 + ENTRY_HEADER_BYTES;
-        let bytes = crate::source::limits::read_regular(path, "embedding cache entry", limit)?;
+        let bytes = crate::safe_read::read_regular(path, "embedding cache entry", limit)?;
         let (_, meta) = SafeTensors::read_metadata(&bytes)?;
         let st = SafeTensors::deserialize(&bytes)?;
         let t = st.tensor("embedding")?;

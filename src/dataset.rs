@@ -23,8 +23,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Result, anyhow, bail};
 use image::{ColorType, DynamicImage, ImageDecoder, RgbImage};
 
+use crate::safe_read::regular_file;
 use crate::source::InputLimits;
-use crate::source::limits::regular_file;
 
 /// Image extensions tried for each id, in this order (then the same in upper case).
 pub const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "bmp"];
@@ -477,7 +477,7 @@ fn validate_pair(sample: &Sample) -> Result<()> {
         .and_then(|r| r.with_guessed_format())
         .map_err(|e| anyhow!("{}: cannot read image: {e}", sample.image_path.display()))?
         .into_decoder()
-        .map(|mut d| crate::source::limits::shown_dimensions(&mut d))
+        .map(|mut d| crate::safe_read::shown_dimensions(&mut d))
         .map_err(|e| {
             anyhow!(
                 "{}: corrupt or unsupported image: {e}",
@@ -513,7 +513,7 @@ fn validate_pair(sample: &Sample) -> Result<()> {
     }
     check_same_size(
         &sample.mask_path,
-        crate::source::limits::shown_dimensions(&mut decoder),
+        crate::safe_read::shown_dimensions(&mut decoder),
         &sample.image_path,
         image_size,
     )

@@ -17,7 +17,7 @@
 //! aarch64 check under qemu compares against the x86-64 fp32 reference this way.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
@@ -26,9 +26,9 @@ use serde::Serialize;
 use crate::agent::ground_truth::binary_iou;
 use crate::agent::{Agent, LoopOptions, record::PointRecord};
 pub use crate::bundle::GATE_MIN_MASK_IOU;
-use crate::bundle::{Bundle, GateRecord};
+use crate::bundle::{Bundle, GateRecord, MANIFEST_FILE, Manifest};
 use crate::dataset::Dataset;
-use crate::engine::{Backend, Tensor};
+use crate::engine::{Backend, Precision, Tensor};
 use crate::sam::{Embedding, Map, PointLabel, PromptPoint, Sam, postprocess, preprocess};
 use crate::source::InputLimits;
 
@@ -109,6 +109,29 @@ impl GateResult {
             speedup: fp32_seconds.map(|f| round(f / self.seconds.max(1e-9), 3)),
         }
     }
+}
+
+/// Writes the variants among `results` into the bundle's manifest as `[[gate]]` records (fp32
+/// needs none: it is the reference the runtime always accepts), each replacing an earlier
+/// record of the same measurement. A variant's speed-up is against fp32's result on the same
+/// backend when `results` has one. Returns the manifest's path.
+pub fn record_results(
+    bundle_dir: &Path,
+    reference: &Reference,
+    results: &[&GateResult],
+) -> Result<PathBuf> {
+    let path = bundle_dir.join(MANIFEST_FILE);
+    let mut manifest = Manifest::read(&path)?;
+    let fp32 = Precision::Fp32.name();
+    for r in results.iter().filter(|r| r.precision != fp32) {
+        let fp32_seconds = results
+            .iter()
+            .find(|f| f.backend == r.backend && f.precision == fp32)
+            .map(|f| f.seconds);
+        manifest.record_gate(r.record(reference, fp32_seconds));
+    }
+    manifest.write(&path)?;
+    Ok(path)
 }
 
 fn round(v: f64, digits: i32) -> f64 {

@@ -8,9 +8,11 @@
 //! live view; every output checked by one guard). [`engine`] runs the ONNX models and [`bundle`]
 //! says which ones, checked. [`pipeline`] runs a stream of frames through the loop, [`eval`] and
 //! `train` measure and train the agent (each a driver call: [`eval::driver::run`],
-//! `train::run`), [`bench`](mod@bench) times the loop, [`cache`] keeps embeddings, [`exit`] holds the exit
-//! codes. `cli` (the `cli` feature, on by default) is the command line over all of it; the library
-//! modules know nothing of flags.
+//! `train::run`), [`bench`](mod@bench) times the loop, [`cache`] keeps embeddings, [`exit`] holds
+//! the exit codes. Beneath them all, [`safe_read`] reads input files within
+//! [`source::InputLimits`] (a value each caller passes) and [`safe_write`] writes outputs
+//! atomically. `cli` (the `cli` feature, on by default) is the command line over all of it; the
+//! library modules know nothing of flags.
 //!
 //! # Example
 //!
@@ -56,6 +58,7 @@ pub mod eval;
 pub mod exit;
 pub mod gate;
 pub mod pipeline;
+pub mod safe_read;
 pub mod safe_write;
 pub mod sam;
 pub mod sink;

@@ -1,6 +1,6 @@
 //! One image's loop in progress ([`Episode`]) and the mechanics every loop shares
 //! ([`LoopCore`]): decode the start points, add a click and decode every point so far (the
-//! previous logits as `mask_input`), close with the kept mask upscaled once. [`Agent`]'s phases
+//! previous logits as `mask_input`), close with the kept mask upscaled once. `Agent`'s phases
 //! add the SRM and the chooser around them; the paper agent's PPO episode in training adds its
 //! sampled policy and its SRM being trained, on the same mechanics, so that what training sees
 //! is what inference does.
@@ -11,9 +11,7 @@ use anyhow::Result;
 
 use super::chooser::{StepView, UsedClicks};
 use super::grid::PatchGrid;
-#[cfg(doc)]
-use super::prompt_loop::Agent;
-use super::prompt_loop::LoopOptions;
+use super::options::LoopOptions;
 use super::record::{LoopResult, PointRecord, StageTimes, StopReason, TraceStep, prompt_of};
 #[cfg(doc)]
 use crate::bundle::manifest::StepLabels;
@@ -29,8 +27,8 @@ struct Kept {
 }
 
 /// One image's loop in progress: the points so far and the current mask. Made by
-/// [`Agent::start`] (or [`LoopCore::begin`]), advanced by [`Agent::step`] (or
-/// [`LoopCore::click`]), closed by [`Agent::finish`] (or [`LoopCore::finish`]).
+/// `Agent::start` (or [`LoopCore::begin`]), advanced by `Agent::step` (or
+/// [`LoopCore::click`]), closed by `Agent::finish` (or [`LoopCore::finish`]).
 pub struct Episode<'e> {
     pub(super) embedding: &'e Embedding,
     pub(super) geometry: FrameGeometry,

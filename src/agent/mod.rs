@@ -12,6 +12,7 @@ pub mod clicker;
 pub mod episode;
 pub mod grid;
 pub mod ground_truth;
+pub mod options;
 pub mod policy;
 pub mod prompt_loop;
 pub mod record;

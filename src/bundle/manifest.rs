@@ -363,6 +363,17 @@ pub fn cpu_class() -> &'static str {
 }
 
 impl GateRecord {
+    /// What makes two records the same measurement (precision, backend, architecture, CPU
+    /// class): a new one replaces the old.
+    pub fn measurement(&self) -> (String, String, String, Option<String>) {
+        (
+            self.precision.clone(),
+            self.backend.clone(),
+            self.arch.clone(),
+            self.cpu.clone(),
+        )
+    }
+
     /// Whether the record was measured on a CPU like this one: same architecture and
     /// [`cpu_class`].
     pub fn applies_here(&self) -> bool {
@@ -459,7 +470,7 @@ impl Manifest {
     /// Reads and parses a manifest file.
     pub fn read(path: &Path) -> Result<Self> {
         // Manifests are a few hundred bytes; 1 MiB is generous and keeps /dev/zero out.
-        let bytes = crate::source::limits::read_regular(path, "manifest", 1 << 20)?;
+        let bytes = crate::safe_read::read_regular(path, "manifest", 1 << 20)?;
         let text = String::from_utf8(bytes)
             .map_err(|_| anyhow::anyhow!("{}: manifest is not UTF-8 text", path.display()))?;
         Self::parse(&text, path)
@@ -468,6 +479,21 @@ impl Manifest {
     /// Serialises to TOML.
     pub fn to_toml(&self) -> Result<String> {
         Ok(toml::to_string(self)?)
+    }
+
+    /// Writes the manifest to `path` atomically: a reader (a run opening the bundle) sees the
+    /// old file or the new one, never half of one.
+    pub fn write(&self, path: &Path) -> Result<()> {
+        crate::safe_write::write_bytes_atomic(path, self.to_toml()?.as_bytes())
+    }
+
+    /// Adds a gate record, replacing the one of the same measurement
+    /// ([`GateRecord::measurement`]); the records stay sorted by it.
+    pub fn record_gate(&mut self, record: GateRecord) {
+        self.gate
+            .retain(|g| g.measurement() != record.measurement());
+        self.gate.push(record);
+        self.gate.sort_by_key(GateRecord::measurement);
     }
 
     /// Checks that the numbers make sense together.
@@ -622,6 +648,50 @@ fn one_line(s: &str) -> String {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    fn gate_record(precision: &str, backend: &str, mask_iou: f64) -> GateRecord {
+        GateRecord {
+            precision: precision.into(),
+            backend: backend.into(),
+            arch: "x86_64".into(),
+            cpu: Some("avx2".into()),
+            images: "demo:eval:3 images:15 steps".into(),
+            embedding_cosine: 0.999,
+            logit_mae: 0.01,
+            mask_iou,
+            min_mask_iou: mask_iou,
+            speedup: None,
+        }
+    }
+
+    #[test]
+    fn a_gate_record_replaces_the_same_measurement_only_and_they_stay_sorted() {
+        let mut m = Manifest::parse(SAMPLE, Path::new("bundle.toml")).unwrap();
+        m.gate.clear();
+        m.record_gate(gate_record("int8", "tract", 0.97));
+        m.record_gate(gate_record("f16", "tract", 0.99));
+        m.record_gate(gate_record("int8", "rten", 0.96));
+        // The same precision, backend, architecture and CPU class: replaced.
+        m.record_gate(gate_record("int8", "tract", 0.90));
+        let listed: Vec<(&str, &str, f64)> = m
+            .gate
+            .iter()
+            .map(|g| (g.precision.as_str(), g.backend.as_str(), g.mask_iou))
+            .collect();
+        assert_eq!(
+            listed,
+            [
+                ("f16", "tract", 0.99),
+                ("int8", "rten", 0.96),
+                ("int8", "tract", 0.90)
+            ]
+        );
+        // Another CPU class is another measurement.
+        let mut other_cpu = gate_record("int8", "tract", 0.98);
+        other_cpu.cpu = Some("avx512vnni".into());
+        m.record_gate(other_cpu);
+        assert_eq!(m.gate.len(), 4);
+    }
 
     pub(crate) const SAMPLE: &str = r#"
 format = 1

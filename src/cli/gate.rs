@@ -9,7 +9,7 @@ use clap::Args;
 use serde::Serialize;
 
 use super::args::{backend_parser, precision_parser};
-use crate::bundle::{Bundle, GateRecord, MANIFEST_FILE, Manifest, OpenOptions};
+use crate::bundle::{Bundle, OpenOptions};
 use crate::dataset::Dataset;
 use crate::engine::{BackendKind, EngineOptions, Precision};
 use crate::exit::{EXIT_OK, EXIT_PARTIAL};
@@ -206,37 +206,10 @@ impl Row {
     }
 }
 
-/// What makes two records the same measurement: a new one replaces the old.
-fn key(g: &GateRecord) -> (String, String, String, Option<String>) {
-    (
-        g.precision.clone(),
-        g.backend.clone(),
-        g.arch.clone(),
-        g.cpu.clone(),
-    )
-}
-
 /// Writes the results into bundle.toml's [[gate]] records.
 fn record(bundle: &Bundle, reference: &Reference, rows: &[Row]) -> Result<()> {
-    let path = bundle.dir.join(MANIFEST_FILE);
-    let mut manifest = Manifest::read(&path)?;
-    // fp32 needs no record: it is the reference the runtime always accepts.
-    let variants = rows
-        .iter()
-        .filter_map(|r| r.result.as_ref())
-        .filter(|r| r.precision != Precision::Fp32.name());
-    for r in variants {
-        let fp32_seconds = rows
-            .iter()
-            .filter_map(|row| row.result.as_ref())
-            .find(|f| f.backend == r.backend && f.precision == Precision::Fp32.name())
-            .map(|f| f.seconds);
-        let new = r.record(reference, fp32_seconds);
-        manifest.gate.retain(|g| key(g) != key(&new));
-        manifest.gate.push(new);
-    }
-    manifest.gate.sort_by_key(key);
-    crate::sink::write_bytes_atomic(&path, manifest.to_toml()?.as_bytes())?;
+    let results: Vec<&GateResult> = rows.iter().filter_map(|r| r.result.as_ref()).collect();
+    let path = crate::gate::record_results(&bundle.dir, reference, &results)?;
     eprintln!("recorded the results in {}", path.display());
     Ok(())
 }

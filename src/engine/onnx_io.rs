@@ -72,7 +72,7 @@ pub fn external_data_files(proto: &pb::ModelProto) -> Vec<String> {
 
 /// Reads and decodes an ONNX file, with errors that say which file and what is wrong.
 pub fn read_proto(path: &Path) -> Result<(pb::ModelProto, u64)> {
-    crate::source::limits::regular_file(path, "model file")?;
+    crate::safe_read::regular_file(path, "model file")?;
     let bytes = std::fs::read(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => anyhow::anyhow!("{}: model file not found", path.display()),
         _ => anyhow::anyhow!("{}: cannot read model file: {e}", path.display()),

@@ -279,7 +279,7 @@ fn record<'n>(dir: &Path, kind: &str, names: impl IntoIterator<Item = &'n str>) 
 
 /// Every `kind<TAB>name` line of `dir`'s index (none when it has no readable index).
 fn recorded_lines(dir: &Path) -> BTreeSet<String> {
-    crate::source::limits::read_regular(&dir.join(INDEX_NAME), "index", 1 << 20)
+    crate::safe_read::read_regular(&dir.join(INDEX_NAME), "index", 1 << 20)
         .map(|b| {
             String::from_utf8_lossy(&b)
                 .lines()

@@ -5,7 +5,7 @@ use std::path::Path;
 use anyhow::Result;
 use image::RgbImage;
 
-use super::limits::InputLimits;
+use crate::safe_read::InputLimits;
 
 /// Reads and decodes an image file into 8-bit RGB within the default [`InputLimits`] (photos up
 /// to 128 megapixels); [`InputLimits::load_rgb`] takes other limits. Errors name the file and say

@@ -10,9 +10,9 @@ use std::time::SystemTime;
 
 use anyhow::{Result, bail};
 
-use super::limits::InputLimits;
 use super::pace::Pacer;
 use super::{Frame, FrameSource, SourceError, SourceOptions, paths};
+use crate::safe_read::InputLimits;
 
 /// A [`FrameSource`] over image files.
 pub struct ImageSequence {

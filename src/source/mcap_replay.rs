@@ -12,8 +12,8 @@ use std::time::{Duration, UNIX_EPOCH};
 use anyhow::{Result, anyhow};
 use base64::Engine as _;
 
-use super::limits::{InputLimits, regular_file};
 use super::{Frame, FrameSource, SourceError};
+use crate::safe_read::{InputLimits, regular_file};
 
 /// The topics of a recording.
 pub mod topics {

@@ -5,7 +5,6 @@
 
 pub mod image_file;
 pub mod image_seq;
-pub mod limits;
 #[cfg(feature = "mcap")]
 pub mod mcap_replay;
 pub mod pace;
@@ -21,9 +20,9 @@ use std::time::SystemTime;
 use anyhow::{Result, bail};
 use image::RgbImage;
 
+pub use crate::safe_read::InputLimits;
 pub use image_file::load_rgb;
 pub use image_seq::ImageSequence;
-pub use limits::InputLimits;
 pub use paths::expand_inputs;
 pub use y4m::Y4mSource;
 

@@ -78,30 +78,13 @@ pub fn expand_inputs(inputs: &[String]) -> Result<Vec<PathBuf>> {
             // "not found", which sends the user looking for a typo.
             bail!(
                 "{input}: {}, not an image file or directory (devices, FIFOs and sockets are not read as images)",
-                special_kind(&md)
+                crate::safe_read::special_kind(&md)
             );
         } else {
             bail!("{input}: no such file or directory");
         }
     }
     Ok(out)
-}
-
-/// What a path that is neither a file nor a directory is, for messages.
-pub fn special_kind(md: &std::fs::Metadata) -> &'static str {
-    use std::os::unix::fs::FileTypeExt;
-    let t = md.file_type();
-    if t.is_fifo() {
-        "a FIFO"
-    } else if t.is_char_device() {
-        "a character device"
-    } else if t.is_block_device() {
-        "a block device"
-    } else if t.is_socket() {
-        "a socket"
-    } else {
-        "not a regular file"
-    }
 }
 
 #[cfg(test)]

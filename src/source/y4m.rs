@@ -25,10 +25,10 @@ use std::time::SystemTime;
 use anyhow::{Result, bail};
 use image::RgbImage;
 
-use super::limits::InputLimits;
 use super::pace::Pacer;
 use super::pixel::{self, Chroma, Range};
 use super::{Frame, FrameSource, SourceError, SourceOptions};
+use crate::safe_read::InputLimits;
 
 /// The signature that starts every stream.
 pub const MAGIC: &[u8] = b"YUV4MPEG2";

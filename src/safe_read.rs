@@ -71,7 +71,7 @@ pub fn regular_file(path: &Path, what: &str) -> Result<Metadata> {
         bail!(
             "{}: not a regular file but {}, so not read as {}",
             path.display(),
-            crate::source::paths::special_kind(&md),
+            special_kind(&md),
             article(what)
         );
     }
@@ -143,7 +143,7 @@ fn decode_image(bytes: Vec<u8>, path: &Path, what: &str, limit: u64) -> Result<D
     Ok(img)
 }
 
-/// The size at which an image is shown (and decoded by [`decode_image`]): its stored size, with
+/// The size at which an image is shown (and decoded by [`InputLimits::decode_image`]): its stored size, with
 /// width and height swapped when its EXIF orientation turns it a quarter turn. Reads the header
 /// only.
 pub fn shown_dimensions(decoder: &mut impl ImageDecoder) -> (u32, u32) {
@@ -173,6 +173,23 @@ pub fn check_pixels(path: &Path, what: &str, w: u64, h: u64, limit: u64) -> Resu
         );
     }
     Ok(())
+}
+
+/// What a path that is neither a file nor a directory is, for messages.
+pub fn special_kind(md: &std::fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let t = md.file_type();
+    if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "not a regular file"
+    }
 }
 
 fn article(what: &str) -> String {
