@@ -483,8 +483,7 @@ impl Agent {
         })
     }
 
-    /// Closes an episode: the kept mask (the best estimated one, with `keep_best`; else the last)
-    /// upscaled to the image size and thresholded, once.
+    /// Closes an episode ([`LoopCore::finish`]).
     pub fn finish(
         &self,
         episode: Episode<'_>,

@@ -1,11 +1,13 @@
 //! Argument groups several subcommands share, and the parsers that turn flag values into the
 //! library's types: the engine (backend, threads, precision), the prompting loop, temporal
-//! reuse, and writing. Subcommands take these from here, never from each other.
+//! reuse, writing, and reports. Subcommands take these from here, never from each other.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Result, bail};
 use clap::Args;
+use serde::Serialize;
 
 use super::validate;
 use crate::agent::{LoopOptions, StepLabels};
@@ -21,6 +23,32 @@ pub struct WriteArgs {
     /// inputs, devices, FIFOs or symbolic links)
     #[arg(long)]
     pub force: bool,
+}
+
+/// How a report command (bench, bench-models, bench-reuse, profile, gate) gives its report.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ReportArgs {
+    /// The report as JSON instead of a table: on stdout, or with `--json=FILE` in FILE (`-`:
+    /// stdout), as `--json` means for every command.
+    #[arg(long, value_name = "FILE", num_args = 0..=1, require_equals = true, default_missing_value = "-")]
+    pub json: Option<PathBuf>,
+}
+
+impl ReportArgs {
+    /// Whether the report is to be JSON.
+    pub fn is_json(&self) -> bool {
+        self.json.is_some()
+    }
+
+    /// Writes `report` as JSON when asked to (on stdout, or into the file through the output
+    /// guard) and says whether it did; `false` leaves the table to the caller.
+    pub fn write_json<T: Serialize>(&self, kind: &str, report: &T) -> Result<bool> {
+        let Some(path) = &self.json else {
+            return Ok(false);
+        };
+        super::output::write_json_report(path, kind, report)?;
+        Ok(true)
+    }
 }
 
 /// Options shared by every command that runs models.

@@ -53,10 +53,9 @@ pub struct BenchArgs {
     /// Variants need a passing gate record (or --allow-ungated).
     #[arg(long, value_delimiter = ',')]
     pub compare: Vec<crate::bench::Candidate>,
-    /// The report as JSON instead of a table: on stdout, or with `--json=FILE` in FILE (`-`:
-    /// stdout), as `--json` means for every command.
-    #[arg(long, value_name = "FILE", num_args = 0..=1, require_equals = true, default_missing_value = "-")]
-    pub json: Option<PathBuf>,
+    /// The report as JSON instead of a table.
+    #[command(flatten)]
+    pub report: super::args::ReportArgs,
     /// Backend, threads and checksum verification.
     #[command(flatten)]
     pub engine: EngineArgs,
@@ -107,9 +106,7 @@ pub fn run(args: BenchArgs, limits: InputLimits) -> Result<ExitCode> {
             &args.steps,
             (args.warmup, args.frames),
         )?;
-        if let Some(path) = &args.json {
-            super::output::write_json_report(path, "bench", &reports)?;
-        } else {
+        if !args.report.write_json("bench", &reports)? {
             let threads = crate::engine::EngineOptions {
                 threads: args.engine.threads,
             }
@@ -173,9 +170,7 @@ pub fn run(args: BenchArgs, limits: InputLimits) -> Result<ExitCode> {
         decoder_comparison,
         peak_rss_mb: peak_rss_bytes().map(|b| b as f64 / 1e6),
     };
-    if let Some(path) = &args.json {
-        super::output::write_json_report(path, "bench", &report)?;
-    } else {
+    if !args.report.write_json("bench", &report)? {
         print_table(&report, args.warmup)?;
     }
     Ok(ExitCode::SUCCESS)

@@ -41,10 +41,9 @@ pub struct BenchModelsArgs {
     /// Image to encode (default: a generated 640x480 test image).
     #[arg(long)]
     pub image: Option<PathBuf>,
-    /// The report as JSON instead of a table: on stdout, or with `--json=FILE` in FILE (`-`:
-    /// stdout), as `--json` means for every command.
-    #[arg(long, value_name = "FILE", num_args = 0..=1, require_equals = true, default_missing_value = "-")]
-    pub json: Option<PathBuf>,
+    /// The report as JSON instead of a table.
+    #[command(flatten)]
+    pub report: super::args::ReportArgs,
     /// Backend, threads and checksum verification.
     #[command(flatten)]
     pub engine: EngineArgs,
@@ -321,8 +320,7 @@ pub fn run(args: BenchModelsArgs, limits: InputLimits) -> Result<ExitCode> {
         .flat_map(|case| case.measure(&candidates, args.runs))
         .collect();
 
-    if let Some(path) = &args.json {
-        super::output::write_json_report(path, "bench-models", &rows)?;
+    if args.report.write_json("bench-models", &rows)? {
         return Ok(ExitCode::SUCCESS);
     }
     outln!(

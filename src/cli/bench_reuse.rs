@@ -32,10 +32,9 @@ pub struct BenchReuseArgs {
     /// At most this many frames per sequence (from the start).
     #[arg(long, value_parser = super::validate::count(1, 100_000_000))]
     pub max_frames: Option<usize>,
-    /// The report as JSON instead of a table: on stdout, or with `--json=FILE` in FILE (`-`:
-    /// stdout), as `--json` means for every command.
-    #[arg(long, value_name = "FILE", num_args = 0..=1, require_equals = true, default_missing_value = "-")]
-    pub json: Option<PathBuf>,
+    /// The report as JSON instead of a table.
+    #[command(flatten)]
+    pub report: super::args::ReportArgs,
     /// Temporal reuse.
     #[command(flatten)]
     pub reuse: ReuseArgs,
@@ -182,7 +181,7 @@ pub fn run(args: BenchReuseArgs, limits: InputLimits) -> Result<ExitCode> {
             .unwrap_or_default();
         let s = run_sequence(&agent, dir, &args, &options, &limits)?;
         let row = s.row(&name);
-        if args.json.is_none() {
+        if !args.report.is_json() {
             eprintln!(
                 "{name}: {} frames, steps {:.2} cold / {:.2} warm, agreement IoU {:.3}",
                 row.frames, row.cold_steps, row.warm_steps, row.agreement_iou
@@ -192,8 +191,7 @@ pub fn run(args: BenchReuseArgs, limits: InputLimits) -> Result<ExitCode> {
         all.extend(&s);
     }
     rows.push(all.row("all"));
-    if let Some(path) = &args.json {
-        super::output::write_json_report(path, "bench-reuse", &rows)?;
+    if args.report.write_json("bench-reuse", &rows)? {
         return Ok(ExitCode::SUCCESS);
     }
     outln!(

@@ -66,10 +66,9 @@ pub struct GateArgs {
     /// Skip verifying the bundle's checksums.
     #[arg(long)]
     pub no_verify: bool,
-    /// The report as JSON instead of a table: on stdout, or with `--json=FILE` in FILE (`-`:
-    /// stdout), as `--json` means for every command.
-    #[arg(long, value_name = "FILE", num_args = 0..=1, require_equals = true, default_missing_value = "-")]
-    pub json: Option<PathBuf>,
+    /// The report as JSON instead of a table.
+    #[command(flatten)]
+    pub report: super::args::ReportArgs,
 }
 
 /// One candidate's outcome.
@@ -178,9 +177,7 @@ pub fn run(args: GateArgs, limits: InputLimits) -> Result<ExitCode> {
     if args.record {
         record(&fp32, &reference, &rows)?;
     }
-    if let Some(path) = &args.json {
-        super::output::write_json_report(path, "gate", &rows)?;
-    } else {
+    if !args.report.write_json("gate", &rows)? {
         print_table(&reference, &rows)?;
     }
     let all_passed = rows.iter().all(|r| match &r.result {

@@ -52,10 +52,9 @@ pub struct ProfileArgs {
     /// Image to use (default: a generated 640x480 test image).
     #[arg(long)]
     pub image: Option<PathBuf>,
-    /// The report as JSON instead of a table: on stdout, or with `--json=FILE` in FILE (`-`:
-    /// stdout), as `--json` means for every command.
-    #[arg(long, value_name = "FILE", num_args = 0..=1, require_equals = true, default_missing_value = "-")]
-    pub json: Option<PathBuf>,
+    /// The report as JSON instead of a table.
+    #[command(flatten)]
+    pub report: super::args::ReportArgs,
     /// Backend, threads and checksum verification.
     #[command(flatten)]
     pub engine: EngineArgs,
@@ -187,14 +186,14 @@ pub fn run(args: ProfileArgs, limits: InputLimits) -> Result<ExitCode> {
     shares.sort_by(|a, b| b.ms.total_cmp(&a.ms));
     nodes.sort_by(|a, b| b.2.total_cmp(&a.2));
 
-    if let Some(path) = &args.json {
+    if args.report.is_json() {
         let top: Vec<_> = nodes
             .iter()
             .take(args.top)
             .map(|(n, o, ms)| serde_json::json!({"node": n, "op": o, "ms": ms}))
             .collect();
         let report = serde_json::json!({"model": format!("{:?}", args.model), "total_ms": total, "by_op": shares, "top_nodes": top});
-        super::output::write_json_report(path, "profile", &report)?;
+        args.report.write_json("profile", &report)?;
         return Ok(ExitCode::SUCCESS);
     }
     crate::util::sort_floats(&mut totals);
@@ -237,7 +236,7 @@ fn print_rten_report(
     model: &dyn Model,
     views: &[TensorView<'_>],
 ) -> Result<ExitCode> {
-    if args.json.is_some() {
+    if args.report.is_json() {
         bail!("--json needs --backend tract: rten prints its report as text");
     }
     for _ in 0..args.runs {

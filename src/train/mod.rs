@@ -56,7 +56,7 @@ use crate::bundle::manifest::{AgentKind, AgentSection, VariantFile};
 use crate::bundle::{Bundle, InferOptions, OpenOptions, write_bundle};
 use crate::cache::EmbeddingCache;
 use crate::dataset::Dataset;
-use crate::engine::Backend;
+use crate::engine::{Backend, Precision};
 use crate::sam::Decoder;
 use crate::source::InputLimits;
 pub use episode_log::EpisodeRecord;
@@ -75,7 +75,7 @@ pub mod files {
     pub const POLICY: &str = "policy.onnx";
     /// The SRM.
     pub const SRM: &str = "srm.onnx";
-    /// Per-episode log.
+    /// The training log (one line per episode; the clicker's: per DAgger round).
     pub const LOG: &str = "train_log.csv";
     /// Learning curves.
     pub const CURVES: &str = "curves.png";
@@ -95,6 +95,20 @@ pub const OUTPUT_NAMES: &[&str] = &[
     imitation::files::TRUNK_LOG,
     "bundle.toml",
 ];
+
+/// Opens a trained output bundle (checksums) and loads its agent (model contracts), as `segment`
+/// will; at the precision the job trained on, so that the held-out figures measure what was
+/// trained (the source's gate record allowed it; the output has none of its own yet).
+fn load_trained(out: &Path, precision: Precision, backend: &dyn Backend) -> Result<Agent> {
+    let open = OpenOptions {
+        precision,
+        allow_ungated: true,
+        ..OpenOptions::default()
+    };
+    let bundle = Bundle::open(out, open)?;
+    Agent::load(&bundle, backend)
+        .with_context(|| format!("{}: the trained bundle does not load", out.display()))
+}
 
 /// A training run: what to train on and where to write.
 pub struct TrainJob<'a> {
@@ -338,17 +352,7 @@ pub fn run(job: &TrainJob, progress: &mut dyn FnMut(Progress)) -> Result<TrainRe
     export::save_policy(&trainer.policy, &policy_path)?;
     export::save_srm(&trainer.srm, &srm_path)?;
     write_output_manifest(job, &records)?;
-    // The written bundle must open (checksums) and load as an agent, as `segment` will load it;
-    // at the precision it trained on, so that the held-out figures measure what was trained (the
-    // source's gate record allowed it; the output has none of its own yet).
-    let open = OpenOptions {
-        precision: job.bundle.precision,
-        allow_ungated: true,
-        ..OpenOptions::default()
-    };
-    let bundle = Bundle::open(out, open)?;
-    let agent = Agent::load(&bundle, job.backend)
-        .with_context(|| format!("{}: the trained bundle does not load", out.display()))?;
+    let agent = load_trained(out, job.bundle.precision, job.backend)?;
 
     // candle and the exported files on real states: s_0 and a gated state of the first image.
     let first = &images[0];

@@ -45,25 +45,21 @@ use crate::agent::ground_truth::{frame_target, hit};
 use crate::agent::state::state;
 use crate::agent::{Agent, FrameMap, LoopOptions, PatchGrid, Srm};
 use crate::bundle::manifest::{AgentKind, AgentSection, VariantFile};
-use crate::bundle::{Bundle, InferOptions, OpenOptions, write_bundle};
+use crate::bundle::{Bundle, InferOptions, write_bundle};
 use crate::cache::EmbeddingCache;
 use crate::dataset::Dataset;
 use crate::engine::Backend;
 use crate::sam::Decoder;
 use crate::source::InputLimits;
 
-/// Output file names inside the output bundle.
+/// Output file names inside the output bundle: the log (one line per DAgger round), curves and
+/// configuration are named as the paper agent's training names them.
 pub mod files {
+    pub use crate::train::files::{CONFIG, CURVES, LOG};
     /// The clicker.
     pub const CLICKER: &str = "clicker.onnx";
-    /// One line per DAgger round.
-    pub const LOG: &str = "train_log.csv";
     /// One line per trunk epoch.
     pub const TRUNK_LOG: &str = "trunk_log.csv";
-    /// Learning curves.
-    pub const CURVES: &str = "curves.png";
-    /// Options, data, timings and results.
-    pub const CONFIG: &str = "train_config.json";
 }
 
 /// Every option of a clicker training run (written to `train_config.json`).
@@ -507,14 +503,7 @@ pub fn run(job: &ClickerJob, progress: &mut dyn FnMut(Progress)) -> Result<Click
     let best_patch = best_patch(&images, grid);
     super::export::save_clicker(&net, &out.join(files::CLICKER))?;
     write_output_manifest(job, best_patch, threshold)?;
-    let open = OpenOptions {
-        precision: job.bundle.precision,
-        allow_ungated: true,
-        ..OpenOptions::default()
-    };
-    let bundle = Bundle::open(out, open)?;
-    let agent = Agent::load(&bundle, job.backend)
-        .with_context(|| format!("{}: the trained bundle does not load", out.display()))?;
+    let agent = super::load_trained(out, job.bundle.precision, job.backend)?;
     let export_check = super::export::compare_clicker(
         job.backend,
         &net,
