@@ -96,6 +96,28 @@ pub const OUTPUT_NAMES: &[&str] = &[
     "bundle.toml",
 ];
 
+/// What a trained bundle takes from its source: SAM's encoder and decoder with their precision
+/// variants and preprocessing, the agent's settings; the trainer names its own networks.
+fn source_sam(source: &Bundle) -> InferOptions {
+    let m = &source.manifest;
+    let variant_paths = |variants: &std::collections::BTreeMap<String, VariantFile>| {
+        variants
+            .iter()
+            .map(|(name, v)| (name.clone(), source.path(&v.file)))
+            .collect()
+    };
+    InferOptions {
+        encoder: Some(source.path(&m.models.encoder.file)),
+        decoder: Some(source.path(&m.models.decoder.file)),
+        encoder_variants: variant_paths(&m.models.encoder.variants),
+        decoder_variants: variant_paths(&m.models.decoder.variants),
+        agent: m.agent.clone(),
+        pixel_mean: m.image.pixel_mean,
+        pixel_std: m.image.pixel_std,
+        ..InferOptions::default()
+    }
+}
+
 /// Opens a trained output bundle (checksums) and loads its agent (model contracts), as `segment`
 /// will; at the precision the job trained on, so that the held-out figures measure what was
 /// trained (the source's gate record allowed it; the output has none of its own yet).
@@ -459,12 +481,6 @@ pub(crate) fn dataset_name(dir: &Path) -> String {
 fn write_output_manifest(job: &TrainJob, records: &[EpisodeRecord]) -> Result<()> {
     let source = job.bundle;
     let m = &source.manifest;
-    let variant_paths = |variants: &std::collections::BTreeMap<String, VariantFile>| {
-        variants
-            .iter()
-            .map(|(name, v)| (name.clone(), source.path(&v.file)))
-            .collect()
-    };
     let options = InferOptions {
         name: Some(format!("{}-trained", m.name)),
         description: format!(
@@ -477,14 +493,10 @@ fn write_output_manifest(job: &TrainJob, records: &[EpisodeRecord]) -> Result<()
             source.precision.name(),
             source.dir.display()
         ),
-        encoder: Some(source.path(&m.models.encoder.file)),
-        decoder: Some(source.path(&m.models.decoder.file)),
         policy: Some(job.out_dir.join(files::POLICY)),
         srm: Some(job.out_dir.join(files::SRM)),
         clicker: None,
         stop_threshold: 0.5,
-        encoder_variants: variant_paths(&m.models.encoder.variants),
-        decoder_variants: variant_paths(&m.models.decoder.variants),
         // The source bundle's agent may be the clicker (the committed small SAM's is): what this
         // writes is the paper's agent, whatever the source ran.
         agent: AgentSection {
@@ -492,8 +504,7 @@ fn write_output_manifest(job: &TrainJob, records: &[EpisodeRecord]) -> Result<()
             step_labels: job.config.step_labels,
             ..m.agent.clone()
         },
-        pixel_mean: m.image.pixel_mean,
-        pixel_std: m.image.pixel_std,
+        ..source_sam(source)
     };
     write_bundle(&job.out_dir, &job.out_dir, &options)?;
     Ok(())

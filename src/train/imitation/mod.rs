@@ -44,7 +44,7 @@ use super::{Progress, Stage, dataset_name};
 use crate::agent::ground_truth::{frame_target, hit};
 use crate::agent::state::state;
 use crate::agent::{Agent, FrameMap, LoopOptions, PatchGrid, Srm};
-use crate::bundle::manifest::{AgentKind, AgentSection, VariantFile};
+use crate::bundle::manifest::{AgentKind, AgentSection};
 use crate::bundle::{Bundle, InferOptions, write_bundle};
 use crate::cache::EmbeddingCache;
 use crate::dataset::Dataset;
@@ -1042,12 +1042,6 @@ fn write_trunk_log(path: &std::path::Path, epochs: &[TrunkEpoch]) -> Result<()> 
 fn write_output_manifest(job: &ClickerJob, best_patch: usize, stop_threshold: f32) -> Result<()> {
     let source = job.bundle;
     let m = &source.manifest;
-    let variant_paths = |variants: &std::collections::BTreeMap<String, VariantFile>| {
-        variants
-            .iter()
-            .map(|(name, v)| (name.clone(), source.path(&v.file)))
-            .collect()
-    };
     let names: Vec<String> = job
         .datasets
         .iter()
@@ -1066,22 +1060,17 @@ fn write_output_manifest(job: &ClickerJob, best_patch: usize, stop_threshold: f3
             },
             source.dir.display()
         ),
-        encoder: Some(source.path(&m.models.encoder.file)),
-        decoder: Some(source.path(&m.models.decoder.file)),
         policy: m.models.policy.as_ref().map(|p| source.path(&p.file)),
         srm: m.models.srm.as_ref().map(|s| source.path(&s.file)),
         clicker: Some(job.out_dir.join(files::CLICKER)),
         stop_threshold,
-        encoder_variants: variant_paths(&m.models.encoder.variants),
-        decoder_variants: variant_paths(&m.models.decoder.variants),
         agent: AgentSection {
             kind: AgentKind::Clicker,
             best_patch: Some(best_patch),
             max_steps: job.config.steps,
             ..m.agent.clone()
         },
-        pixel_mean: m.image.pixel_mean,
-        pixel_std: m.image.pixel_std,
+        ..super::source_sam(source)
     };
     write_bundle(&job.out_dir, &job.out_dir, &options)?;
     Ok(())
