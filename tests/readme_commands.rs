@@ -32,8 +32,10 @@ fn commands(markdown: &str) -> Vec<Vec<String>> {
             };
             let args = match words.iter().position(|w| w == "alignsam") {
                 Some(0) => Some(words[1..].to_vec()),
+                // `cargo run ... -- ARGS` runs alignsam unless it names an example.
                 _ if words.first().is_some_and(|w| w == "cargo")
-                    && words.get(1).is_some_and(|w| w == "run") =>
+                    && words.get(1).is_some_and(|w| w == "run")
+                    && !words.iter().any(|w| w == "--example") =>
                 {
                     words
                         .iter()

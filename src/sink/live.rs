@@ -295,6 +295,29 @@ fn wait_newer(shared: &Shared, seq: u64) {
     }
 }
 
+/// What a viewer is sent: the frame with its overlay (when the mask fits it), as JPEG at quality
+/// 80. `None` for a frame over 65535 pixels a side, which JPEG cannot hold.
+///
+/// jpeg-encoder (AVX2 where the CPU has it) is about 4x faster than the `image` crate's encoder
+/// here, and the encoding shares the cores with processing (docs/performance.md; `cargo run
+/// --release --example view_cost`).
+pub fn view_jpeg(image: &RgbImage, mask: &[bool], points: &[PointRecord]) -> Option<Vec<u8>> {
+    let shown = if mask.len() == (image.width() * image.height()) as usize {
+        super::overlay(image, mask, points)
+    } else {
+        image.clone()
+    };
+    let (w, h) = (
+        shown.width().try_into().ok()?,
+        shown.height().try_into().ok()?,
+    );
+    let mut bytes = Vec::new();
+    jpeg_encoder::Encoder::new(&mut bytes, 80)
+        .encode(shown.as_raw(), w, h, jpeg_encoder::ColorType::Rgb)
+        .ok()?;
+    Some(bytes)
+}
+
 /// The newest frame as JPEG with its overlay, made once per frame.
 fn jpeg(shared: &Shared) -> Option<Encoded> {
     if let Some(e) = cached(shared) {
@@ -319,15 +342,7 @@ fn jpeg(shared: &Shared) -> Option<Encoded> {
             l.status.clone(),
         )
     };
-    let shown = if mask.len() == (image.width() * image.height()) as usize {
-        super::overlay(&image, &mask, &points)
-    } else {
-        (*image).clone()
-    };
-    let mut bytes = Vec::new();
-    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, 80)
-        .encode_image(&shown)
-        .ok()?;
+    let bytes = view_jpeg(&image, &mask, &points)?;
     let encoded = Encoded {
         seq,
         bytes: Arc::new(bytes),

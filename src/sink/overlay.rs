@@ -84,16 +84,55 @@ pub fn draw_text(img: &mut RgbImage, text: &str, x: f32, y: f32, size: f32, colo
     }
 }
 
+/// Object pixels tinted at 45% opacity; the outline white on the object's side of its edge and
+/// black on the other (a pixel is on the edge when one of its four neighbours is on the other
+/// side, or, for an object pixel, off the image). Row by row on the raw bytes: this runs on
+/// every live-view frame and every saved overlay.
+fn tint_and_outline(out: &mut RgbImage, mask: &[bool], tint: [u8; 3]) {
+    let w = out.width() as usize;
+    // The tinted value of every byte, per channel: one lookup instead of a float blend.
+    let tinted: [[u8; 256]; 3] = std::array::from_fn(|c| {
+        std::array::from_fn(|v| {
+            let mut p = Rgb([v as u8; 3]);
+            blend(&mut p, tint, 0.45);
+            p.0[c]
+        })
+    });
+    let rows: Vec<&[bool]> = mask.chunks_exact(w).collect();
+    for (y, (row, pixels)) in rows.iter().zip(out.chunks_exact_mut(w * 3)).enumerate() {
+        let up = y.checked_sub(1).map(|u| rows[u]);
+        let down = rows.get(y + 1);
+        for (x, (&inside, p)) in row.iter().zip(pixels.chunks_exact_mut(3)).enumerate() {
+            let other = |neighbour: Option<&bool>| neighbour.map_or(inside, |&m| m != inside);
+            let boundary = other(up.map(|r| &r[x]))
+                || other(down.map(|r| &r[x]))
+                || other(x.checked_sub(1).map(|l| &row[l]))
+                || other(row.get(x + 1));
+            match (inside, boundary) {
+                (true, true) => p.fill(255),
+                (true, false) => {
+                    for (c, v) in p.iter_mut().enumerate() {
+                        *v = tinted[c][*v as usize];
+                    }
+                }
+                (false, true) => p.fill(0),
+                (false, false) => {}
+            }
+        }
+    }
+}
+
 /// The tint that contrasts most with the masked pixels' mean colour.
 pub fn contrasting_tint(image: &RgbImage, mask: &[bool]) -> [u8; 3] {
-    let (mut sum, mut n) = ([0f64; 3], 0f64);
+    // Integer sums: exact, as the float sums were (a 2^53 limit no image reaches).
+    let (mut sum, mut n) = ([0u64; 3], 0u64);
     for (p, _) in image.pixels().zip(mask).filter(|(_, m)| **m) {
         for (s, v) in sum.iter_mut().zip(p.0) {
-            *s += v as f64;
+            *s += v as u64;
         }
-        n += 1.0;
+        n += 1;
     }
-    let mean = sum.map(|s| s / n.max(1.0));
+    let mean = sum.map(|s| s as f64 / (n as f64).max(1.0));
     let dist = |t: &[u8; 3]| -> f64 {
         t.iter()
             .zip(mean)
@@ -112,30 +151,7 @@ pub fn overlay(image: &RgbImage, mask: &[bool], points: &[PointRecord]) -> RgbIm
     let mut out = image.clone();
     let (w, h) = (image.width() as usize, image.height() as usize);
     assert_eq!(mask.len(), w * h, "mask size");
-    let tint = contrasting_tint(image, mask);
-    let at = |x: i64, y: i64| -> Option<bool> {
-        (x >= 0 && y >= 0 && x < w as i64 && y < h as i64)
-            .then(|| mask[y as usize * w + x as usize])
-    };
-    let near = [(0i64, -1i64), (0, 1), (-1, 0), (1, 0)];
-    for y in 0..h as i64 {
-        for x in 0..w as i64 {
-            let inside = mask[y as usize * w + x as usize];
-            // Inside: on the boundary when a neighbour is outside (or off the image);
-            // outside: on the boundary when a neighbour is inside.
-            let boundary = near.iter().any(|(dx, dy)| match at(x + dx, y + dy) {
-                Some(m) => m != inside,
-                None => inside,
-            });
-            let p = out.get_pixel_mut(x as u32, y as u32);
-            match (inside, boundary) {
-                (true, true) => *p = Rgb([255, 255, 255]),
-                (true, false) => blend(p, tint, 0.45),
-                (false, true) => *p = Rgb([0, 0, 0]),
-                (false, false) => {}
-            }
-        }
-    }
+    tint_and_outline(&mut out, mask, contrasting_tint(image, mask));
     let radius = (w.min(h) as f64 / 90.0).max(3.0);
     let text = (w.min(h) as f32 / 22.0).max(10.0);
     // A patch chosen several times gets one disc (the latest label) and one tag ("3,5" or "2-9").
@@ -181,6 +197,47 @@ pub fn overlay(image: &RgbImage, mask: &[bool], points: &[PointRecord]) -> RgbIm
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The tint and outline as first written, pixel by pixel: the reference the row-wise
+    /// version must match byte for byte.
+    fn tint_and_outline_reference(out: &mut RgbImage, mask: &[bool], tint: [u8; 3]) {
+        let (w, h) = (out.width() as i64, out.height() as i64);
+        let at = |x: i64, y: i64| -> Option<bool> {
+            (x >= 0 && y >= 0 && x < w && y < h).then(|| mask[(y * w + x) as usize])
+        };
+        for y in 0..h {
+            for x in 0..w {
+                let inside = mask[(y * w + x) as usize];
+                let boundary = [(0i64, -1i64), (0, 1), (-1, 0), (1, 0)]
+                    .iter()
+                    .any(|(dx, dy)| at(x + dx, y + dy).map_or(inside, |m| m != inside));
+                let p = out.get_pixel_mut(x as u32, y as u32);
+                match (inside, boundary) {
+                    (true, true) => *p = Rgb([255, 255, 255]),
+                    (true, false) => blend(p, tint, 0.45),
+                    (false, true) => *p = Rgb([0, 0, 0]),
+                    (false, false) => {}
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn row_wise_tint_and_outline_match_the_reference_byte_for_byte() {
+        use rand::{RngExt, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        for (w, h) in [(1, 1), (1, 7), (7, 1), (2, 2), (37, 23), (64, 48)] {
+            for density in [0.0, 0.1, 0.5, 0.9, 1.0] {
+                let img = RgbImage::from_fn(w, h, |_, _| Rgb(rng.random::<[u8; 3]>()));
+                let mask: Vec<bool> = (0..w * h).map(|_| rng.random::<f64>() < density).collect();
+                let tint = contrasting_tint(&img, &mask);
+                let (mut fast, mut slow) = (img.clone(), img.clone());
+                tint_and_outline(&mut fast, &mask, tint);
+                tint_and_outline_reference(&mut slow, &mask, tint);
+                assert_eq!(fast, slow, "{w}x{h}, density {density}");
+            }
+        }
+    }
 
     #[test]
     fn tints_mask_and_draws_points() {
