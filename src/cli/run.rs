@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use clap::Args;
 use serde::Serialize;
 
@@ -214,7 +214,8 @@ pub fn run(args: RunArgs, limits: InputLimits) -> Result<ExitCode> {
     #[cfg(feature = "serve")]
     let live = match &args.serve {
         Some(addr) => {
-            let server = crate::sink::live::LiveServer::start(addr).context("--serve")?;
+            let server =
+                crate::sink::live::LiveServer::start(addr).map_err(|e| e.context("--serve"))?;
             eprintln!("live view at http://{}/", server.addr());
             Some(server)
         }
