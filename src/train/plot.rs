@@ -50,52 +50,65 @@ pub fn draw_curves(
     let err = |e: &dyn std::fmt::Display| {
         anyhow!("{}: cannot draw the learning curves: {e}", path.display())
     };
-    let root = BitMapBackend::new(path, (1200, 960)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| err(&e))?;
-    let root = root.titled(title, (FONT_NAME, 20)).map_err(|e| err(&e))?;
-    let n = records.len().max(2);
-    for (area, (name, field)) in root.split_evenly((3, 2)).iter().zip(PANELS) {
-        let raw: Vec<f32> = records.iter().map(field).collect();
-        let avg = moving_average(&raw, window);
-        let finite = raw.iter().copied().filter(|v| v.is_finite());
-        let (lo, hi) = finite.fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), v| {
-            (a.min(v), b.max(v))
-        });
-        let (lo, hi) = if lo.is_finite() { (lo, hi) } else { (0.0, 1.0) };
-        let pad = ((hi - lo) * 0.05).max(1e-3);
-        let mut chart = ChartBuilder::on(area)
-            .caption(
-                format!("{name} (moving average over {window})"),
-                (FONT_NAME, 15),
-            )
-            .margin(8)
-            .x_label_area_size(28)
-            .y_label_area_size(48)
-            .build_cartesian_2d(0f32..(n - 1) as f32, (lo - pad)..(hi + pad))
-            .map_err(|e| err(&e))?;
-        chart
-            .configure_mesh()
-            .x_desc("episode")
-            .label_style((FONT_NAME, 12))
-            .axis_desc_style((FONT_NAME, 12))
-            .draw()
-            .map_err(|e| err(&e))?;
-        let light = RGBColor(160, 190, 230);
-        chart
-            .draw_series(LineSeries::new(
-                raw.iter().enumerate().map(|(i, &v)| (i as f32, v)),
-                light,
-            ))
-            .map_err(|e| err(&e))?;
-        chart
-            .draw_series(LineSeries::new(
-                avg.iter().enumerate().map(|(i, &v)| (i as f32, v)),
-                BLUE.stroke_width(2),
-            ))
-            .map_err(|e| err(&e))?;
-    }
-    root.present().map_err(|e| err(&e))?;
-    Ok(())
+    render_png(path, (1200, 960), |root| {
+        root.fill(&WHITE).map_err(|e| err(&e))?;
+        let root = root.titled(title, (FONT_NAME, 20)).map_err(|e| err(&e))?;
+        let n = records.len().max(2);
+        for (area, (name, field)) in root.split_evenly((3, 2)).iter().zip(PANELS) {
+            let raw: Vec<f32> = records.iter().map(field).collect();
+            let avg = moving_average(&raw, window);
+            let finite = raw.iter().copied().filter(|v| v.is_finite());
+            let (lo, hi) = finite.fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), v| {
+                (a.min(v), b.max(v))
+            });
+            let (lo, hi) = if lo.is_finite() { (lo, hi) } else { (0.0, 1.0) };
+            let pad = ((hi - lo) * 0.05).max(1e-3);
+            let mut chart = ChartBuilder::on(area)
+                .caption(
+                    format!("{name} (moving average over {window})"),
+                    (FONT_NAME, 15),
+                )
+                .margin(8)
+                .x_label_area_size(28)
+                .y_label_area_size(48)
+                .build_cartesian_2d(0f32..(n - 1) as f32, (lo - pad)..(hi + pad))
+                .map_err(|e| err(&e))?;
+            chart
+                .configure_mesh()
+                .x_desc("episode")
+                .label_style((FONT_NAME, 12))
+                .axis_desc_style((FONT_NAME, 12))
+                .draw()
+                .map_err(|e| err(&e))?;
+            let light = RGBColor(160, 190, 230);
+            chart
+                .draw_series(LineSeries::new(
+                    raw.iter().enumerate().map(|(i, &v)| (i as f32, v)),
+                    light,
+                ))
+                .map_err(|e| err(&e))?;
+            chart
+                .draw_series(LineSeries::new(
+                    avg.iter().enumerate().map(|(i, &v)| (i as f32, v)),
+                    BLUE.stroke_width(2),
+                ))
+                .map_err(|e| err(&e))?;
+        }
+        root.present().map_err(|e| err(&e))
+    })
+}
+
+/// Draws a `width x height` picture with `draw` in memory, then writes it as a PNG at `path`
+/// atomically (a reader never sees half a picture; an interrupted run leaves the old one).
+fn render_png(
+    path: &Path,
+    (width, height): (u32, u32),
+    draw: impl FnOnce(DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>) -> Result<()>,
+) -> Result<()> {
+    let mut pixels = vec![0u8; width as usize * height as usize * 3];
+    draw(BitMapBackend::with_buffer(&mut pixels, (width, height)).into_drawing_area())?;
+    let picture = image::RgbImage::from_raw(width, height, pixels).expect("the buffer's size");
+    crate::safe_write::save_png_atomic(path, &picture)
 }
 
 /// A named series of (x, y) points.
@@ -176,13 +189,13 @@ pub fn draw_panel_grid(path: &Path, title: &str, panels: &[GridPanel<'_>; 4]) ->
     let err = |e: &dyn std::fmt::Display| {
         anyhow!("{}: cannot draw the learning curves: {e}", path.display())
     };
-    let root = BitMapBackend::new(path, (1200, 800)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| err(&e))?;
-    let root = root.titled(title, (FONT_NAME, 20)).map_err(|e| err(&e))?;
-    let areas = root.split_evenly((2, 2));
-    for (area, p) in areas.iter().zip(panels) {
-        panel(area, p.title, p.x_desc, &p.series, &err)?;
-    }
-    root.present().map_err(|e| err(&e))?;
-    Ok(())
+    render_png(path, (1200, 800), |root| {
+        root.fill(&WHITE).map_err(|e| err(&e))?;
+        let root = root.titled(title, (FONT_NAME, 20)).map_err(|e| err(&e))?;
+        let areas = root.split_evenly((2, 2));
+        for (area, p) in areas.iter().zip(panels) {
+            panel(area, p.title, p.x_desc, &p.series, &err)?;
+        }
+        root.present().map_err(|e| err(&e))
+    })
 }
