@@ -75,6 +75,8 @@ fn every_readme_command_parses() {
         "docs/agent.md",
         "docs/engines-and-precisions.md",
         "docs/performance.md",
+        "docs/small-sam.md",
+        "docs/experiments.md",
     ] {
         let Ok(text) = std::fs::read_to_string(root.join(file)) else {
             continue;
