@@ -9,7 +9,7 @@ use std::time::Duration;
 use alignsam::agent::state::state;
 use alignsam::agent::{
     Agent, Choice, Click, Decision, ImageOptions, LoopOptions, LoopResult, PatchChooser,
-    PointOrigin, StepLabels, StepView, StopReason, WarmStart,
+    PointOrigin, PointRecord, StepLabels, StepView, StopReason, WarmStart,
 };
 use alignsam::bundle::{Bundle, OpenOptions};
 use alignsam::sam::PointLabel;
@@ -176,6 +176,45 @@ fn square_image_patches_and_cells_coincide() {
     // On a square image the padding cells are inside the image: cell (8,0) with 0.99 wins.
     assert_eq!(r.points[0].srm_prob, 0.99);
     assert_eq!(r.points[1].srm_prob, 0.0);
+}
+
+/// The loop's mechanics alone, as the trainers drive them: clicks added through `LoopCore` count
+/// as steps, each decodes every point so far, and `finish` reports them.
+#[test]
+fn clicks_through_the_loop_core_are_steps() {
+    let tmp = tempfile::tempdir().unwrap();
+    let agent = agent(&bundle_with(tmp.path(), 37));
+    let encoded = agent.encode(&image(120, 90)).unwrap();
+    let options = fixed(2).paper();
+    let mut episode = agent
+        .start(&encoded.embedding, &encoded.geometry, None, None, &options)
+        .unwrap();
+    assert_eq!((episode.steps(), episode.points().len()), (0, 2));
+    let core = agent.core();
+    for (i, patch) in [12, 57].into_iter().enumerate() {
+        let before = episode.current().logits.clone();
+        let point = PointRecord {
+            step: i + 1,
+            x: 10.0 + 40.0 * i as f64,
+            y: 20.0,
+            label: PointLabel::Positive,
+            patch,
+            origin: PointOrigin::Step,
+            srm_prob: f32::NAN,
+            iou_prediction: f32::NAN,
+        };
+        assert!(!core.click(&mut episode, point, &options).unwrap());
+        assert_eq!((episode.steps(), episode.points().len()), (i + 1, i + 3));
+        assert!(episode.points()[i + 2].iou_prediction.is_finite());
+        assert_ne!(episode.current().logits, before, "the click was decoded");
+    }
+    let r = core.finish(
+        episode,
+        StopReason::StepLimit,
+        std::time::Instant::now(),
+        &options,
+    );
+    assert_eq!((r.steps, r.kept_step, r.points.len()), (2, 2, 4));
 }
 
 #[test]

@@ -46,14 +46,17 @@ pub struct Episode<'e> {
     kept: Option<Kept>,
     trace: Option<Vec<TraceStep>>,
     pub(super) times: StageTimes,
+    /// Clicks added by [`LoopCore::click`] (the steps taken).
+    clicks: usize,
     start_phase: Duration,
     pub(super) step_total: Duration,
 }
 
 impl Episode<'_> {
-    /// Steps taken so far (start points excluded).
+    /// Steps taken so far (start points excluded): the clicks added, through [`LoopCore::click`]
+    /// directly or `Agent::step`.
     pub fn steps(&self) -> usize {
-        self.times.steps.len()
+        self.clicks
     }
 
     /// The points so far, start points first.
@@ -175,6 +178,7 @@ impl<'d> LoopCore<'d> {
             kept: None,
             trace: options.trace.then(Vec::new),
             times,
+            clicks: 0,
             start_phase,
             step_total: Duration::ZERO,
         })
@@ -191,6 +195,7 @@ impl<'d> LoopCore<'d> {
     ) -> Result<bool> {
         episode.used.mark(point.patch, point.label);
         episode.points.push(point);
+        episode.clicks += 1;
         let mask_input = options.feed_mask.then_some(&episode.current.logits);
         let next = self.decoder.decode(
             episode.embedding,
