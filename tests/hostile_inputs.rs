@@ -495,116 +495,59 @@ fn every_command_reads_its_inputs_within_the_limits() {
     bytes.extend([100u8; 40 * 30 * 3]);
     std::fs::write(&y4m, &bytes).unwrap();
     let out = |name: &str| s(&tmp.path().join(name));
-    let cases: Vec<(Vec<String>, &str)> = vec![
+    let (seg, mask, y4m) = (out("seg"), out("m.png"), s(&y4m));
+    let (eval, train, cache) = (out("eval"), out("train"), out("cache"));
+    let cases: Vec<(Vec<&str>, &str)> = vec![
         (
-            vec!["segment", "--bundle", &bundle, &image, "--out", &out("seg")]
-                .into_iter()
-                .map(String::from)
-                .collect(),
+            vec!["segment", "--bundle", &bundle, &image, "--out", &seg],
             "a.png",
         ),
         (
             vec![
-                "decode",
-                "--bundle",
-                &bundle,
-                "--point",
-                "5,5",
-                &image,
-                "--out",
-                &out("m.png"),
-            ]
-            .into_iter()
-            .map(String::from)
-            .collect(),
+                "decode", "--bundle", &bundle, "--point", "5,5", &image, "--out", &mask,
+            ],
             "a.png",
         ),
         (
-            vec!["run", "--bundle", &bundle, "--input", &frames]
-                .into_iter()
-                .map(String::from)
-                .collect(),
+            vec!["run", "--bundle", &bundle, "--input", &frames],
             "a.png",
         ),
         (
-            vec!["run", "--bundle", &bundle, "--input", &s(&y4m)]
-                .into_iter()
-                .map(String::from)
-                .collect(),
+            vec!["run", "--bundle", &bundle, "--input", &y4m],
             "clip.y4m",
         ),
         (
             vec![
                 "bench", "--bundle", &bundle, "--input", &image, "--frames", "1",
-            ]
-            .into_iter()
-            .map(String::from)
-            .collect(),
+            ],
             "a.png",
         ),
         (
-            vec!["bench-models", "--bundle", &bundle, "--image", &image]
-                .into_iter()
-                .map(String::from)
-                .collect(),
+            vec!["bench-models", "--bundle", &bundle, "--image", &image],
             "a.png",
         ),
+        (vec!["bench-reuse", "--bundle", &bundle, &frames], "a.png"),
         (
-            vec!["bench-reuse", "--bundle", &bundle, &frames]
-                .into_iter()
-                .map(String::from)
-                .collect(),
-            "a.png",
-        ),
-        (
-            vec!["profile", "--bundle", &bundle, "--image", &image]
-                .into_iter()
-                .map(String::from)
-                .collect(),
+            vec!["profile", "--bundle", &bundle, "--image", &image],
             "a.png",
         ),
         (
             vec![
-                "eval",
-                "--bundle",
-                &bundle,
-                "--data",
-                &d,
-                "--split",
-                "eval",
-                "--out",
-                &out("eval"),
-                "--cache",
-                &out("cache"),
-            ]
-            .into_iter()
-            .map(String::from)
-            .collect(),
+                "eval", "--bundle", &bundle, "--data", &d, "--split", "eval", "--out", &eval,
+                "--cache", &cache,
+            ],
             "a.png",
         ),
         (
             vec![
-                "train",
-                "--bundle",
-                &bundle,
-                "--data",
-                &d,
-                "--split",
-                "eval",
-                "--out",
-                &out("train"),
-                "--cache",
-                &out("cache"),
-            ]
-            .into_iter()
-            .map(String::from)
-            .collect(),
+                "train", "--bundle", &bundle, "--data", &d, "--split", "eval", "--out", &train,
+                "--cache", &cache,
+            ],
             "a.png",
         ),
     ];
     for (mut args, file) in cases {
-        args.extend(["--max-pixels".to_string(), "1000".to_string()]);
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        args.extend(["--max-pixels", "1000"]);
         let o = run_within(alignsam(&args), Duration::from_secs(120));
         let err = text(&o.stderr);
         assert_ne!(o.status.code(), Some(0), "{args:?}: {err}");
